@@ -1,0 +1,34 @@
+# Finds what milora's headers need. Used by the build tree and, installed, by miloraConfig.cmake,
+# so that a consumer resolves the same dependencies the same way.
+#
+#   Eigen3::Eigen          required (Eigen 3.4)
+#   milora::blas_lapack    OpenBLAS (CBLAS) + LAPACKE when found and MILORA_USE_LAPACKE is on:
+#                          defines MILORA_HAS_LAPACKE. Otherwise an empty target, and the Eigen
+#                          backend uses Eigen's own products and factorisations.
+find_package(Eigen3 3.4 REQUIRED NO_MODULE)
+
+if(NOT DEFINED MILORA_USE_LAPACKE)
+  set(MILORA_USE_LAPACKE ON)
+endif()
+
+if(NOT TARGET milora::blas_lapack)
+  add_library(milora::blas_lapack INTERFACE IMPORTED)
+  if(MILORA_USE_LAPACKE)
+    find_path(MILORA_LAPACKE_INCLUDE_DIR lapacke.h PATH_SUFFIXES openblas)
+    find_path(MILORA_CBLAS_INCLUDE_DIR cblas.h PATH_SUFFIXES openblas)
+    find_library(MILORA_LAPACKE_LIBRARY NAMES lapacke)
+    find_library(MILORA_OPENBLAS_LIBRARY NAMES openblas)
+    if(MILORA_LAPACKE_INCLUDE_DIR AND MILORA_CBLAS_INCLUDE_DIR AND MILORA_LAPACKE_LIBRARY
+       AND MILORA_OPENBLAS_LIBRARY)
+      set_target_properties(milora::blas_lapack PROPERTIES
+        INTERFACE_INCLUDE_DIRECTORIES "${MILORA_LAPACKE_INCLUDE_DIR};${MILORA_CBLAS_INCLUDE_DIR}"
+        INTERFACE_LINK_LIBRARIES "${MILORA_LAPACKE_LIBRARY};${MILORA_OPENBLAS_LIBRARY}"
+        INTERFACE_COMPILE_DEFINITIONS MILORA_HAS_LAPACKE)
+      if(NOT milora_FIND_QUIETLY)
+        message(STATUS "milora: OpenBLAS + LAPACKE found (${MILORA_OPENBLAS_LIBRARY})")
+      endif()
+    else()
+      message(STATUS "milora: OpenBLAS/LAPACKE not found: Eigen's own products and factorisations")
+    endif()
+  endif()
+endif()

@@ -1,0 +1,218 @@
+// Adapter<Backend, Init>: a low-rank adapter beside a frozen linear layer.
+//
+//   y = x W'^T (+ b) + s * (x A^T) B^T          x: tokens x in, y: tokens x out
+//
+// W' is the layer's own weight, viewed in place: W for LoRA, W - s*B0*A0 for PiSSA / MiLoRA (the
+// init policy decides). A (r x in) and B (out x r) are the trainable parameters, s = alpha/r (or
+// alpha/sqrt(r) with rsLoRA). The formulas and shapes are derived in docs/math.md.
+//
+// Activations are passed in explicitly, like llm.c's layer_forward/layer_backward pairs: forward
+// writes h = x A^T for the caller to keep, backward takes it back. The adapter holds no per-batch
+// state, so one adapter serves many micro-batches and threads.
+#pragma once
+
+#include <array>
+#include <cmath>
+#include <optional>
+#include <utility>
+
+#include "milora/core/backend.hpp"
+#include "milora/core/checks.hpp"
+#include "milora/core/config.hpp"
+#include "milora/core/init_policy.hpp"
+#include "milora/core/linear_layer.hpp"
+#include "milora/core/parameter.hpp"
+
+namespace milora {
+
+// The backend parameter is BE (not B) because B() is the adapter's up-projection, as in the papers.
+template <Backend BE, class Init>
+  requires InitPolicy<Init, BE>
+class Adapter {
+ public:
+  using backend = BE;
+  using init_policy = Init;
+  using scalar = scalar_t<BE>;
+  using matrix = matrix_t<BE>;
+  using view = view_t<BE>;
+  using const_view = const_view_t<BE>;
+
+  /// Wraps `layer` (kept by reference through a view of its weight: it must outlive the adapter),
+  /// initialises A and B with `init`, and for residual policies replaces the layer's weight by
+  /// W - s*B*A. Throws shape_error / value_error, leaving the layer untouched, if the config does
+  /// not fit the layer or the weight holds NaN/Inf.
+  template <LinearLayer<BE> L>
+  Adapter(L& layer, const AdapterConfig& config, const Init& init = Init{})
+      : Adapter(Prepared{layer.weight(), validated_factors(layer, config, init)}, layer_bias(layer),
+                config, init) {}
+
+  Adapter(const Adapter&) = delete;             // two adapters on one weight would double-merge
+  Adapter& operator=(const Adapter&) = delete;
+  Adapter(Adapter&&) = default;
+  Adapter& operator=(Adapter&&) = delete;       // a view's assignment would copy weight *values*
+
+  // ---- shape and hyperparameters -------------------------------------------------------------
+  Index rank() const { return config_.rank; }
+  Index in_features() const { return BE::cols(weight_); }
+  Index out_features() const { return BE::rows(weight_); }
+  double scale() const { return scale_; }
+  const AdapterConfig& config() const { return config_; }
+  const Init& init() const { return init_; }
+  bool merged() const { return merged_; }
+  /// The frozen weight as the adapter sees it: W' unmerged, W' + s*B*A merged.
+  const_view weight() const { return weight_; }
+
+  // ---- parameters ----------------------------------------------------------------------------
+  const matrix& A() const { return A_; }
+  const matrix& B() const { return B_; }
+  matrix& A() { return A_; }
+  matrix& B() { return B_; }
+  const matrix& grad_A() const { return dA_; }
+  const matrix& grad_B() const { return dB_; }
+  /// {lora_A, lora_B} with their gradients, for an optimizer.
+  std::array<Parameter<backend>, 2> parameters() { return {{{"lora_A", A_, dA_}, {"lora_B", B_, dB_}}}; }
+  /// r * (in + out): what a LoRA of this rank trains.
+  Index num_trainable() const { return rank() * (in_features() + out_features()); }
+  void zero_grad() {
+    BE::scale(dA_, scalar(0));
+    BE::scale(dB_, scalar(0));
+  }
+
+  // ---- forward / backward --------------------------------------------------------------------
+  /// y = x W'^T + b + s (x A^T) B^T. Writes y (tokens x out) and h = x A^T (tokens x r), which
+  /// backward needs. When merged, y = x (W' + s B A)^T + b and h is left alone.
+  void forward(const_view x, view y, view h) const {
+    const Index t = check_input(x);
+    detail::require_shape<BE>(y, t, out_features(), "forward: output y");
+    if (!merged_) detail::require_shape<BE>(h, t, rank(), "forward: activation h");
+    BE::gemm(1, x, Trans::no, weight_, Trans::yes, 0, y);
+    if (bias_) BE::add_row_broadcast(y, *bias_);
+    if (merged_) return;
+    BE::gemm(1, x, Trans::no, A_, Trans::yes, 0, h);
+    BE::gemm(scalar(scale_), h, Trans::no, B_, Trans::yes, 1, y);
+  }
+
+  /// Convenience: returns y, allocating y and h.
+  matrix forward(const_view x) const {
+    const Index t = check_input(x);
+    matrix y = BE::zeros(t, out_features());
+    matrix h = BE::zeros(merged_ ? 0 : t, merged_ ? 0 : rank());
+    forward(x, y, h);
+    return y;
+  }
+
+  /// Accumulates dA += dh^T x and dB += s dy^T h (dh = s dy B), as PyTorch accumulates .grad,
+  /// and writes dx = dy W' + dh A. x and h are what forward saw and wrote; dy is dL/dy.
+  void backward(const_view x, const_view h, const_view dy, view dx) {
+    const Index t = check_backward(x, h, dy);
+    detail::require_shape<BE>(dx, t, in_features(), "backward: input gradient dx");
+    matrix dh = backward_params(x, h, dy);
+    BE::gemm(1, dy, Trans::no, weight_, Trans::no, 0, dx);
+    BE::gemm(1, dh, Trans::no, A_, Trans::no, 1, dx);
+  }
+
+  /// As above for the first adapted layer of a network, where nobody needs dx.
+  void backward(const_view x, const_view h, const_view dy) {
+    check_backward(x, h, dy);
+    backward_params(x, h, dy);
+  }
+
+  // ---- merge ---------------------------------------------------------------------------------
+  /// W' <- W' + s*B*A: inference at the plain layer's cost. Training needs unmerge() first.
+  void merge() {
+    if (merged_) throw state_error("Adapter::merge: already merged");
+    BE::gemm(scalar(scale_), B_, Trans::no, A_, Trans::no, 1, weight_);
+    merged_ = true;
+  }
+  /// W' <- W' - s*B*A, the inverse of merge() (up to rounding).
+  void unmerge() {
+    if (!merged_) throw state_error("Adapter::unmerge: not merged");
+    BE::gemm(scalar(-scale_), B_, Trans::no, A_, Trans::no, 1, weight_);
+    merged_ = false;
+  }
+
+ private:
+  template <LinearLayer<BE> L>
+  static AdapterFactors<BE> validated_factors(L& layer, const AdapterConfig& config, const Init& init) {
+    const Index out = layer.out_features(), in = layer.in_features();
+    const_view w = layer.weight();
+    detail::require_shape<BE>(w, out, in, "layer weight");
+    config.validate(out, in);
+    if constexpr (LinearLayerWithBias<L, BE>) {
+      const Index nb = numel<BE>(layer.bias());
+      if (nb != 0 && nb != out)
+        throw shape_error(detail::concat("layer bias has ", nb, " values for ", out, " outputs"));
+    }
+    detail::require_finite<BE>(w, "layer weight");
+    AdapterFactors<BE> f = init.template initialize<BE>(w, config);
+    detail::require_shape<BE>(f.A, config.rank, in, "init policy's A");
+    detail::require_shape<BE>(f.B, out, config.rank, "init policy's B");
+    detail::require_finite<BE>(f.A, "init policy's A");
+    detail::require_finite<BE>(f.B, "init policy's B");
+    return f;
+  }
+
+  // Everything that can throw happens here, before any member (or the layer) is touched.
+  struct Prepared {
+    view weight;
+    AdapterFactors<BE> factors;
+  };
+  template <LinearLayer<BE> L>
+  static std::optional<const_view> layer_bias(L& layer) {
+    if constexpr (LinearLayerWithBias<L, BE>) {
+      const_view b = layer.bias();
+      if (numel<BE>(b) != 0) return b;
+    }
+    return std::nullopt;
+  }
+
+  Adapter(Prepared p, std::optional<const_view> bias, const AdapterConfig& config, const Init& init)
+      : config_(config),
+        init_(init),
+        scale_(config.scale()),
+        weight_(p.weight),
+        bias_(std::move(bias)),
+        A_(std::move(p.factors.A)),
+        B_(std::move(p.factors.B)),
+        dA_(BE::zeros(config.rank, BE::cols(p.weight))),
+        dB_(BE::zeros(BE::rows(p.weight), config.rank)) {
+    // The only write to the layer: W' = W - s*B*A from the factors actually produced, so that
+    // W' + s*B*A = W up to one rounding, however accurate the init policy's triplets were.
+    if (p.factors.residual) BE::gemm(scalar(-scale_), B_, Trans::no, A_, Trans::no, 1, weight_);
+  }
+
+  Index check_input(const_view x) const {
+    if (BE::cols(x) != in_features())
+      throw shape_error(detail::concat("adapter input x is ", detail::shape_str(BE::rows(x), BE::cols(x)),
+                                       " but in_features = ", in_features()));
+    return BE::rows(x);
+  }
+
+  Index check_backward(const_view x, const_view h, const_view dy) const {
+    if (merged_) throw state_error("Adapter::backward: adapter is merged; call unmerge() to train");
+    const Index t = check_input(x);
+    detail::require_shape<BE>(h, t, rank(), "backward: activation h");
+    detail::require_shape<BE>(dy, t, out_features(), "backward: output gradient dy");
+    return t;
+  }
+
+  // dB += s dy^T h; dh = s dy B; dA += dh^T x. Returns dh for dx.
+  matrix backward_params(const_view x, const_view h, const_view dy) {
+    const auto s = scalar(scale_);
+    BE::gemm(s, dy, Trans::yes, h, Trans::no, 1, dB_);
+    matrix dh = BE::zeros(BE::rows(x), rank());
+    BE::gemm(s, dy, Trans::no, B_, Trans::no, 0, dh);
+    BE::gemm(1, dh, Trans::yes, x, Trans::no, 1, dA_);
+    return dh;
+  }
+
+  AdapterConfig config_;
+  Init init_;
+  double scale_;
+  view weight_;
+  std::optional<const_view> bias_;
+  matrix A_, B_, dA_, dB_;
+  bool merged_ = false;
+};
+
+}  // namespace milora

@@ -1,0 +1,37 @@
+// InitPolicy: how an adapter's A and B start, and whether the base weight gives up the part they
+// represent. A policy is a small copyable struct (it may carry parameters, e.g. a spectral solver):
+//
+//   static constexpr std::string_view name;           // for logs and tables: "lora", "pissa", ...
+//   template <Backend B>
+//   AdapterFactors<B> initialize(const_view_t<B> w, const AdapterConfig& cfg) const;
+//
+// `initialize` only reads w (out x in). It returns A (r x in), B (out x r) and `residual`: when
+// true, the adapter replaces W by W' = W - s*B*A itself, from the factors actually returned, so the
+// layer's output at initialisation is unchanged by construction (../docs/math.md, "contract").
+// Policies never write to W; the adapter checks the factors' shapes and values before touching it.
+#pragma once
+
+#include <concepts>
+#include <string_view>
+
+#include "milora/core/backend.hpp"
+#include "milora/core/config.hpp"
+
+namespace milora {
+
+template <Backend BE>  // not "B": that is the up-projection's name
+struct AdapterFactors {
+  matrix_t<BE> A;         ///< r x in
+  matrix_t<BE> B;         ///< out x r
+  bool residual = false;  ///< true: the base becomes W - s*B*A (PiSSA, MiLoRA)
+};
+
+template <class I, class B>
+concept InitPolicy =
+    Backend<B> && std::copy_constructible<I> &&
+    requires(const I& init, const_view_t<B> w, const AdapterConfig& cfg) {
+      { I::name } -> std::convertible_to<std::string_view>;
+      { init.template initialize<B>(w, cfg) } -> std::same_as<AdapterFactors<B>>;
+    };
+
+}  // namespace milora
