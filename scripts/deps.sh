@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Installs the Debian packages milora's build needs, only those that are missing.
+# Sourced by demo.sh and test.sh; safe to run by itself.
+set -euo pipefail
+
+MILORA_DEBS=(
+  g++ make cmake                       # toolchain
+  libeigen3-dev                        # the Eigen backend
+  libopenblas-dev liblapacke-dev       # BLAS products and LAPACK factorisations
+  doctest-dev                          # tests
+  libbenchmark-dev                     # benchmarks (their smoke runs are tests)
+)
+
+milora_install_missing() {
+  local missing=()
+  for pkg in "$@"; do
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "install ok installed" || missing+=("$pkg")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "milora: installing missing packages: ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo="sudo"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+milora_install_missing "${MILORA_DEBS[@]}"
