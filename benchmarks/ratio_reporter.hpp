@@ -37,6 +37,7 @@ class RatioTable {
     std::printf("%-44s %12s %12s %8s\n", "benchmark", "time [ms]", "base [ms]", "ratio");
     for (const auto& name : order_) {
       const double t = lookup(name), b = lookup(baseline_.at(name));
+      if (t != t) continue;  // filtered out of this run (--benchmark_filter)
       std::printf("%-44s %12.3f %12.3f %8.4f\n", name.c_str(), t * 1e3, b * 1e3, t / b);
     }
   }
