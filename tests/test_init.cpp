@@ -76,6 +76,25 @@ TEST_CASE_TEMPLATE("init subspace: MiLoRA takes the minor triplets, PiSSA the pr
   }
 }
 
+// Singular vectors have a sign ambiguity; factors_from_triplets resolves it so that every backend and
+// solver gives the same A and B. Without the flip, about half the rows would fail this.
+TEST_CASE_TEMPLATE("init sign convention: each row of A has its largest-magnitude entry positive", B, MILORA_TEST_BACKENDS) {
+  const Index r = 6;
+  const HostMatrix w0 = with_spectrum(20, 14, gapped_spectrum(14, r), 41);
+  milora::Linear<B> l_mi(device<B>(w0)), l_pi(device<B>(w0));
+  milora::MiLoRA<B> mi(l_mi, {.rank = r, .alpha = double(r)});
+  milora::PiSSA<B> pi(l_pi, {.rank = r, .alpha = double(r)});
+  for (const HostMatrix& a : {host<B>(mi.A()), host<B>(pi.A())})
+    for (Index i = 0; i < r; ++i) {
+      Index arg = 0;
+      a.row(i).cwiseAbs().maxCoeff(&arg);
+      CAPTURE(i);
+      CHECK(a(i, arg) > 0);
+    }
+  // and the product is untouched by the flips
+  CHECK(rel_err(host<B>(l_mi.weight()) + mi.scale() * host<B>(mi.B()) * host<B>(mi.A()), w0) <= contract_tol<B>);
+}
+
 TEST_CASE_TEMPLATE("init: LoRA (kaiming-uniform) and Gaussian leave the base alone and B = 0", B, MILORA_TEST_BACKENDS) {
   const Index out = 48, in = 400, r = 8;
   const HostMatrix w0 = random_normal(out, in, 41);
