@@ -6,6 +6,10 @@
 // 2*T*r*(in + out) to backward, i.e. r*(in+out)/(in*out) = 0.8% at r = 16 for fwd+bwd... plus
 // the memory traffic of six skinny products over T x 4096 activations, which is what really costs.
 //
+// Every backend's adapter rows are measured against its own plain layer (rows prefixed "eigen/" and,
+// when built with xtensor-blas, "xtensor/"). The "xtensor/plain_*" rows themselves are given against
+// Eigen's plain layer: what the backend itself costs.
+//
 //   adapter_bench [--smoke] [google-benchmark flags]
 //   --smoke: 256 x 256 layer, 64 tokens, one repetition (CI checks that the program works).
 #include <cstring>
@@ -13,8 +17,10 @@
 
 #include "milora/milora.hpp"
 #include "ratio_reporter.hpp"
+#if defined(MILORA_HAS_XTENSOR)
+#include "milora/backend/xtensor.hpp"
+#endif
 
-using B = milora::EigenBackend<float>;
 using milora::Index;
 using milora::Trans;
 
@@ -22,22 +28,25 @@ namespace {
 
 Index g_dim = 4096;
 
-B::matrix random(Index r, Index c, std::uint64_t seed, double sd = 1.0) {
-  B::matrix m = B::zeros(r, c);
+template <class B>
+typename B::matrix random(Index r, Index c, std::uint64_t seed, double sd = 1.0) {
+  typename B::matrix m = B::zeros(r, c);
   B::fill_normal(m, 0.0, sd, seed);
   return m;
 }
 
+template <class B>
 struct Problem {
-  milora::Linear<B> layer{random(g_dim, g_dim, 1, 0.02)};
-  B::matrix x, y, dy, dx;
+  milora::Linear<B> layer{random<B>(g_dim, g_dim, 1, 0.02)};
+  typename B::matrix x, y, dy, dx;
   explicit Problem(Index tokens)
-      : x(random(tokens, g_dim, 2)), y(B::zeros(tokens, g_dim)), dy(random(tokens, g_dim, 3)),
+      : x(random<B>(tokens, g_dim, 2)), y(B::zeros(tokens, g_dim)), dy(random<B>(tokens, g_dim, 3)),
         dx(B::zeros(tokens, g_dim)) {}
 };
 
+template <class B>
 void plain(benchmark::State& state, Index tokens, bool backward) {
-  Problem p(tokens);
+  Problem<B> p(tokens);
   for (auto _ : state) {
     p.layer.forward(p.x, p.y);
     if (backward) p.layer.backward_input(p.dy, p.dx);
@@ -46,17 +55,38 @@ void plain(benchmark::State& state, Index tokens, bool backward) {
   }
 }
 
+template <class B>
 void lora(benchmark::State& state, Index tokens, Index rank, bool backward, bool merged) {
-  Problem p(tokens);
+  Problem<B> p(tokens);
   milora::LoRA<B> ad(p.layer, {.rank = rank, .alpha = double(rank)});
-  ad.B() = random(g_dim, rank, 4, 0.01);  // as after some training
+  ad.B() = random<B>(g_dim, rank, 4, 0.01);  // as after some training
   if (merged) ad.merge();
-  B::matrix h = B::zeros(tokens, rank);
+  typename B::matrix h = B::zeros(tokens, rank);
   for (auto _ : state) {
     ad.forward(p.x, p.y, h);
     if (backward) ad.backward(p.x, h, p.dy, p.dx);
     benchmark::DoNotOptimize(p.y.data());
     benchmark::DoNotOptimize(p.dx.data());
+  }
+}
+
+// The rows of one backend, each against that backend's plain layer; the plain rows themselves
+// against the plain rows of `reference` (their own, for the reference backend).
+template <class B>
+void register_backend(const std::string& prefix, const std::string& reference,
+                      const std::vector<Index>& token_counts, const std::vector<Index>& ranks) {
+  using milora::bench::register_with_baseline;
+  for (Index t : token_counts) {
+    const std::string ts = "/T=" + std::to_string(t), pf = prefix + "plain_fwd" + ts,
+                      pb = prefix + "plain_fwdbwd" + ts;
+    register_with_baseline(pf, reference + "plain_fwd" + ts, [=](auto& s) { plain<B>(s, t, false); });
+    register_with_baseline(pb, reference + "plain_fwdbwd" + ts, [=](auto& s) { plain<B>(s, t, true); });
+    for (Index r : ranks) {
+      const std::string rs = "/r=" + std::to_string(r) + ts;
+      register_with_baseline(prefix + "lora_fwd" + rs, pf, [=](auto& s) { lora<B>(s, t, r, false, false); });
+      register_with_baseline(prefix + "lora_fwdbwd" + rs, pb, [=](auto& s) { lora<B>(s, t, r, true, false); });
+    }
+    register_with_baseline(prefix + "merged_fwd/r=16" + ts, pf, [=](auto& s) { lora<B>(s, t, 16, false, true); });
   }
 }
 
@@ -75,18 +105,10 @@ int main(int argc, char** argv) {
   const std::vector<Index> token_counts = smoke ? std::vector<Index>{64} : std::vector<Index>{512, 2048};
   const std::vector<Index> ranks = smoke ? std::vector<Index>{16} : std::vector<Index>{8, 16, 64};
 
-  using milora::bench::register_with_baseline;
-  for (Index t : token_counts) {
-    const std::string ts = "/T=" + std::to_string(t);
-    register_with_baseline("plain_fwd" + ts, "plain_fwd" + ts, [=](auto& s) { plain(s, t, false); });
-    register_with_baseline("plain_fwdbwd" + ts, "plain_fwdbwd" + ts, [=](auto& s) { plain(s, t, true); });
-    for (Index r : ranks) {
-      const std::string rs = "/r=" + std::to_string(r) + ts;
-      register_with_baseline("lora_fwd" + rs, "plain_fwd" + ts, [=](auto& s) { lora(s, t, r, false, false); });
-      register_with_baseline("lora_fwdbwd" + rs, "plain_fwdbwd" + ts, [=](auto& s) { lora(s, t, r, true, false); });
-    }
-    register_with_baseline("merged_fwd/r=16" + ts, "plain_fwd" + ts, [=](auto& s) { lora(s, t, 16, false, true); });
-  }
+  register_backend<milora::EigenBackend<float>>("eigen/", "eigen/", token_counts, ranks);
+#if defined(MILORA_HAS_XTENSOR)
+  register_backend<milora::XtensorBackend<float>>("xtensor/", "eigen/", token_counts, ranks);
+#endif
   if (smoke) {
     static std::string one = "--benchmark_repetitions=1", quick = "--benchmark_min_time=0.01";
     std::vector<char*> args(argv, argv + argc);
@@ -94,5 +116,5 @@ int main(int argc, char** argv) {
     args.push_back(quick.data());
     return milora::bench::run_with_ratios(int(args.size()), args.data(), "adapter_bench --smoke");
   }
-  return milora::bench::run_with_ratios(argc, argv, "adapter_bench: adapter vs plain 4096x4096 layer, float, EigenBackend");
+  return milora::bench::run_with_ratios(argc, argv, "adapter_bench: adapter vs plain 4096x4096 layer, float");
 }

@@ -12,7 +12,7 @@ if(NOT DEFINED MILORA_USE_LAPACKE)
 endif()
 
 if(NOT TARGET milora::blas_lapack)
-  add_library(milora::blas_lapack INTERFACE IMPORTED)
+  add_library(milora::blas_lapack INTERFACE IMPORTED GLOBAL)
   if(MILORA_USE_LAPACKE)
     find_path(MILORA_LAPACKE_INCLUDE_DIR lapacke.h PATH_SUFFIXES openblas)
     find_path(MILORA_CBLAS_INCLUDE_DIR cblas.h PATH_SUFFIXES openblas)
@@ -30,5 +30,28 @@ if(NOT TARGET milora::blas_lapack)
     else()
       message(STATUS "milora: OpenBLAS/LAPACKE not found: Eigen's own products and factorisations")
     endif()
+  endif()
+endif()
+
+#   milora::xtensor        xtensor + xtensor-blas (which brings BLAS and LAPACK) when found and
+#                          MILORA_USE_XTENSOR is on: defines MILORA_HAS_XTENSOR, for
+#                          milora/backend/xtensor.hpp. Not created otherwise; link it only if
+#                          TARGET milora::xtensor.
+if(NOT DEFINED MILORA_USE_XTENSOR)
+  set(MILORA_USE_XTENSOR ON)
+endif()
+if(MILORA_USE_XTENSOR AND NOT TARGET milora::xtensor)
+  find_package(xtensor QUIET)
+  find_package(xtensor-blas QUIET)
+  if(xtensor_FOUND AND xtensor-blas_FOUND)
+    add_library(milora::xtensor INTERFACE IMPORTED GLOBAL)  # GLOBAL: visible above an add_subdirectory
+    set_target_properties(milora::xtensor PROPERTIES
+      INTERFACE_LINK_LIBRARIES "xtensor;xtensor-blas;milora::blas_lapack"
+      INTERFACE_COMPILE_DEFINITIONS MILORA_HAS_XTENSOR)
+    if(NOT milora_FIND_QUIETLY)
+      message(STATUS "milora: xtensor ${xtensor_VERSION} + xtensor-blas ${xtensor-blas_VERSION} found: XtensorBackend available")
+    endif()
+  else()
+    message(STATUS "milora: xtensor/xtensor-blas not found: no XtensorBackend")
   endif()
 endif()

@@ -7,6 +7,7 @@ MILORA_DEBS=(
   g++ make cmake                       # toolchain
   libeigen3-dev                        # the Eigen backend
   libopenblas-dev liblapacke-dev       # BLAS products and LAPACK factorisations
+  xtensor-dev xtl-dev libxtensor-blas-dev  # the xtensor backend
   doctest-dev                          # tests
   libbenchmark-dev                     # benchmarks (their smoke runs are tests)
 )

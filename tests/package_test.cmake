@@ -1,4 +1,5 @@
-# cmake -DMODE=install|subdirectory -DSOURCE=<milora source> -DBUILD=<milora build> -DWORK=<dir> -P package_test.cmake
+# cmake -DMODE=install|subdirectory -DSOURCE=<milora source> -DBUILD=<milora build> -DWORK=<dir>
+#       -DEXPECT_XTENSOR=ON|OFF -P package_test.cmake
 file(REMOVE_RECURSE ${WORK})
 set(consumer_args)
 if(MODE STREQUAL "install")
@@ -12,6 +13,7 @@ else()
   set(consumer_args -DMILORA_SOURCE_DIR=${SOURCE})
 endif()
 execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE}/tests/consumer -B ${WORK}/build ${consumer_args}
+                        -DMILORA_EXPECT_XTENSOR=${EXPECT_XTENSOR}
                 RESULT_VARIABLE rc)
 if(rc)
   message(FATAL_ERROR "configuring the consumer (${MODE}) failed")

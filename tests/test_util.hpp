@@ -11,10 +11,20 @@
 #include <vector>
 
 #include "milora/milora.hpp"
+#if defined(MILORA_HAS_XTENSOR)
+#include "milora/backend/xtensor.hpp"
+#endif
 
 // Every backend-generic test runs on each of these; a new backend joins by being added here.
+#if defined(MILORA_HAS_XTENSOR)
+#define MILORA_TEST_BACKENDS                                                                    \
+  milora::EigenBackend<float>, milora::EigenBackend<double>, milora::XtensorBackend<float>,      \
+      milora::XtensorBackend<double>
+#define MILORA_TEST_DOUBLE_BACKENDS milora::EigenBackend<double>, milora::XtensorBackend<double>
+#else
 #define MILORA_TEST_BACKENDS milora::EigenBackend<float>, milora::EigenBackend<double>
 #define MILORA_TEST_DOUBLE_BACKENDS milora::EigenBackend<double>
+#endif
 
 namespace test {
 

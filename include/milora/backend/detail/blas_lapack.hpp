@@ -8,7 +8,14 @@
 
 #if defined(MILORA_HAS_LAPACKE)
 
+// OpenBLAS's <cblas.h> and the CBLAS declarations xtensor-blas bundles (xflens/cxxblas/drivers/
+// cblas.h) define the same enums, so a translation unit may see only one of them. Whichever header
+// comes first wins: if xtensor-blas was included before us, its declarations (same functions, same
+// enum values) serve; otherwise we include OpenBLAS's and tell xtensor-blas to use it.
+#if !defined(CXXBLAS_DRIVERS_CBLAS_H)
 #include <cblas.h>
+#define CXXBLAS_DRIVERS_CBLAS_H 1
+#endif
 #include <lapacke.h>
 
 #include <algorithm>
