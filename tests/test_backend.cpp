@@ -57,6 +57,9 @@ TEST_CASE_TEMPLATE("backend: element-wise operations", B, MILORA_TEST_BACKENDS) 
 
   const HostMatrix row = random_normal(1, 4, 7), col = random_normal(3, 1, 8);
   auto m = device<B>(y0);
+  B::add_diagonal(m, 0.25);  // 3 x 4: the 3 diagonal entries
+  CHECK(rel_err(host<B>(m), y0 + 0.25 * HostMatrix::Identity(3, 4)) < contract_tol<B>);
+  m = device<B>(y0);
   B::add_row_broadcast(m, device<B>(row));
   CHECK(rel_err(host<B>(m), y0.rowwise() + row.row(0)) < contract_tol<B>);
   m = device<B>(y0);
@@ -197,4 +200,27 @@ TEST_CASE_TEMPLATE("backend: operations on an interior block write only that blo
   B::scale_columns(m, B::cblock(bigd, 0, 3, 4, 1));
   CHECK(rel_err(host<B>(m), x * big0.block(0, 3, 4, 1).col(0).asDiagonal()) < tol);
   CHECK(B::squared_norm(B::cblock(bigd, 1, 2, 3, 4)) == doctest::Approx(blk0.squaredNorm()).epsilon(1e-6));
+}
+
+TEST_CASE_TEMPLATE("backend: syrk (full symmetric result) and trsm with a lower factor", B, MILORA_TEST_BACKENDS) {
+  const HostMatrix a = random_normal(5, 7, 31), c0 = random_normal(5, 5, 32);
+  const HostMatrix sym0 = c0 + c0.transpose();
+  auto c = device<B>(sym0);
+  B::syrk(2, device<B>(a), Trans::no, 0.5, c);
+  CHECK(rel_err(host<B>(c), 2 * a * a.transpose() + 0.5 * sym0) < 10 * contract_tol<B>);
+  auto ct = B::zeros(7, 7);
+  B::syrk(1, device<B>(a), Trans::yes, 0, ct);
+  CHECK(rel_err(host<B>(ct), a.transpose() * a) < 10 * contract_tol<B>);
+
+  const HostMatrix g = random_normal(9, 6, 33);
+  const HostMatrix spd = g.transpose() * g + HostMatrix::Identity(6, 6);
+  const HostMatrix l = host<B>(B::cholesky(device<B>(spd))), rhs = random_normal(6, 3, 34);
+  auto x = device<B>(rhs);
+  B::trsm(device<B>(l), Trans::no, x);
+  CHECK(rel_err(l * host<B>(x), rhs) < 100 * contract_tol<B>);
+  x = device<B>(rhs);
+  B::trsm(device<B>(l), Trans::yes, x);
+  CHECK(rel_err(l.transpose() * host<B>(x), rhs) < 100 * contract_tol<B>);
+  auto wrong = B::zeros(5, 2);
+  CHECK_THROWS_AS(B::trsm(device<B>(l), Trans::no, wrong), milora::shape_error);
 }

@@ -29,6 +29,9 @@ struct EigenBackend {
                 "EigenBackend supports float and double");
 
   using scalar = T;
+  /// The same backend in another precision (the fast minor solver forms its Gram matrix in double).
+  template <class U>
+  using rebind = EigenBackend<U>;
   using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using view = Eigen::Ref<matrix>;
   using const_view = Eigen::Ref<const matrix>;
@@ -79,12 +82,41 @@ struct EigenBackend {
 #endif
   }
 
+  static void syrk(T alpha, const_view a, Trans ta, T beta, view c) {
+    const Index n = c.rows(), k = ta == Trans::yes ? a.rows() : a.cols();
+#if defined(MILORA_HAS_LAPACKE)
+    if (n == 0) return;
+    if (k == 0) {
+      scale(c, beta);
+      return;
+    }
+    blas_lapack::syrk(ta == Trans::yes, n, k, alpha, a.data(), a.outerStride(), beta, c.data(), c.outerStride());
+#else
+    (void)n; (void)k;
+    gemm(alpha, a, ta, a, ta == Trans::yes ? Trans::no : Trans::yes, beta, c);
+#endif
+  }
+
+  static void trsm(const_view l, Trans tl, view x) {
+    if (l.rows() != l.cols() || l.rows() != x.rows())
+      throw shape_error(detail::concat("trsm: triangular factor ", detail::shape_str(l.rows(), l.cols()),
+                                       " for a right-hand side ", detail::shape_str(x.rows(), x.cols())));
+    if (x.size() == 0) return;
+#if defined(MILORA_HAS_LAPACKE)
+    blas_lapack::trsm(tl == Trans::yes, l.rows(), x.cols(), l.data(), l.outerStride(), x.data(), x.outerStride());
+#else
+    if (tl == Trans::no) l.template triangularView<Eigen::Lower>().solveInPlace(x);
+    else l.transpose().template triangularView<Eigen::Upper>().solveInPlace(x);
+#endif
+  }
+
   // ---- element-wise ----------------------------------------------------------------------------
   static void scale(view m, T a) {
     if (a == T(0)) m.setZero();  // 0 * NaN must still clear, as BLAS beta = 0 does
     else m *= a;
   }
   static void axpy(T a, const_view x, view y) { y += a * x; }
+  static void add_diagonal(view m, T a) { m.diagonal().array() += a; }
   static void add_row_broadcast(view m, const_view row) {
     m.rowwise() += flat(row).transpose();
   }

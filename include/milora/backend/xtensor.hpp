@@ -3,7 +3,7 @@
 // matrix = xt::xtensor<T, 2> (row-major, xtensor's default), so a user's own tensor is a matrix
 // and converts to the view XMatrixRef<T> without a copy (milora/backend/xtensor_ref.hpp).
 //
-// Products go to BLAS through xtensor-blas's cxxblas::gemm, called with the view's pointer and row
+// Products (gemm, syrk, trsm) go to BLAS through xtensor-blas's cxxblas, called with the view's pointer and row
 // stride so that blocks and foreign buffers are multiplied where they lie (xt::linalg::dot would
 // evaluate strided operands into temporaries and cannot accumulate into C). The factorisations are
 // xt::linalg's svd (gesdd), eigh (syevd), qr (geqrf + orgqr) and cholesky (potrf), which work on
@@ -49,6 +49,9 @@ struct XtensorBackend {
                 "XtensorBackend supports float and double");
 
   using scalar = T;
+  /// The same backend in another precision (the fast minor solver forms its Gram matrix in double).
+  template <class U>
+  using rebind = XtensorBackend<U>;
   using matrix = xmatrix<T>;
   using view = XMatrixRef<T>;
   using const_view = XMatrixRef<const T>;
@@ -104,6 +107,34 @@ struct XtensorBackend {
                                 beta, c.data(), ld(c));
   }
 
+  static void syrk(T alpha, const_view a, Trans ta, T beta, view c) {
+    const Index n = c.rows(), k = ta == Trans::yes ? a.rows() : a.cols();
+    if (n == 0) return;
+    if (k == 0) {
+      scale(c, beta);
+      return;
+    }
+    const auto ld = [](const auto& v) { return blas_int(std::max<Index>(1, v.row_stride())); };
+    cxxblas::syrk<xt::blas_index_t>(cxxblas::StorageOrder::RowMajor, cxxblas::StorageUpLo::Upper,
+                                    ta == Trans::yes ? cxxblas::Transpose::Trans : cxxblas::Transpose::NoTrans,
+                                    blas_int(n), blas_int(k), alpha, a.data(), ld(a), beta, c.data(), ld(c));
+    for (Index i = 0; i < n; ++i)  // BLAS wrote the upper triangle; the contract is the full matrix
+      for (Index j = 0; j < i; ++j) c(i, j) = c(j, i);
+  }
+
+  static void trsm(const_view l, Trans tl, view x) {
+    if (l.rows() != l.cols() || l.rows() != x.rows())
+      throw shape_error(detail::concat("trsm: triangular factor ", detail::shape_str(l.rows(), l.cols()),
+                                       " for a right-hand side ", detail::shape_str(x.rows(), x.cols())));
+    if (x.size() == 0) return;
+    const auto ld = [](const auto& v) { return blas_int(std::max<Index>(1, v.row_stride())); };
+    cxxblas::trsm<xt::blas_index_t>(cxxblas::StorageOrder::RowMajor, cxxblas::Side::Left,
+                                    cxxblas::StorageUpLo::Lower,
+                                    tl == Trans::yes ? cxxblas::Transpose::Trans : cxxblas::Transpose::NoTrans,
+                                    cxxblas::Diag::NonUnit, blas_int(x.rows()), blas_int(x.cols()), T(1),
+                                    l.data(), ld(l), x.data(), ld(x));
+  }
+
   // ---- element-wise ----------------------------------------------------------------------------
   static void scale(view m, T a) {
     auto e = m.expr();
@@ -113,6 +144,9 @@ struct XtensorBackend {
   static void axpy(T a, const_view x, view y) {
     auto e = y.expr();
     xt::noalias(e) = e + a * x.expr();
+  }
+  static void add_diagonal(view m, T a) {
+    for (Index i = 0; i < std::min(m.rows(), m.cols()); ++i) m(i, i) += a;
   }
   static void add_row_broadcast(view m, const_view row) {
     auto e = m.expr();

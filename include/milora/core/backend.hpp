@@ -16,7 +16,11 @@
 //   memory   zeros(r, c), from_host(r, c, span) (row-major host data), to_host(v) -> std::vector,
 //            clone(v), copy(src, dst), rows(v), cols(v), block(v, r0, c0, nr, nc), cblock(...)
 //   BLAS     gemm(alpha, a, ta, b, tb, beta, c): c = alpha * op(a) * op(b) + beta * c
-//   elementwise  scale(v, a); axpy(a, x, y); add_row_broadcast(y, row); scale_rows(m, d);
+//            syrk(alpha, a, ta, beta, c): c = alpha * op(a) * op(a)^T + beta * c, c symmetric and
+//            both triangles written (a Gram matrix at half a gemm's cost)
+//            trsm(l, tl, x): x = op(l)^-1 * x in place, l lower triangular (a Cholesky factor)
+//   elementwise  scale(v, a); axpy(a, x, y); add_diagonal(m, a) (m_ii += a, a shift);
+//            add_row_broadcast(y, row); scale_rows(m, d);
 //            scale_columns(m, d); all_finite(v); squared_norm(v); adamw_update(...)
 //   random   fill_uniform(v, lo, hi, seed), fill_normal(v, mean, std, seed), with the numbers of
 //            milora/core/random.hpp (element (i, j) is draw i*cols + j) so backends agree.
@@ -94,9 +98,12 @@ concept Backend =
       { B::cblock(cv, i, i, i, i) } -> std::same_as<typename B::const_view>;
       // BLAS
       B::gemm(a, cv, Trans::no, cv, Trans::yes, a, v);
+      B::syrk(a, cv, Trans::no, a, v);
+      B::trsm(cv, Trans::yes, v);
       // element-wise
       B::scale(v, a);
       B::axpy(a, cv, v);
+      B::add_diagonal(v, a);
       B::add_row_broadcast(v, cv);
       B::scale_rows(v, cv);
       B::scale_columns(v, cv);

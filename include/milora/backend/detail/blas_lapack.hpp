@@ -52,6 +52,32 @@ inline void gemm(bool ta, bool tb, Index m, Index n, Index k, double alpha, cons
               to_int(lda, "dgemm"), b, to_int(ldb, "dgemm"), beta, c, to_int(ldc, "dgemm"));
 }
 
+// ---- SYRK: C = alpha*op(A)*op(A)^T + beta*C, upper triangle computed, then mirrored --------------
+template <class T, class Syrk>
+void syrk_impl(Syrk syrk, bool ta, Index n, Index k, T alpha, const T* a, Index lda, T beta, T* c,
+               Index ldc, const char* name) {
+  syrk(CblasRowMajor, CblasUpper, ta ? CblasTrans : CblasNoTrans, to_int(n, name), to_int(k, name),
+       alpha, a, to_int(lda, name), beta, c, to_int(ldc, name));
+  for (Index i = 0; i < n; ++i)
+    for (Index j = 0; j < i; ++j) c[i * ldc + j] = c[j * ldc + i];
+}
+inline void syrk(bool ta, Index n, Index k, float alpha, const float* a, Index lda, float beta, float* c, Index ldc) {
+  syrk_impl(cblas_ssyrk, ta, n, k, alpha, a, lda, beta, c, ldc, "ssyrk");
+}
+inline void syrk(bool ta, Index n, Index k, double alpha, const double* a, Index lda, double beta, double* c, Index ldc) {
+  syrk_impl(cblas_dsyrk, ta, n, k, alpha, a, lda, beta, c, ldc, "dsyrk");
+}
+
+// ---- TRSM: X = op(L)^-1 X, L lower triangular (n x n), X n x m, row-major ------------------------
+inline void trsm(bool tl, Index n, Index m, const float* l, Index ldl, float* x, Index ldx) {
+  cblas_strsm(CblasRowMajor, CblasLeft, CblasLower, tl ? CblasTrans : CblasNoTrans, CblasNonUnit,
+              to_int(n, "strsm"), to_int(m, "strsm"), 1.0f, l, to_int(ldl, "strsm"), x, to_int(ldx, "strsm"));
+}
+inline void trsm(bool tl, Index n, Index m, const double* l, Index ldl, double* x, Index ldx) {
+  cblas_dtrsm(CblasRowMajor, CblasLeft, CblasLower, tl ? CblasTrans : CblasNoTrans, CblasNonUnit,
+              to_int(n, "dtrsm"), to_int(m, "dtrsm"), 1.0, l, to_int(ldl, "dtrsm"), x, to_int(ldx, "dtrsm"));
+}
+
 // ---- SVD (divide and conquer) -------------------------------------------------------------------
 // Thin SVD of a row-major m x n matrix `a` (destroyed). A row-major A is a column-major A^T, and
 // A^T = V S U^T, so calling column-major gesdd on the same buffer with (n, m) returns U^T's factors

@@ -1,0 +1,252 @@
+// CholeskyKrylovSVD: the r SMALLEST singular triplets without a full SVD, for MiLoRA.
+//
+// Randomized SVD finds the largest triplets; the smallest are the largest of an inverse. With
+// k = min(m, n) and G the k x k Gram matrix of the smaller side (W W^T or W^T W), in double:
+//
+//   1. G = syrk(W) in double. W's float values are exact in double, and squaring the condition
+//      number costs nothing we need: eps_64 * kappa(W)^2 stays far below float's resolution for
+//      any kappa(W) < 1e4.
+//   2. Block Krylov on (G - mu I)^-1, applied as two triangular solves with the Cholesky factor
+//      of G - mu I, the basis kept orthonormal by block Gram-Schmidt done twice. On the inverse the
+//      minor end of the spectrum is the dominant one; a Krylov space converges like a Chebyshev
+//      polynomial in the relative gap, where plain inverse subspace iteration stalls.
+//   3. After each block, Rayleigh-Ritz on G in the basis (G Q is kept, one product per block): the
+//      r + 1 smallest Ritz pairs (theta_i, x_i) and residuals r_i = G x_i - theta_i x_i. By
+//      Davis-Kahan, x_i is within angle ||r_i|| / (theta_r - theta_i) of the true minor subspace
+//      (theta_r: the first unwanted Ritz value), so
+//          overlap >= 1 - (1/r) sum_i min(1, (||r_i|| / (theta_r - theta_i))^2)
+//      and we stop when that estimate reaches 1 - tolerance.
+//   4. The minor tail of a real weight is clustered: relative gaps of 1e-4 at n = 4096 make the
+//      unshifted space (mu = 0) converge in hundreds of blocks. So the first phase (mu = 0,
+//      phase_blocks blocks) only locates the tail; each further phase shifts to just below the
+//      smallest eigenvalue as estimated so far (mu = theta_0 - (theta_r - theta_0) / 2 - 2 ||r_0||),
+//      where the wanted eigenvalues of (G - mu I)^-1 are separated by factors, not by 1e-4, and
+//      restarts from the previous phase's Ritz vectors. A shift above the smallest eigenvalue makes
+//      Cholesky fail; the shift then steps down. Each phase costs one Cholesky factorisation.
+//   5. X spans the minor left (or right) singular subspace. The other side is orth(W^T A^-1 X)
+//      (A = G - mu I), which damps rather than amplifies X's error along principal directions;
+//      sigma comes from the SVD of the r x r core X^T W Y (triplets_from_subspace).
+//
+// If neither phase meets the tolerance, or W is numerically rank deficient (Cholesky of G fails),
+// the solver logs one line (milora::log) and returns ExactSVD's answer: never a silently wrong
+// subspace. Matrices too small for a Krylov space to pay (2 b > k) go to ExactSVD directly.
+//
+// Needs the backend in double: B::rebind<double> (milora/core/precision.hpp).
+#pragma once
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <optional>
+#include <string_view>
+#include <vector>
+
+#include "milora/core/log.hpp"
+#include "milora/core/precision.hpp"
+#include "milora/core/spectral_solver.hpp"
+#include "milora/spectral/exact.hpp"
+
+namespace milora {
+
+struct CholeskyKrylovSVD {
+  static constexpr std::string_view name = "cholesky-krylov";
+  Index oversampling = 16;   ///< p: the Krylov block has b = r + p columns
+  Index phase_blocks = 8;    ///< Krylov blocks per phase (one shift, one Cholesky factor)
+  Index max_blocks = 24;     ///< all phases together
+  double tolerance = 1e-4;   ///< accepted 1 - (estimated subspace overlap)
+  std::uint64_t seed = 0x2545F4914F6CDD1DULL;
+
+  /// The r smallest singular triplets, sigma descending (as ExactSVD::bottom returns them).
+  template <Backend B>
+  Triplets<B> bottom(const_view_t<B> w, Index r) const {
+    static_assert(Rebindable<B, double>,
+                  "CholeskyKrylovSVD needs the backend in double: declare template <class U> using "
+                  "rebind = YourBackend<U> (milora/core/precision.hpp)");
+    using D = rebind_t<B, double>;
+    const Index m = B::rows(w), n = B::cols(w), k = std::min(m, n);
+    detail::check_triplet_count(r, m, n, name);
+    if (oversampling < 0 || phase_blocks < 2 || max_blocks < phase_blocks || !(tolerance > 0))
+      throw value_error(detail::concat("CholeskyKrylovSVD: oversampling ", oversampling, ", phase_blocks ",
+                                       phase_blocks, ", max_blocks ", max_blocks, ", tolerance ", tolerance,
+                                       " (need >= 0, >= 2, >= phase_blocks, > 0)"));
+    const Index b = r + oversampling;
+    if (2 * b > k) return ExactSVD{}.bottom<B>(w, r);  // the Krylov space would be most of R^k
+
+    const bool left = m <= n;  // the Gram matrix of the smaller side
+    const auto wd = convert<D, B>(w);
+    auto g = D::zeros(k, k);
+    D::syrk(1.0, wd, left ? Trans::no : Trans::yes, 0.0, g);
+
+    // Phase 1: no shift, from a random block. Later phases: shift just below the smallest
+    // eigenvalue as estimated so far, restart from the previous phase's Ritz vectors.
+    auto a_mat = D::clone(g);
+    std::optional<matrix_t<D>> l = factor<D>(a_mat);
+    if (!l) {
+      log(detail::concat(name, ": the Gram matrix of a ", detail::shape_str(m, n),
+                         " weight is not positive definite (rank deficient?); using the exact SVD"));
+      return ExactSVD{}.bottom<B>(w, r);
+    }
+    auto start = D::zeros(k, b);
+    D::fill_normal(start, 0.0, 1.0, seed);
+    const Index per_phase = std::min(phase_blocks, k / b);
+    Krylov<D> state = krylov<D>(a_mat, *l, start, r, per_phase);
+    double mu = 0;
+    Index used = per_phase;
+    while (!state.converged && used + per_phase <= max_blocks) {
+      // Ritz values are upper bounds: the smallest eigenvalue is below theta_0, and the wanted
+      // ones spread over ~ theta_r - theta_0. Shift half that spread below theta_0; if that is
+      // still above the smallest eigenvalue, Cholesky fails and we step down by 4x the distance.
+      // (Adding the residual ||r_0|| to the step, the safe choice, measured 3x more phases.)
+      const double theta0 = state.theta[0] + mu;  // back to G's eigenvalues
+      const double step = 0.5 * (state.theta[std::size_t(r)] - state.theta[0]);
+      std::optional<matrix_t<D>> shifted_l;
+      for (double margin = 1; margin <= 64 && !shifted_l; margin *= 4) {
+        const double candidate = theta0 - margin * step;
+        if (candidate <= 0) break;  // no better than no shift
+        a_mat = D::clone(g);
+        D::add_diagonal(a_mat, -candidate);
+        shifted_l = factor<D>(a_mat);
+        if (shifted_l) mu = candidate;
+      }
+      if (!shifted_l) break;
+      l = std::move(shifted_l);
+      state = krylov<D>(a_mat, *l, state.ritz_block, r, per_phase);
+      used += per_phase;
+    }
+    if (state.converged) return triplets_from_subspace<B, D>(wd, state.x, *l, left);
+    log(detail::concat(name, ": no convergence on a ", detail::shape_str(m, n), " weight at r = ", r,
+                       " (estimated overlap ", 1.0 - state.defect, " after ", used, " blocks of ", b,
+                       "); using the exact SVD"));
+    return ExactSVD{}.bottom<B>(w, r);
+  }
+
+ private:
+  template <class D>
+  struct Krylov {
+    bool converged = false;
+    double defect = 1.0;        // estimated 1 - overlap
+    std::vector<double> theta;  // r + 1 smallest Ritz values, ascending
+    matrix_t<D> x;              // k x r Ritz vectors of the r smallest
+    matrix_t<D> ritz_block;     // k x b Ritz vectors of the b smallest: a warm start
+  };
+
+  // The Cholesky factor, or nothing if the matrix is not (numerically) positive definite.
+  template <class D>
+  static std::optional<matrix_t<D>> factor(const matrix_t<D>& a) {
+    try {
+      return D::cholesky(a);
+    } catch (const numerical_error&) {
+      return std::nullopt;
+    }
+  }
+
+  // Block Krylov on a^-1 = (l l^T)^-1 from `start` (k x b), at most `depth` blocks, with
+  // Rayleigh-Ritz on `a` after each block and the overlap estimate of the header comment.
+  template <class D>
+  Krylov<D> krylov(const matrix_t<D>& a, const matrix_t<D>& l, const_view_t<D> start, Index r,
+                   Index depth) const {
+    const Index k = D::rows(a), b = D::cols(start);
+    auto basis = D::zeros(k, b * depth);    // Q_0 .. Q_j, orthonormal columns
+    auto a_basis = D::zeros(k, b * depth);  // A Q_0 .. A Q_j
+    Krylov<D> out;
+    for (Index j = 0; j < depth; ++j) {
+      auto y = D::clone(j == 0 ? start : D::cblock(basis, 0, (j - 1) * b, k, b));
+      if (j > 0) {  // A^-1 Q_{j-1} = L^-T L^-1 Q_{j-1}, orthogonalised against the basis, twice
+        D::trsm(l, Trans::no, y);
+        D::trsm(l, Trans::yes, y);
+        const auto done = D::cblock(basis, 0, 0, k, j * b);
+        auto coeff = D::zeros(j * b, b);
+        for (int pass = 0; pass < 2; ++pass) {
+          D::gemm(1.0, done, Trans::yes, y, Trans::no, 0.0, coeff);
+          D::gemm(-1.0, done, Trans::no, coeff, Trans::no, 1.0, y);
+        }
+      }
+      D::copy(D::qr(y).Q, D::block(basis, 0, j * b, k, b));
+      D::gemm(1.0, a, Trans::no, D::cblock(basis, 0, j * b, k, b), Trans::no, 0.0,
+              D::block(a_basis, 0, j * b, k, b));
+      if (j == 0) continue;
+
+      // Rayleigh-Ritz: T = Q^T A Q and its b smallest eigenpairs.
+      const Index cols = (j + 1) * b;
+      const auto q = D::cblock(basis, 0, 0, k, cols), aq = D::cblock(a_basis, 0, 0, k, cols);
+      auto t = D::zeros(cols, cols);
+      D::gemm(1.0, q, Trans::yes, aq, Trans::no, 0.0, t);
+      const auto ritz = D::eigh(symmetric_part<D>(t), 0, b - 1);
+      out.theta = D::to_host(ritz.values);
+      out.ritz_block = D::zeros(k, b);
+      D::gemm(1.0, q, Trans::no, ritz.vectors, Trans::no, 0.0, out.ritz_block);
+      // Residuals of the r + 1 smallest pairs: R = A X - X diag(theta).
+      const auto y_r = D::cblock(ritz.vectors, 0, 0, cols, r + 1);
+      auto res = D::zeros(k, r + 1), x_theta = D::clone(D::cblock(out.ritz_block, 0, 0, k, r + 1));
+      D::gemm(1.0, aq, Trans::no, y_r, Trans::no, 0.0, res);
+      D::scale_columns(x_theta, D::cblock(ritz.values, 0, 0, 1, r + 1));
+      D::axpy(-1.0, x_theta, res);
+      std::vector<double> rn(std::size_t(r + 1));
+      for (Index i = 0; i <= r; ++i) rn[std::size_t(i)] = std::sqrt(D::squared_norm(D::cblock(res, 0, i, k, 1)));
+      out.x = D::clone(D::cblock(out.ritz_block, 0, 0, k, r));
+      // The unwanted spectrum starts no lower than theta_r - ||r_r|| (an eigenvalue lies within
+      // ||r_r|| of theta_r, and Ritz values bound the eigenvalues from above): using that
+      // instead of theta_r keeps the estimate honest while theta_r itself is unconverged.
+      const double unwanted = out.theta[std::size_t(r)] - rn[std::size_t(r)];
+      out.defect = 0;
+      for (Index i = 0; i < r; ++i) {
+        const double gap = unwanted - out.theta[std::size_t(i)], ri = rn[std::size_t(i)];
+        out.defect += gap > 0 ? std::min(1.0, (ri / gap) * (ri / gap)) : 1.0;
+      }
+      out.defect /= double(r);
+      if (out.defect <= tolerance) {
+        out.converged = true;
+        return out;
+      }
+    }
+    return out;
+  }
+
+  // (T + T^T) / 2: rounding makes Q^T A Q slightly asymmetric, and backends' eigensolvers read
+  // different triangles. T is at most (b * max_blocks)^2, so this is done on the host.
+  template <class D>
+  static matrix_t<D> symmetric_part(const_view_t<D> t) {
+    const Index n = D::rows(t);
+    auto h = D::to_host(t);
+    for (Index i = 0; i < n; ++i)
+      for (Index j = i + 1; j < n; ++j) {
+        const double avg = 0.5 * (h[std::size_t(i * n + j)] + h[std::size_t(j * n + i)]);
+        h[std::size_t(i * n + j)] = h[std::size_t(j * n + i)] = avg;
+      }
+    return D::from_host(n, n, h);
+  }
+
+  // Triplets from an orthonormal basis X of the minor left (left = true) or right singular
+  // subspace, and the Cholesky factor l of the (shifted) Gram matrix A = L L^T.
+  //
+  // The other side is NOT taken as X^T W: an error e in X along a principal direction j comes
+  // back multiplied by sigma_j / sigma_i there (x100 on a real weight). Instead Y = orth(W^T A^-1 X)
+  // (or orth(W A^-1 X)): A^-1 W = U diag(sigma / (sigma^2 - mu)) V^T damps the principal
+  // directions by the same factor. Then sigma and the rotations come from the SVD of the r x r core
+  // X^T W Y, in which the errors of X and Y enter only as their product.
+  template <Backend B, Backend D>
+  static Triplets<B> triplets_from_subspace(const matrix_t<D>& wd, const matrix_t<D>& x,
+                                            const matrix_t<D>& l, bool left) {
+    const Index m = D::rows(wd), n = D::cols(wd), r = D::cols(x);
+    auto z = D::clone(x);  // A^-1 X
+    D::trsm(l, Trans::no, z);
+    D::trsm(l, Trans::yes, z);
+    const Index other = left ? n : m;
+    auto y = D::zeros(other, r);  // the other side's basis, before orthonormalisation
+    D::gemm(1.0, wd, left ? Trans::yes : Trans::no, z, Trans::no, 0.0, y);
+    const auto basis = D::qr(y).Q;
+    // core = U_basis^T W V_basis, r x r
+    const auto& u_basis = left ? x : basis;
+    const auto& v_basis = left ? basis : x;
+    auto wv = D::zeros(m, r), core = D::zeros(r, r);
+    D::gemm(1.0, wd, Trans::no, v_basis, Trans::no, 0.0, wv);
+    D::gemm(1.0, u_basis, Trans::yes, wv, Trans::no, 0.0, core);
+    const auto f = D::svd(core);  // core = U~ S V~^T
+    auto u = D::zeros(m, r), vt = D::zeros(r, n);
+    D::gemm(1.0, u_basis, Trans::no, f.U, Trans::no, 0.0, u);
+    D::gemm(1.0, f.Vt, Trans::no, v_basis, Trans::yes, 0.0, vt);
+    return {convert<B, D>(u), convert<B, D>(f.S), convert<B, D>(vt)};
+  }
+};
+
+}  // namespace milora

@@ -1,0 +1,153 @@
+// Fast spectral solvers against ExactSVD: RandomizedSVD (top, PiSSA) and CholeskyKrylovSVD (bottom,
+// MiLoRA), on (a) a spectrum with a clear gap, (b) an LLM-like power law whose minor tail is
+// clustered, (c) a rank-deficient matrix, (d) tall and wide shapes.
+//
+// Accuracy measures: the mean squared cosine of the principal angles between the fast and the exact
+// subspaces (1 = identical; the MiLoRA target is >= 0.999) and the relative error of the selected
+// singular values.
+#include <string>
+
+#include "test_util.hpp"
+#include "milora/spectral/cholesky_krylov.hpp"
+#include "milora/spectral/randomized.hpp"
+
+using namespace test;
+
+namespace {
+
+// sigma_i = (i + 1)^-0.6 + 0.02, i = 0 .. k-1: a few large values and a flat, clustered minor tail
+// (at k = 300 the 8 smallest are within 1.3% of each other).
+std::vector<double> llm_like(Index k) {
+  std::vector<double> s(static_cast<std::size_t>(k));
+  for (Index i = 0; i < k; ++i) s[std::size_t(i)] = std::pow(double(i + 1), -0.6) + 0.02;
+  return s;
+}
+
+// rows of Vt span the subspace; Q^T orthonormal columns from the exact solver
+double overlap(const HostMatrix& vt_fast, const HostMatrix& vt_exact) {
+  return overlap_rows(vt_fast, Eigen::MatrixXd(vt_exact.transpose()));
+}
+
+double sigma_error(const HostMatrix& s_fast, const HostMatrix& s_exact) {
+  return (s_fast - s_exact).cwiseAbs().maxCoeff() / s_exact.cwiseAbs().maxCoeff();
+}
+
+// Collects milora::log lines while alive.
+struct LogCapture {
+  std::vector<std::string> lines;
+  milora::LogSink previous;
+  LogCapture() : previous(milora::set_log_sink([this](std::string_view l) { lines.emplace_back(l); })) {}
+  ~LogCapture() { milora::set_log_sink(previous); }
+};
+
+struct Case {
+  const char* name;
+  Index out, in;
+  bool llm;  // else the gapped spectrum
+};
+constexpr Case kCases[] = {{"gapped, tall", 400, 300, false}, {"gapped, wide", 300, 400, false},
+                           {"llm-like, tall", 400, 300, true}, {"llm-like, wide", 300, 400, true}};
+
+}  // namespace
+
+// Thresholds. Randomized SVD with p = 10, q = 4 on the LLM-like spectrum at r = 8: the error of
+// subspace iteration decays like (sigma_{r+p+1} / sigma_r)^(2q+1) = (19/8)^-5.4 ~ 1e-2 in angle,
+// i.e. overlap ~ 1 - 1e-4, sigma (a Ritz value, quadratic in the angle) ~ 1e-4 relative; we require
+// overlap >= 0.999 and sigma error <= 1e-3 (float rounding adds ~1e-6).
+TEST_CASE_TEMPLATE("RandomizedSVD: top-r subspace and sigma match ExactSVD", B, MILORA_TEST_BACKENDS) {
+  const Index r = 8;
+  for (const auto& c : kCases) {
+    const std::string name = c.name;
+    CAPTURE(name);
+    const Index k = std::min(c.out, c.in);
+    const auto w = device<B>(with_spectrum(c.out, c.in, c.llm ? llm_like(k) : gapped_spectrum(k, r), 51));
+    const auto fast = milora::RandomizedSVD{}.top<B>(w, r);
+    const auto exact = milora::ExactSVD{}.top<B>(w, r);
+    REQUIRE(B::rows(fast.U) == c.out);
+    REQUIRE(B::cols(fast.U) == r);
+    REQUIRE(B::rows(fast.Vt) == r);
+    CHECK(overlap(host<B>(fast.Vt), host<B>(exact.Vt)) >= 0.999);
+    CHECK(overlap(host<B>(fast.U).transpose(), host<B>(exact.U).transpose()) >= 0.999);
+    CHECK(sigma_error(host<B>(fast.S), host<B>(exact.S)) <= 1e-3);
+  }
+  // With no power iteration the same sketch is visibly worse on the slowly decaying spectrum:
+  // the test can tell a working iteration from a missing one.
+  const auto w = device<B>(with_spectrum(400, 300, llm_like(300), 52));
+  const auto exact = milora::ExactSVD{}.top<B>(w, r);
+  const auto crude = milora::RandomizedSVD{.oversampling = 0, .power_iterations = 0}.top<B>(w, r);
+  CHECK(sigma_error(host<B>(crude.S), host<B>(exact.S)) > 1e-2);
+}
+
+// CholeskyKrylovSVD: converged means the Davis-Kahan bound ||R|| / gap <= 1e-3 on sin(angle), so
+// overlap >= 1 - 1e-6; we require the MiLoRA target 0.999 and that no fallback was needed. Its
+// sigma come from an SVD of W projected on the subspace, in double: error ~ float rounding, and
+// we allow 1e-4.
+TEST_CASE_TEMPLATE("CholeskyKrylovSVD: bottom-r subspace and sigma match ExactSVD, no fallback", B, MILORA_TEST_BACKENDS) {
+  const Index r = 8;
+  const milora::CholeskyKrylovSVD solver{.oversampling = 8, .phase_blocks = 5, .max_blocks = 15};  // blocks of 16
+  for (const auto& c : kCases) {
+    const std::string name = c.name;
+    CAPTURE(name);
+    const Index k = std::min(c.out, c.in);
+    const auto w = device<B>(with_spectrum(c.out, c.in, c.llm ? llm_like(k) : gapped_spectrum(k, r), 53));
+    LogCapture log;
+    const auto fast = solver.bottom<B>(w, r);
+    CHECK(log.lines.empty());  // the fast path, not the exact fallback
+    const auto exact = milora::ExactSVD{}.bottom<B>(w, r);
+    REQUIRE(B::rows(fast.U) == c.out);
+    REQUIRE(B::cols(fast.U) == r);
+    REQUIRE(B::cols(fast.S) == r);
+    REQUIRE(B::rows(fast.Vt) == r);
+    REQUIRE(B::cols(fast.Vt) == c.in);
+    CHECK(overlap(host<B>(fast.Vt), host<B>(exact.Vt)) >= 0.999);
+    CHECK(overlap(host<B>(fast.U).transpose(), host<B>(exact.U).transpose()) >= 0.999);
+    CHECK(sigma_error(host<B>(fast.S), host<B>(exact.S)) <= 1e-4);
+    // descending, as ExactSVD::bottom
+    const HostMatrix s = host<B>(fast.S);
+    for (Index i = 1; i < r; ++i) CHECK(s(0, i) <= s(0, i - 1));
+  }
+}
+
+TEST_CASE_TEMPLATE("CholeskyKrylovSVD falls back to ExactSVD, and says so, when it must", B, MILORA_TEST_BACKENDS) {
+  const Index r = 4;
+  SUBCASE("rank-deficient W: Cholesky of the Gram matrix fails") {
+    // rank 60 of 200: the Gram matrix is singular (c).
+    const HostMatrix w0 = random_normal(200, 60, 54) * random_normal(60, 240, 55);
+    const auto w = device<B>(w0);
+    LogCapture log;
+    const auto fast = milora::CholeskyKrylovSVD{}.bottom<B>(w, r);
+    REQUIRE(log.lines.size() == 1);
+    CHECK(log.lines[0].find("not positive definite") != std::string::npos);
+    CHECK(log.lines[0].find("200x240") != std::string::npos);
+    const auto exact = milora::ExactSVD{}.bottom<B>(w, r);
+    CHECK(host<B>(fast.S) == host<B>(exact.S));
+  }
+  SUBCASE("a Krylov space too shallow for the tolerance") {
+    const auto w = device<B>(with_spectrum(300, 200, llm_like(200), 56));
+    LogCapture log;
+    const auto fast = milora::CholeskyKrylovSVD{.oversampling = 4, .phase_blocks = 2, .max_blocks = 2, .tolerance = 1e-12}.bottom<B>(w, r);
+    REQUIRE(log.lines.size() == 1);
+    CHECK(log.lines[0].find("no convergence") != std::string::npos);
+    CHECK(host<B>(fast.S) == host<B>(milora::ExactSVD{}.bottom<B>(w, r).S));
+  }
+  CHECK_THROWS_AS(milora::CholeskyKrylovSVD{.max_blocks = 1}.bottom<B>(device<B>(random_normal(50, 50, 1)), 2),
+                  milora::value_error);
+  CHECK_THROWS_AS(milora::RandomizedSVD{.oversampling = -1}.top<B>(device<B>(random_normal(50, 50, 1)), 2),
+                  milora::value_error);
+}
+
+// The init contract holds for every solver: the adapter builds W' from the factors produced.
+TEST_CASE_TEMPLATE("init contract with the fast solvers: output unchanged, W' + s*B*A = W", B, MILORA_TEST_BACKENDS) {
+  for (auto [out, in] : {std::pair<Index, Index>{260, 200}, {200, 260}}) {
+    CAPTURE(out);
+    const HostMatrix w0 = with_spectrum(out, in, llm_like(200), 57), x = random_normal(7, in, 58);
+    milora::Linear<B> l_mi(device<B>(w0)), l_pi(device<B>(w0));
+    milora::MiLoRA<B, milora::CholeskyKrylovSVD> mi(l_mi, {.rank = 8, .alpha = 8});
+    milora::PiSSA<B, milora::RandomizedSVD> pi(l_pi, {.rank = 8, .alpha = 16});
+    CHECK(rel_err(host<B>(l_mi.weight()) + mi.scale() * host<B>(mi.B()) * host<B>(mi.A()), w0) <= contract_tol<B>);
+    CHECK(rel_err(host<B>(l_pi.weight()) + pi.scale() * host<B>(pi.B()) * host<B>(pi.A()), w0) <= contract_tol<B>);
+    const HostMatrix y0 = x * w0.transpose();
+    CHECK(rel_err(host<B>(mi.forward(device<B>(x))), y0) <= 10 * contract_tol<B>);
+    CHECK(rel_err(host<B>(pi.forward(device<B>(x))), y0) <= 10 * contract_tol<B>);
+  }
+}
