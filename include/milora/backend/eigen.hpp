@@ -50,6 +50,9 @@ struct EigenBackend {
     return out;
   }
   static matrix clone(const_view m) { return m; }
+  /// A copy in scalar U (milora::convert uses it to move between float and double).
+  template <class U>
+  static typename EigenBackend<U>::matrix cast(const_view m) { return m.template cast<U>(); }
   static void copy(const_view src, view dst) { dst = src; }
   static Index rows(const_view m) { return m.rows(); }
   static Index cols(const_view m) { return m.cols(); }

@@ -76,6 +76,9 @@ struct XtensorBackend {
     return out;
   }
   static matrix clone(const_view m) { return m.expr(); }
+  /// A copy in scalar U (milora::convert uses it to move between float and double).
+  template <class U>
+  static xmatrix<U> cast(const_view m) { return xt::cast<U>(m.expr()); }
   static void copy(const_view src, view dst) {
     if (src.rows() != dst.rows() || src.cols() != dst.cols())
       throw shape_error(detail::concat("copy: ", detail::shape_str(src.rows(), src.cols()), " into ",

@@ -1,7 +1,7 @@
 // Moving a matrix between precisions of one backend family (float <-> double), for the algorithms
 // that need double internally (the Gram matrix of the fast minor solver). A backend opts in with a
-// member alias template `rebind<U>` naming itself in scalar U; the copy goes through the host,
-// which costs one pass over the matrix (a device backend can specialise convert for a kernel).
+// member alias template `rebind<U>` naming itself in scalar U. The copy uses the backend's
+// `cast<U>(view)` when it has one (one pass, one allocation), else goes through the host.
 #pragma once
 
 #include <type_traits>
@@ -25,6 +25,8 @@ template <Backend To, Backend From>
 matrix_t<To> convert(const_view_t<From> m) {
   if constexpr (std::is_same_v<To, From>) {
     return From::clone(m);
+  } else if constexpr (requires { { From::template cast<scalar_t<To>>(m) } -> std::same_as<matrix_t<To>>; }) {
+    return From::template cast<scalar_t<To>>(m);  // the backend converts in one pass
   } else {
     const auto h = From::to_host(m);
     const std::vector<scalar_t<To>> c(h.begin(), h.end());
