@@ -1,7 +1,7 @@
 // Cost and accuracy of the spectral solvers against ExactSVD (LAPACK gesdd) in the same run, on
 // float weights with an LLM-like spectrum (power law over a noise floor) of LLaMA-7B shapes:
 //   exact               ExactSVD: one gesdd; the baseline of every row (top and bottom cost the same)
-//   randomized_top      RandomizedSVD{p = 10, q = 4}, the r largest triplets (PiSSA)
+//   randomized_top      RandomizedSVD{} (p = r, q = 6), the r largest triplets (PiSSA)
 //   cholesky_krylov     CholeskyKrylovSVD, the r smallest triplets (MiLoRA)
 // Accuracy against the exact triplets is printed after the ratio table: subspace overlap (mean
 // squared cosine of the principal angles, right singular vectors) and max relative sigma error.

@@ -50,10 +50,11 @@ constexpr Case kCases[] = {{"gapped, tall", 400, 300, false}, {"gapped, wide", 3
 
 }  // namespace
 
-// Thresholds. Randomized SVD with p = 10, q = 4 on the LLM-like spectrum at r = 8: the error of
-// subspace iteration decays like (sigma_{r+p+1} / sigma_r)^(2q+1) = (19/8)^-5.4 ~ 1e-2 in angle,
-// i.e. overlap ~ 1 - 1e-4, sigma (a Ritz value, quadratic in the angle) ~ 1e-4 relative; we require
-// overlap >= 0.999 and sigma error <= 1e-3 (float rounding adds ~1e-6).
+// Thresholds. Randomized SVD with its defaults p = r, q = 6 on the LLM-like spectrum at r = 8: the
+// error of subspace iteration decays like (sigma_{r+p+1} / sigma_r)^(2q+1) = (17/8)^(-0.6*13) ~ 3e-3
+// in angle, so overlap ~ 1 - 1e-5 and sigma (a Ritz value, quadratic in the angle) ~ 1e-5 relative;
+// we require overlap >= 0.999 and sigma error <= 1e-4, the issue's PiSSA target (float rounding
+// adds ~1e-6).
 TEST_CASE_TEMPLATE("RandomizedSVD: top-r subspace and sigma match ExactSVD", B, MILORA_TEST_BACKENDS) {
   const Index r = 8;
   for (const auto& c : kCases) {
@@ -68,7 +69,7 @@ TEST_CASE_TEMPLATE("RandomizedSVD: top-r subspace and sigma match ExactSVD", B, 
     REQUIRE(B::rows(fast.Vt) == r);
     CHECK(overlap(host<B>(fast.Vt), host<B>(exact.Vt)) >= 0.999);
     CHECK(overlap(host<B>(fast.U).transpose(), host<B>(exact.U).transpose()) >= 0.999);
-    CHECK(sigma_error(host<B>(fast.S), host<B>(exact.S)) <= 1e-3);
+    CHECK(sigma_error(host<B>(fast.S), host<B>(exact.S)) <= 1e-4);
   }
   // With no power iteration the same sketch is visibly worse on the slowly decaying spectrum:
   // the test can tell a working iteration from a missing one.
@@ -132,7 +133,7 @@ TEST_CASE_TEMPLATE("CholeskyKrylovSVD falls back to ExactSVD, and says so, when 
   }
   CHECK_THROWS_AS(milora::CholeskyKrylovSVD{.max_blocks = 1}.bottom<B>(device<B>(random_normal(50, 50, 1)), 2),
                   milora::value_error);
-  CHECK_THROWS_AS(milora::RandomizedSVD{.oversampling = -1}.top<B>(device<B>(random_normal(50, 50, 1)), 2),
+  CHECK_THROWS_AS(milora::RandomizedSVD{.oversampling = -2}.top<B>(device<B>(random_normal(50, 50, 1)), 2),
                   milora::value_error);
 }
 

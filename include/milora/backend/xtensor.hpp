@@ -37,6 +37,7 @@
 #include <stdexcept>
 #include <vector>
 
+#include "milora/backend/detail/mirror.hpp"
 #include "milora/backend/xtensor_ref.hpp"
 #include "milora/core/backend.hpp"
 #include "milora/core/random.hpp"
@@ -121,8 +122,7 @@ struct XtensorBackend {
     cxxblas::syrk<xt::blas_index_t>(cxxblas::StorageOrder::RowMajor, cxxblas::StorageUpLo::Upper,
                                     ta == Trans::yes ? cxxblas::Transpose::Trans : cxxblas::Transpose::NoTrans,
                                     blas_int(n), blas_int(k), alpha, a.data(), ld(a), beta, c.data(), ld(c));
-    for (Index i = 0; i < n; ++i)  // BLAS wrote the upper triangle; the contract is the full matrix
-      for (Index j = 0; j < i; ++j) c(i, j) = c(j, i);
+    detail::mirror_upper(n, c.data(), c.row_stride());  // the contract is the full matrix
   }
 
   static void trsm(const_view l, Trans tl, view x) {

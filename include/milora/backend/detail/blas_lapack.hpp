@@ -22,6 +22,7 @@
 #include <climits>
 #include <vector>
 
+#include "milora/backend/detail/mirror.hpp"
 #include "milora/core/errors.hpp"
 
 namespace milora::blas_lapack {
@@ -52,24 +53,13 @@ inline void gemm(bool ta, bool tb, Index m, Index n, Index k, double alpha, cons
               to_int(lda, "dgemm"), b, to_int(ldb, "dgemm"), beta, c, to_int(ldc, "dgemm"));
 }
 
-// Copies the upper triangle of a row-major n x n matrix into the lower one, in 64 x 64 tiles (a
-// plain loop reads one column per row, a cache miss per element at n = 4096).
-template <class T>
-void mirror_upper(Index n, T* c, Index ldc) {
-  constexpr Index tile = 64;
-  for (Index i0 = 0; i0 < n; i0 += tile)
-    for (Index j0 = 0; j0 <= i0; j0 += tile)
-      for (Index i = i0; i < std::min(n, i0 + tile); ++i)
-        for (Index j = j0; j < std::min(i, j0 + tile); ++j) c[i * ldc + j] = c[j * ldc + i];
-}
-
 // ---- SYRK: C = alpha*op(A)*op(A)^T + beta*C, upper triangle computed, then mirrored --------------
 template <class T, class Syrk>
 void syrk_impl(Syrk syrk, bool ta, Index n, Index k, T alpha, const T* a, Index lda, T beta, T* c,
                Index ldc, const char* name) {
   syrk(CblasRowMajor, CblasUpper, ta ? CblasTrans : CblasNoTrans, to_int(n, name), to_int(k, name),
        alpha, a, to_int(lda, name), beta, c, to_int(ldc, name));
-  mirror_upper(n, c, ldc);
+  detail::mirror_upper(n, c, ldc);
 }
 inline void syrk(bool ta, Index n, Index k, float alpha, const float* a, Index lda, float beta, float* c, Index ldc) {
   syrk_impl(cblas_ssyrk, ta, n, k, alpha, a, lda, beta, c, ldc, "ssyrk");
