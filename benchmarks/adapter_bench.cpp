@@ -12,7 +12,6 @@
 //
 //   adapter_bench [--smoke] [google-benchmark flags]
 //   --smoke: 256 x 256 layer, 64 tokens, one repetition (CI checks that the program works).
-#include <cstring>
 #include <string>
 
 #include "milora/milora.hpp"
@@ -93,14 +92,7 @@ void register_backend(const std::string& prefix, const std::string& reference,
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool smoke = false;
-  for (int i = 1; i < argc; ++i)
-    if (std::strcmp(argv[i], "--smoke") == 0) {
-      smoke = true;
-      for (int j = i; j + 1 < argc; ++j) argv[j] = argv[j + 1];
-      --argc;
-      break;
-    }
+  const bool smoke = milora::bench::take_flag(argc, argv, "--smoke");
   if (smoke) g_dim = 256;
   const std::vector<Index> token_counts = smoke ? std::vector<Index>{64} : std::vector<Index>{512, 2048};
   const std::vector<Index> ranks = smoke ? std::vector<Index>{16} : std::vector<Index>{8, 16, 64};

@@ -72,6 +72,17 @@ void register_with_baseline(const std::string& name, const std::string& baseline
       ->UseRealTime();
 }
 
+/// Removes `flag` from argv if present (before Google Benchmark sees it); returns whether it was.
+inline bool take_flag(int& argc, char** argv, const char* flag) {
+  for (int i = 1; i < argc; ++i)
+    if (std::string(argv[i]) == flag) {
+      for (int j = i; j + 1 < argc; ++j) argv[j] = argv[j + 1];
+      --argc;
+      return true;
+    }
+  return false;
+}
+
 /// Runs everything registered; defaults to 5 randomly interleaved repetitions.
 inline int run_with_ratios(int argc, char** argv, const char* title) {
   std::vector<char*> args(argv, argv + argc);

@@ -8,7 +8,6 @@
 //
 //   spectral_bench [--smoke] [google-benchmark flags]
 //   --smoke: 256 x 192 only, one repetition (CI checks that the program works).
-#include <cstring>
 #include <map>
 #include <memory>
 #include <string>
@@ -88,14 +87,7 @@ void run(benchmark::State& state, const Shape& s, Solve solve) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  bool smoke = false;
-  for (int i = 1; i < argc; ++i)
-    if (std::strcmp(argv[i], "--smoke") == 0) {
-      smoke = true;
-      for (int j = i; j + 1 < argc; ++j) argv[j] = argv[j + 1];
-      --argc;
-      break;
-    }
+  const bool smoke = milora::bench::take_flag(argc, argv, "--smoke");
   const std::vector<Shape> shapes = smoke ? std::vector<Shape>{{256, 192}}
                                           : std::vector<Shape>{{1024, 1024}, {4096, 4096}, {4096, 11008}, {11008, 4096}};
   const std::vector<Index> ranks = smoke ? std::vector<Index>{8} : std::vector<Index>{16, 64};
@@ -127,7 +119,7 @@ int main(int argc, char** argv) {
   args.insert(args.begin() + 1, {reps.data(), mintime.data()});
   const int rc = milora::bench::run_with_ratios(int(args.size()), args.data(),
                                                 "spectral_bench: solvers vs exact gesdd, float, EigenBackend");
-  std::printf("\naccuracy against the exact triplets (right singular subspace overlap, max sigma error / sigma_max)\n");
+  std::printf("\naccuracy against the exact triplets (right singular subspace overlap, max relative sigma error)\n");
   for (const auto& [name, a] : accuracy_table())
     std::printf("%-44s overlap %.6f   sigma error %.2e\n", name.c_str(), a.overlap, a.sigma_error);
   return rc;

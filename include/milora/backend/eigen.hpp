@@ -144,14 +144,10 @@ struct EigenBackend {
 
   // ---- random ----------------------------------------------------------------------------------
   static void fill_uniform(view m, double lo, double hi, std::uint64_t seed) {
-    for (Index i = 0; i < m.rows(); ++i)
-      for (Index j = 0; j < m.cols(); ++j)
-        m(i, j) = T(random::uniform(seed, std::uint64_t(i * m.cols() + j), lo, hi));
+    random::fill_uniform_host<T>(m, lo, hi, seed);
   }
   static void fill_normal(view m, double mean, double stddev, std::uint64_t seed) {
-    for (Index i = 0; i < m.rows(); ++i)
-      for (Index j = 0; j < m.cols(); ++j)
-        m(i, j) = T(mean + stddev * random::normal(seed, std::uint64_t(i * m.cols() + j)));
+    random::fill_normal_host<T>(m, mean, stddev, seed);
   }
 
   // ---- LAPACK ----------------------------------------------------------------------------------

@@ -50,4 +50,19 @@ MILORA_HOST_DEVICE inline double normal(std::uint64_t seed, std::uint64_t k) {
   return std::sqrt(-2.0 * std::log(u1)) * std::cos(2.0 * std::numbers::pi * u2);
 }
 
+/// The host backends' fill_uniform / fill_normal: element (i, j) of any matrix-like m with m(i, j),
+/// m.rows(), m.cols() gets draw i * cols + j.
+template <class T, class M>
+void fill_uniform_host(M& m, double lo, double hi, std::uint64_t seed) {
+  for (std::int64_t i = 0; i < std::int64_t(m.rows()); ++i)
+    for (std::int64_t j = 0; j < std::int64_t(m.cols()); ++j)
+      m(i, j) = T(uniform(seed, std::uint64_t(i * std::int64_t(m.cols()) + j), lo, hi));
+}
+template <class T, class M>
+void fill_normal_host(M& m, double mean, double stddev, std::uint64_t seed) {
+  for (std::int64_t i = 0; i < std::int64_t(m.rows()); ++i)
+    for (std::int64_t j = 0; j < std::int64_t(m.cols()); ++j)
+      m(i, j) = T(mean + stddev * normal(seed, std::uint64_t(i * std::int64_t(m.cols()) + j)));
+}
+
 }  // namespace milora::random
