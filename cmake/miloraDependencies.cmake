@@ -55,3 +55,24 @@ if(MILORA_USE_XTENSOR AND NOT TARGET milora::xtensor)
     message(STATUS "milora: xtensor/xtensor-blas not found: no XtensorBackend")
   endif()
 endif()
+
+#   milora::io             nlohmann/json (Debian nlohmann-json3-dev) when found and MILORA_USE_IO is
+#                          on: the file layer, milora/io.hpp (safetensors, Hugging Face folders,
+#                          PEFT adapters). Defines MILORA_HAS_IO. Not created otherwise.
+if(NOT DEFINED MILORA_USE_IO)
+  set(MILORA_USE_IO ON)
+endif()
+if(MILORA_USE_IO AND NOT TARGET milora::io)
+  find_package(nlohmann_json 3.9 QUIET)
+  if(nlohmann_json_FOUND)
+    add_library(milora::io INTERFACE IMPORTED GLOBAL)
+    set_target_properties(milora::io PROPERTIES
+      INTERFACE_LINK_LIBRARIES "milora::milora;nlohmann_json::nlohmann_json"
+      INTERFACE_COMPILE_DEFINITIONS MILORA_HAS_IO)
+    if(NOT milora_FIND_QUIETLY)
+      message(STATUS "milora: nlohmann_json ${nlohmann_json_VERSION} found: milora::io (safetensors, PEFT) available")
+    endif()
+  else()
+    message(STATUS "milora: nlohmann_json not found: no milora::io")
+  endif()
+endif()

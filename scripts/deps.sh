@@ -8,6 +8,8 @@ MILORA_DEBS=(
   libeigen3-dev                        # the Eigen backend
   libopenblas-dev liblapacke-dev       # BLAS products and LAPACK factorisations
   xtensor-dev xtl-dev libxtensor-blas-dev  # the xtensor backend
+  nlohmann-json3-dev                   # the file layer (safetensors headers, configs)
+  libcli11-dev                         # the command-line tools' arguments
   doctest-dev                          # tests
   libbenchmark-dev                     # benchmarks (their smoke runs are tests)
 )

@@ -37,6 +37,17 @@ struct numerical_error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+/// A file from outside broke a rule of its format (safetensors, config.json, a PEFT adapter).
+/// The message names the file, the entry and the rule.
+struct format_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
+/// The operating system refused: a file could not be opened, mapped, written or renamed.
+struct io_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 namespace detail {
 
 /// Concatenates any streamable arguments into one message.

@@ -1,0 +1,45 @@
+// HostMatrix<T>: a row-major matrix in ordinary host memory, the currency of the file layer.
+//
+// Files are read and written on the host whatever backend trains the adapter; HostMatrix is what
+// a tensor becomes on its way between a file and a backend (B::from_host / B::to_host), and it has
+// no dependency on any tensor library.
+#pragma once
+
+#include <span>
+#include <utility>
+#include <vector>
+
+#include "milora/core/backend.hpp"
+#include "milora/core/errors.hpp"
+
+namespace milora::io {
+
+template <class T>
+struct HostMatrix {
+  Index rows = 0, cols = 0;
+  std::vector<T> data;  // rows * cols values, row-major
+
+  HostMatrix() = default;
+  HostMatrix(Index r, Index c) : rows(r), cols(c), data(static_cast<std::size_t>(r * c)) {}
+  HostMatrix(Index r, Index c, std::vector<T> values) : rows(r), cols(c), data(std::move(values)) {
+    if (static_cast<Index>(data.size()) != r * c)
+      throw shape_error(detail::concat("HostMatrix: ", data.size(), " values for a ", detail::shape_str(r, c),
+                                       " matrix"));
+  }
+  T& operator()(Index i, Index j) { return data[static_cast<std::size_t>(i * cols + j)]; }
+  const T& operator()(Index i, Index j) const { return data[static_cast<std::size_t>(i * cols + j)]; }
+};
+
+/// A backend matrix with the same values.
+template <Backend B>
+matrix_t<B> to_backend(const HostMatrix<scalar_t<B>>& m) {
+  return B::from_host(m.rows, m.cols, std::span<const scalar_t<B>>(m.data));
+}
+
+/// A host copy of a backend matrix or view.
+template <Backend B>
+HostMatrix<scalar_t<B>> to_host_matrix(const_view_t<B> v) {
+  return {B::rows(v), B::cols(v), B::to_host(v)};
+}
+
+}  // namespace milora::io
