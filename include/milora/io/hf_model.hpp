@@ -114,7 +114,7 @@ class HFModel {
 template <class T>
 using TensorEdit = std::function<void(const std::string& name, HostMatrix<T>& values)>;
 
-/// Writes `src` to the folder `out` (created; must not exist): every tensor in its shard, order and
+/// Writes `src` to the folder `out` (created; must not exist or be empty): every tensor in its shard, order and
 /// dtype, with those for which `selects(name)` is true loaded as T, passed to `edit`, and converted
 /// back to their dtype; all other files of the folder (config.json, the index, tokenizer files)
 /// copied. Edited tensors are computed while their shard is written, one at a time.
@@ -122,7 +122,8 @@ template <class T>
 void write_hf_model(const HFModel& src, const std::filesystem::path& out,
                     const std::function<bool(const std::string&)>& selects, const TensorEdit<T>& edit) {
   using milora::detail::concat;
-  if (std::filesystem::exists(out)) throw io_error(concat("'", out.string(), "' already exists"));
+  if (std::filesystem::exists(out) && !(std::filesystem::is_directory(out) && std::filesystem::is_empty(out)))
+    throw io_error(concat("'", out.string(), "' already exists and is not an empty folder"));
   std::filesystem::create_directories(out);
   for (const auto& entry : std::filesystem::directory_iterator(src.dir())) {
     if (!entry.is_regular_file() || entry.path().extension() == ".safetensors") continue;

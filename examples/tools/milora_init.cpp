@@ -1,0 +1,140 @@
+// milora-init: initialise a LoRA, PiSSA or MiLoRA adapter for a Hugging Face model folder.
+//
+//   milora-init --model DIR --method milora --rank 16 --alpha 16 --out OUT
+//
+// writes OUT/adapter_config.json + OUT/adapter_model.safetensors (a PEFT adapter) and, for PiSSA
+// and MiLoRA, OUT/residual/: the model folder with W' = W - s*B*A in place of every adapted weight
+// (same shards, dtypes and other files), which is the base model the adapter belongs to. Train
+// with PEFT or milora on OUT/residual; milora-convert turns the result into a plain LoRA for the
+// original model.
+#include <cstdint>
+#include <map>
+#include <set>
+#include <string>
+
+#include "milora/io.hpp"
+#include "milora/milora.hpp"
+#include "tool_common.hpp"
+
+namespace {
+
+using Backend = milora::EigenBackend<float>;
+using milora::Index;
+using milora::detail::concat;
+namespace io = milora::io;
+
+struct Options {
+  std::string model, method = "milora", solver = "exact", out;
+  std::string targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
+  Index rank = 16;
+  double alpha = 0;  // 0: alpha = rank, MiLoRA's and PiSSA's choice
+  bool rslora = false;
+  std::uint64_t seed = 0;
+};
+
+// One stream per module, from its name, so adding a target does not reseed the others.
+std::uint64_t module_seed(std::uint64_t seed, const std::string& module) {
+  std::uint64_t h = 0xcbf29ce484222325ULL;  // FNV-1a
+  for (unsigned char c : module) h = (h ^ c) * 0x100000001b3ULL;
+  return milora::random::mix64(seed ^ h);
+}
+
+// Initialises one adapter on `w` (replaced by the residual for PiSSA / MiLoRA); returns A and B.
+template <class AdapterT>
+io::LoraFactors<float> init_one(io::HostMatrix<float>& w, const milora::AdapterConfig& cfg) {
+  milora::Linear<Backend> layer(io::to_backend<Backend>(w));
+  AdapterT adapter(layer, cfg);
+  w.data = Backend::to_host(layer.weight());
+  return io::factors_of(adapter);
+}
+
+io::LoraFactors<float> init_module(const Options& o, io::HostMatrix<float>& w, const milora::AdapterConfig& cfg) {
+  const bool fast = o.solver == "fast";
+  if (o.method == "lora") return init_one<milora::LoRA<Backend>>(w, cfg);
+  if (o.method == "pissa")
+    return fast ? init_one<milora::PiSSA<Backend, milora::RandomizedSVD>>(w, cfg) : init_one<milora::PiSSA<Backend>>(w, cfg);
+  return fast ? init_one<milora::MiLoRA<Backend, milora::CholeskyKrylovSVD>>(w, cfg) : init_one<milora::MiLoRA<Backend>>(w, cfg);
+}
+
+void run(const Options& o) {
+  const io::HFModel model(o.model);
+  const auto targets = milora::tools::split_list(o.targets);
+  if (targets.empty()) throw milora::value_error("--targets is empty");
+  // Which weights to adapt; every check happens before anything is written.
+  std::set<std::string> selected;
+  std::map<std::string, int> matches;
+  for (const auto& t : targets) matches[t] = 0;
+  for (const auto& name : model.tensor_names()) {
+    if (name.size() <= 7 || name.compare(name.size() - 7, 7, ".weight") != 0) continue;
+    const auto leaf = milora::tools::module_leaf(io::module_of_weight(name));
+    if (!matches.count(leaf)) continue;
+    const auto& info = model.info(name);
+    if (info.shape.size() != 2) continue;
+    if (!io::dtype_info(info.dtype).floating_point)
+      throw milora::format_error(concat("dtype unsupported: '", name, "' is ", io::dtype_name(info.dtype),
+                                        "; milora adapts F16, BF16, F32 and F64 weights"));
+    const Index out = info.shape[0], in = info.shape[1];
+    if (o.rank > std::min(out, in))
+      throw milora::shape_error(concat("--rank ", o.rank, " is too large for '", name, "' (", out, "x", in,
+                                       "): at most ", std::min(out, in)));
+    ++matches[leaf];
+    selected.insert(name);
+  }
+  for (const auto& [t, n] : matches)
+    if (n == 0) throw milora::value_error(concat("unknown target '", t, "': no 2-D weight of '", o.model, "' ends in ", t, ".weight"));
+
+  io::PeftAdapter<float> adapter;
+  adapter.config.r = o.rank;
+  adapter.config.lora_alpha = o.alpha > 0 ? o.alpha : double(o.rank);
+  adapter.config.use_rslora = o.rslora;
+  adapter.config.target_modules = targets;
+  adapter.config.base_model_name_or_path = model.config().value("_name_or_path", o.model);
+  adapter.metadata = {{"milora.method", o.method}, {"milora.solver", o.method == "lora" ? "none" : o.solver},
+                      {"milora.seed", std::to_string(o.seed)}};
+  milora::AdapterConfig base_cfg = adapter.config.adapter_config();
+
+  milora::tools::StagedOutput staged(o.out);
+  milora::tools::Progress progress(selected.size());
+  auto adapt = [&](const std::string& name, io::HostMatrix<float>& w) {
+    progress.start();
+    const std::string module = io::module_of_weight(name);
+    milora::AdapterConfig cfg = base_cfg;
+    cfg.seed = module_seed(o.seed, module);
+    adapter.modules[module] = init_module(o, w, cfg);
+    progress.done(module, w.rows, w.cols);
+  };
+  if (o.method == "lora") {  // the base is unchanged: no residual folder
+    for (const auto& name : selected) {
+      auto w = model.load<float>(name);
+      adapt(name, w);
+    }
+  } else {
+    io::write_hf_model<float>(model, staged.dir() / "residual", [&](const std::string& n) { return selected.count(n) > 0; },
+                              adapt);
+  }
+  io::save_peft_adapter(adapter, staged.dir());
+  staged.commit();
+  std::cerr << "milora-init: " << o.method << " adapter (r = " << o.rank << ") for " << selected.size() << " weights in "
+            << o.out << (o.method == "lora" ? "" : " (+ residual/)") << "\n";
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"milora-init: initialise a LoRA / PiSSA / MiLoRA adapter (PEFT format) for a Hugging Face model folder.\n"
+               "PiSSA and MiLoRA also write OUT/residual, the model with W - s*B*A in place of each adapted weight."};
+  app.add_option("--model", o.model, "Hugging Face model folder (config.json + model.safetensors or a sharded index)")
+      ->required()->check(CLI::ExistingDirectory);
+  app.add_option("--method", o.method, "lora | pissa | milora")->check(CLI::IsMember({"lora", "pissa", "milora"}))
+      ->capture_default_str();
+  app.add_option("--rank", o.rank, "adapter rank r")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--alpha", o.alpha, "lora_alpha (default: the rank, so s = 1)")->check(CLI::PositiveNumber);
+  app.add_flag("--rslora", o.rslora, "scale alpha / sqrt(r) instead of alpha / r");
+  app.add_option("--targets", o.targets, "comma-separated module names to adapt")->capture_default_str();
+  app.add_option("--solver", o.solver, "exact (LAPACK gesdd) | fast (randomized SVD for PiSSA, Cholesky-Krylov for MiLoRA)")
+      ->check(CLI::IsMember({"exact", "fast"}))->capture_default_str();
+  app.add_option("--seed", o.seed, "seed of LoRA's random A (one stream per module, derived from its name)")->capture_default_str();
+  app.add_option("--out", o.out, "output folder (must not exist)")->required();
+  return milora::tools::run_tool("milora-init", app, argc, argv, [&] { run(o); });
+}

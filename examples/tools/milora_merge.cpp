@@ -1,0 +1,56 @@
+// milora-merge: a model folder with a LoRA adapter merged into its weights, W <- W + s*B*A.
+//
+//   milora-merge --model DIR --adapter ADAPTER_DIR --out OUT
+//
+// For a PiSSA / MiLoRA adapter, --model is the residual folder milora-init wrote (or use
+// milora-convert first and merge into the original model). Merged weights keep their dtype.
+#include <set>
+#include <string>
+
+#include "milora/io.hpp"
+#include "milora/milora.hpp"
+#include "tool_common.hpp"
+
+int main(int argc, char** argv) {
+  std::string model_dir, adapter_dir, out;
+  CLI::App app{"milora-merge: merge a LoRA adapter (PEFT folder) into a Hugging Face model folder, W <- W + s*B*A."};
+  app.add_option("--model", model_dir, "Hugging Face model folder (for PiSSA / MiLoRA: the residual folder)")
+      ->required()->check(CLI::ExistingDirectory);
+  app.add_option("--adapter", adapter_dir, "PEFT adapter folder")->required()->check(CLI::ExistingDirectory);
+  app.add_option("--out", out, "output folder (must not exist)")->required();
+  return milora::tools::run_tool("milora-merge", app, argc, argv, [&] {
+    namespace io = milora::io;
+    using B = milora::EigenBackend<float>;
+    using milora::detail::concat;
+    const io::HFModel model(model_dir);
+    const auto adapter = io::load_peft_adapter<float>(adapter_dir);
+    std::set<std::string> weights;
+    for (const auto& [module, f] : adapter.modules) {  // every check before anything is written
+      const std::string name = module + ".weight";
+      if (!model.contains(name))
+        throw milora::format_error(concat("the adapter has module '", module, "' but the model has no '", name, "'"));
+      const auto& info = model.info(name);
+      if (info.shape.size() != 2 || info.shape[0] != f.B.rows || info.shape[1] != f.A.cols)
+        throw milora::shape_error(concat("'", name, "' does not fit the adapter's B ", f.B.rows, "x", f.B.cols, " * A ",
+                                         f.A.rows, "x", f.A.cols));
+      if (!io::dtype_info(info.dtype).floating_point)
+        throw milora::format_error(concat("dtype unsupported: '", name, "' is ", io::dtype_name(info.dtype)));
+      weights.insert(name);
+    }
+    const auto s = float(adapter.config.scale());
+    milora::tools::StagedOutput staged(out);
+    milora::tools::Progress progress(weights.size());
+    io::write_hf_model<float>(model, staged.dir(), [&](const std::string& n) { return weights.count(n) > 0; },
+                              [&](const std::string& name, io::HostMatrix<float>& w) {
+                                progress.start();
+                                const auto& f = adapter.modules.at(io::module_of_weight(name));
+                                auto W = io::to_backend<B>(w);
+                                B::gemm(s, io::to_backend<B>(f.B), milora::Trans::no, io::to_backend<B>(f.A),
+                                        milora::Trans::no, 1, W);
+                                w.data = B::to_host(W);
+                                progress.done(io::module_of_weight(name), w.rows, w.cols);
+                              });
+    staged.commit();
+    std::cerr << "milora-merge: merged " << weights.size() << " weights (s = " << s << ") into " << out << "\n";
+  });
+}
