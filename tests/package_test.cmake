@@ -1,5 +1,5 @@
 # cmake -DMODE=install|subdirectory -DSOURCE=<milora source> -DBUILD=<milora build> -DWORK=<dir>
-#       -DEXPECT_XTENSOR=ON|OFF -P package_test.cmake
+#       -DEXPECT_XTENSOR=ON|OFF -DEXPECT_IO=ON|OFF -P package_test.cmake
 file(REMOVE_RECURSE ${WORK})
 set(consumer_args)
 if(MODE STREQUAL "install")
@@ -13,7 +13,7 @@ else()
   set(consumer_args -DMILORA_SOURCE_DIR=${SOURCE})
 endif()
 execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE}/tests/consumer -B ${WORK}/build ${consumer_args}
-                        -DMILORA_EXPECT_XTENSOR=${EXPECT_XTENSOR}
+                        -DMILORA_EXPECT_XTENSOR=${EXPECT_XTENSOR} -DMILORA_EXPECT_IO=${EXPECT_IO}
                 RESULT_VARIABLE rc)
 if(rc)
   message(FATAL_ERROR "configuring the consumer (${MODE}) failed")
@@ -22,7 +22,7 @@ execute_process(COMMAND ${CMAKE_COMMAND} --build ${WORK}/build RESULT_VARIABLE r
 if(rc)
   message(FATAL_ERROR "building the consumer (${MODE}) failed")
 endif()
-execute_process(COMMAND ${WORK}/build/consumer RESULT_VARIABLE rc)
+execute_process(COMMAND ${WORK}/build/consumer WORKING_DIRECTORY ${WORK} RESULT_VARIABLE rc)
 if(rc)
   message(FATAL_ERROR "the consumer (${MODE}) ran but failed")
 endif()

@@ -2,6 +2,10 @@
 #if defined(MILORA_HAS_XTENSOR)
 #include <milora/backend/xtensor.hpp>
 #endif
+#if defined(MILORA_HAS_IO)
+#include <cstdio>
+#include <milora/io.hpp>
+#endif
 
 // A MiLoRA adapter keeps W' + s*B*A = W; checked through the backend's own host copies.
 template <class B>
@@ -20,6 +24,15 @@ int main() {
   bool ok = contract_holds<milora::EigenBackend<float>>();
 #if defined(MILORA_HAS_XTENSOR)  // the installed package exports milora::xtensor too
   ok = ok && contract_holds<milora::XtensorBackend<float>>();
+#endif
+#if defined(MILORA_HAS_IO)  // the file layer: a safetensors round trip
+  {
+    milora::io::SafetensorsWriter w;
+    w.add("x", milora::io::HostMatrix<float>(1, 2, {1.5f, -2.0f}), milora::io::DType::BF16);
+    w.write("consumer.safetensors");
+    ok = ok && milora::io::SafetensorsFile("consumer.safetensors").load<float>("x").data == std::vector<float>{1.5f, -2.0f};
+    std::remove("consumer.safetensors");
+  }
 #endif
   return ok ? 0 : 1;
 }
