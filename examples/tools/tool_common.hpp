@@ -25,7 +25,8 @@ namespace milora::tools {
 /// fails first, the destructor removes the staging folder. <out> must not exist beforehand.
 class StagedOutput {
  public:
-  explicit StagedOutput(const std::filesystem::path& out) : final_(std::filesystem::absolute(out)) {
+  explicit StagedOutput(const std::filesystem::path& out) : final_(std::filesystem::absolute(out).lexically_normal()) {
+    if (!final_.has_filename()) final_ = final_.parent_path();  // "out/" names the folder "out"
     if (std::filesystem::exists(final_))
       throw io_error(detail::concat("output '", out.string(), "' already exists; remove it or choose another --out"));
     staging_ = final_.parent_path() / (final_.filename().string() + ".partial-" + std::to_string(::getpid()));

@@ -161,7 +161,7 @@ TEST_CASE("milora-init (MiLoRA) -> train -> milora-convert -> milora-merge, end 
   save_peft_adapter(trained, dir / "trained");
 
   const auto plain = dir / "plain";
-  r = run_tool("milora-convert", "--initial " + init.string() + " --trained " + (dir / "trained").string() + " --out " + plain.string(),
+  r = run_tool("milora-convert", "--initial " + init.string() + " --trained " + (dir / "trained").string() + " --out " + plain.string() + "/",
                dir.path);
   INFO(r.err);
   REQUIRE(r.status == 0);
