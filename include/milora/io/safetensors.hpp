@@ -252,18 +252,16 @@ class SafetensorsWriter {
 
   /// Adds a tensor from bytes already in `dtype` (copied).
   void add_raw(const std::string& name, DType dtype, std::vector<std::int64_t> shape, std::span<const std::byte> bytes) {
+    std::uint64_t needed = dtype_size(dtype);
+    for (auto d : shape) needed *= static_cast<std::uint64_t>(std::max<std::int64_t>(d, 0));
+    if (needed != bytes.size())
+      throw shape_error(milora::detail::concat("safetensors: tensor '", name, "' has ", bytes.size(),
+                                               " bytes but its dtype and shape need ", needed));
     auto copy = std::make_shared<std::vector<std::byte>>(bytes.begin(), bytes.end());
-    add_deferred(name, dtype, std::move(shape), [copy](std::span<std::byte> out) {
-      if (out.size() != copy->size()) throw shape_error("safetensors: raw tensor size does not match its shape");
-      std::memcpy(out.data(), copy->data(), out.size());
-    });
-    if (entries_.back().nbytes != bytes.size()) {
-      const std::string msg = milora::detail::concat("safetensors: tensor '", name, "' has ", bytes.size(),
-                                                     " bytes but its dtype and shape need ", entries_.back().nbytes);
-      names_.erase(name);
-      entries_.pop_back();
-      throw shape_error(msg);
-    }
+    add_deferred(name, dtype, std::move(shape),
+                 [copy](std::span<std::byte> out) {
+                   if (!out.empty()) std::memcpy(out.data(), copy->data(), out.size());
+                 });
   }
 
   /// Adds a matrix, converting its values to `dtype`. The shape is {rows, cols} unless given: a
