@@ -15,24 +15,20 @@ using namespace milora::io;
 
 namespace {
 
-// Value of binary16 bits from the IEEE 754 definition.
-double half_value(std::uint16_t h) {
-  const int s = h >> 15, e = (h >> 10) & 0x1f, m = h & 0x3ff;
+// Value of a 16-bit IEEE 754 binary format with `exp_bits` exponent bits (binary16: 5,
+// bfloat16: 8), straight from the definition.
+double ieee16_value(std::uint16_t bits, int exp_bits) {
+  const int mant_bits = 15 - exp_bits, bias = (1 << (exp_bits - 1)) - 1, all_ones = (1 << exp_bits) - 1;
+  const int s = bits >> 15, e = (bits >> mant_bits) & all_ones, m = bits & ((1 << mant_bits) - 1);
+  const double frac = std::ldexp(double(m), -mant_bits);
   double v;
-  if (e == 0) v = std::ldexp(m / 1024.0, -14);
-  else if (e == 31) v = m ? std::numeric_limits<double>::quiet_NaN() : std::numeric_limits<double>::infinity();
-  else v = std::ldexp(1.0 + m / 1024.0, e - 15);
+  if (e == 0) v = std::ldexp(frac, 1 - bias);
+  else if (e == all_ones) v = m ? std::numeric_limits<double>::quiet_NaN() : std::numeric_limits<double>::infinity();
+  else v = std::ldexp(1.0 + frac, e - bias);
   return s ? -v : v;
 }
-
-double bf16_value(std::uint16_t b) {
-  const int s = b >> 15, e = (b >> 7) & 0xff, m = b & 0x7f;
-  double v;
-  if (e == 0) v = std::ldexp(m / 128.0, -126);
-  else if (e == 255) v = m ? std::numeric_limits<double>::quiet_NaN() : std::numeric_limits<double>::infinity();
-  else v = std::ldexp(1.0 + m / 128.0, e - 127);
-  return s ? -v : v;
-}
+double half_value(std::uint16_t h) { return ieee16_value(h, 5); }
+double bf16_value(std::uint16_t b) { return ieee16_value(b, 8); }
 
 // `code` is the correctly rounded encoding of x among the finite codes of its sign: no neighbour
 // is closer, and on a tie the mantissa is even.

@@ -64,7 +64,7 @@ struct PeftLoraConfig {
     j["task_type"] = task_type;
     j["lora_dropout"] = lora_dropout;
     j["init_lora_weights"] = true;  // see the header comment
-    for (const char* key : {"bias"}) if (!j.contains(key)) j[key] = "none";
+    if (!j.contains("bias")) j["bias"] = "none";
     for (const char* key : {"fan_in_fan_out", "use_dora"}) if (!j.contains(key)) j[key] = false;
     if (!j.contains("inference_mode")) j["inference_mode"] = true;
     for (const char* key : {"modules_to_save", "layers_to_transform", "layers_pattern", "revision"})
