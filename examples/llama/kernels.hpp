@@ -1,0 +1,64 @@
+// The model-specific kernels of LLaMA, and where a backend plugs its own in.
+//
+// Everything in a LLaMA that is a matrix product goes through the backend policy's gemm (and the
+// adapters). What is left are six small operations with their backward passes, which no BLAS has:
+//
+//   embed            out[i, :] = table[token_i, :]
+//   rmsnorm          y = w * x / sqrt(mean(x^2) + eps)                      (per row)
+//   rope             rotate-half rotary embedding, in place                 (per row and head)
+//   attention        causal grouped-query softmax(Q K^T / sqrt(d)) V         (per sequence and head)
+//   swiglu           out = silu(gate) * up
+//   cross_entropy    mean over targets of logsumexp(logits) - logits[target], and dlogits
+//
+// A backend supplies them by specialising LlamaKernels<Backend> (kernels_cpu.hpp does it for
+// EigenBackend). The model (model.hpp) is written once against this interface and never looks
+// inside a matrix, which is what lets the same model run on the CPU and on a GPU.
+//
+// Conventions shared by all kernels: activations are (batch*seq) x features, row r holding token
+// t = r % seq of sequence r / seq; a per-row vector (RMSNorm's 1/rms) is 1 x rows; backward kernels
+// that feed the residual stream *accumulate* into their input gradient (dx += ...), all others
+// overwrite. The formulas, with their derivation, are in docs/llama.md.
+#pragma once
+
+#include <concepts>
+#include <cstdint>
+#include <span>
+
+#include "milora/core/backend.hpp"
+
+namespace llama {
+
+using milora::Index;
+
+/// A token id. int32, as in PyTorch's default embedding index and in llm.c.
+using Token = std::int32_t;
+/// Targets equal to this are skipped by the loss (PyTorch's CrossEntropyLoss ignore_index).
+inline constexpr Token kIgnoreIndex = -100;
+
+/// Specialised per backend (kernels_cpu.hpp: EigenBackend<float|double>).
+template <class Backend>
+struct LlamaKernels;
+
+/// The shape of one attention call.
+struct AttentionShape {
+  Index batch, seq, heads, kv_heads, head_dim;
+  Index group() const { return heads / kv_heads; }  // query heads per key/value head
+};
+
+/// What model.hpp needs from LlamaKernels<B>; checked where the model is instantiated, so a
+/// backend that forgets one kernel gets one error naming it.
+template <class K, class B>
+concept LlamaKernelSet = requires(milora::view_t<B> v, milora::const_view_t<B> c, std::span<const Token> tok,
+                                  double d, Index i, const AttentionShape& shape) {
+  K::embed(c, tok, v);
+  K::rmsnorm_forward(c, c, d, v, v);
+  K::rmsnorm_backward(c, c, c, c, v);
+  K::rope(v, c, c, i, i, d);
+  K::attention_forward(c, c, c, shape, v, v);
+  K::attention_backward(c, c, c, c, c, shape, v, v, v);
+  K::swiglu_forward(c, c, v);
+  K::swiglu_backward(c, c, c, v, v);
+  { K::cross_entropy(c, tok, d, v) } -> std::convertible_to<double>;
+};
+
+}  // namespace llama

@@ -1,0 +1,377 @@
+// Llama<Backend, Init>: the LLaMA architecture of Hugging Face's LlamaForCausalLM, with milora
+// adapters on any of its linear layers, forward and hand-written backward (as llm.c does).
+//
+//   x = embed(tokens)
+//   for each layer:                                     (pre-norm residual blocks)
+//     a = rmsnorm(x) ; q, k, v = a Wq^T, a Wk^T, a Wv^T ; q, k = rope(q), rope(k)
+//     x = x + attention(q, k, v) Wo^T                   (causal, grouped-query)
+//     a = rmsnorm(x) ; x = x + (silu(a Wg^T) * (a Wu^T)) Wd^T
+//   logits = rmsnorm(x) Wlm^T                           (Wlm = the embedding when tied)
+//
+// Written once against the backend policy (gemm, axpy, ...) and LlamaKernels<Backend> (kernels.hpp):
+// nothing here knows whether the numbers are on the CPU or a GPU. The base weights are frozen, so the
+// backward pass computes input gradients through every layer and parameter gradients only for the
+// adapters: no memory is spent on weight gradients. Shapes and formulas: docs/llama.md.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <cmath>
+#include <functional>
+#include <memory>
+#include <optional>
+#include <string>
+#include <string_view>
+#include <vector>
+
+#include "kernels.hpp"
+#include "milora/adapters.hpp"
+#include "milora/core/checks.hpp"
+#include "milora/io/hf_model.hpp"
+#include "milora/io/host_matrix.hpp"
+#include "milora/io/llama_config.hpp"
+
+namespace llama {
+
+using milora::io::LlamaConfig;
+
+/// The linear layers of a LLaMA block, by the names PEFT's target_modules use.
+/// A 1 x n row of ones.
+template <milora::Backend BE>
+milora::matrix_t<BE> ones(Index n) {
+  return BE::from_host(1, n, std::vector<milora::scalar_t<BE>>(std::size_t(n), milora::scalar_t<BE>(1)));
+}
+
+inline constexpr std::array<std::string_view, 7> kProjectionNames = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
+                                                                     "gate_proj", "up_proj", "down_proj"};
+
+template <milora::Backend BE, class Init = milora::KaimingUniform>
+class Llama {
+ public:
+  using backend = BE;
+  using K = LlamaKernels<BE>;
+  static_assert(LlamaKernelSet<K, BE>, "LlamaKernels<Backend> must supply every kernel of kernels.hpp");
+  using scalar = milora::scalar_t<BE>;
+  using matrix = milora::matrix_t<BE>;
+  using view = milora::view_t<BE>;
+  using const_view = milora::const_view_t<BE>;
+  using AdapterT = milora::Adapter<BE, Init>;
+  /// Supplies the weight called `name` (transformers' name) with the given shape.
+  using WeightSource = std::function<matrix(const std::string& name, Index rows, Index cols)>;
+
+  /// One linear layer of a block, with its adapter when it is a target.
+  struct Projection {
+    std::string module;  // "model.layers.0.self_attn.q_proj": the module path PEFT's keys use
+    milora::Linear<BE> linear{0, 0};
+    std::optional<AdapterT> adapter;
+    matrix h;  // x A^T of the last forward (tokens x rank), which the adapter's backward needs
+
+    void forward(const_view x, view y) {
+      if (adapter) adapter->forward(x, y, h);
+      else linear.forward(x, y);
+    }
+    /// dx = dy W' (+ the adapter's path); adapter gradients accumulate.
+    void backward(const_view x, const_view dy, view dx) {
+      if (adapter) adapter->backward(x, h, dy, dx);
+      else linear.backward_input(dy, dx);
+    }
+  };
+
+  struct Block {
+    matrix input_norm, post_attention_norm;  // 1 x hidden
+    Projection q, k, v, o, gate, up, down;
+    std::array<Projection*, 7> projections() { return {&q, &k, &v, &o, &gate, &up, &down}; }
+  };
+
+  /// A model whose weights come from `source`, e.g. a Hugging Face folder (from_pretrained).
+  Llama(const LlamaConfig& config, const WeightSource& source) : config_(config) {
+    const auto weights = config.weights();
+    std::size_t w = 0;
+    auto next = [&](const std::string& expected) {
+      const auto& spec = weights.at(w++);
+      if (spec.name != expected) throw milora::state_error("Llama: weight list out of order at " + spec.name);
+      matrix m = source(spec.name, spec.rows, spec.cols);
+      milora::detail::require_shape<BE>(m, spec.rows, spec.cols, spec.name.c_str());
+      return m;
+    };
+    embed_ = next("model.embed_tokens.weight");
+    for (Index l = 0; l < config.num_hidden_layers; ++l) {
+      const std::string p = "model.layers." + std::to_string(l) + ".";
+      auto b = std::make_unique<Block>();
+      auto proj = [&](Projection& pr, const std::string& module) {
+        pr.module = p + module;
+        pr.linear = milora::Linear<BE>(next(pr.module + ".weight"));
+      };
+      b->input_norm = next(p + "input_layernorm.weight");
+      proj(b->q, "self_attn.q_proj");
+      proj(b->k, "self_attn.k_proj");
+      proj(b->v, "self_attn.v_proj");
+      proj(b->o, "self_attn.o_proj");
+      b->post_attention_norm = next(p + "post_attention_layernorm.weight");
+      proj(b->gate, "mlp.gate_proj");
+      proj(b->up, "mlp.up_proj");
+      proj(b->down, "mlp.down_proj");
+      blocks_.push_back(std::move(b));
+    }
+    final_norm_ = next("model.norm.weight");
+    if (!config.tie_word_embeddings) lm_head_ = next("lm_head.weight");
+  }
+
+  Llama(const Llama&) = delete;  // adapters hold views of the weights: the model stays where it is
+  Llama& operator=(const Llama&) = delete;
+
+  /// Adds an adapter to every projection named in `targets` (q_proj, ..., down_proj), each with
+  /// its own seed (config.seed + its index), in the model's layer order. Throws value_error for an
+  /// unknown name or when adapters were already added, before touching any weight.
+  void add_adapters(const std::vector<std::string>& targets, const milora::AdapterConfig& config,
+                    const Init& init = Init{}) {
+    if (num_adapters() != 0) throw milora::state_error("Llama::add_adapters: the model already has adapters");
+    if (targets.empty()) throw milora::value_error("Llama::add_adapters: no target modules");
+    for (const auto& t : targets)
+      if (std::find(kProjectionNames.begin(), kProjectionNames.end(), t) == kProjectionNames.end())
+        throw milora::value_error("Llama::add_adapters: '" + t +
+                                  "' is not a LLaMA projection (q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)");
+    for (auto& b : blocks_) {
+      for (Projection* p : b->projections()) config.validate(p->linear.out_features(), p->linear.in_features());
+    }
+    std::uint64_t seed = config.seed;
+    for (auto& b : blocks_)
+      for (Projection* p : b->projections()) {
+        const std::string_view name = std::string_view(p->module).substr(p->module.rfind('.') + 1);
+        if (std::find(targets.begin(), targets.end(), name) == targets.end()) continue;
+        milora::AdapterConfig c = config;
+        c.seed = seed++;
+        p->adapter.emplace(p->linear, c, init);
+      }
+    adapter_config_ = config;
+    targets_ = targets;
+  }
+
+  // ---- what the model is -----------------------------------------------------------------------
+  const LlamaConfig& config() const { return config_; }
+  Index num_layers() const { return Index(blocks_.size()); }
+  Block& block(Index l) { return *blocks_.at(std::size_t(l)); }
+  const matrix& embedding() const { return embed_; }
+  const matrix& lm_head() const { return config_.tie_word_embeddings ? embed_ : lm_head_; }
+  const std::vector<std::string>& targets() const { return targets_; }
+  const milora::AdapterConfig& adapter_config() const { return adapter_config_; }
+
+  /// Every projection that has an adapter, in layer order (q, k, v, o, gate, up, down per layer).
+  std::vector<Projection*> adapted() {
+    std::vector<Projection*> out;
+    for (auto& b : blocks_)
+      for (Projection* p : b->projections())
+        if (p->adapter) out.push_back(p);
+    return out;
+  }
+  Index num_adapters() { return Index(adapted().size()); }
+  /// Trainable parameters: r * (in + out) per adapter.
+  Index num_trainable() {
+    Index n = 0;
+    for (Projection* p : adapted()) n += p->adapter->num_trainable();
+    return n;
+  }
+  /// Frozen parameters (every base weight, counting a tied embedding once).
+  Index num_frozen() const {
+    Index n = 0;
+    for (const auto& w : config_.weights()) n += w.rows * w.cols;
+    return n;
+  }
+  void zero_grad() {
+    for (Projection* p : adapted()) p->adapter->zero_grad();
+  }
+  /// Folds every adapter into its weight (for generation), and back.
+  void merge_adapters() {
+    for (Projection* p : adapted()) p->adapter->merge();
+  }
+  void unmerge_adapters() {
+    for (Projection* p : adapted()) p->adapter->unmerge();
+  }
+
+  // ---- forward / backward ----------------------------------------------------------------------
+  /// Runs the model on `batch` sequences of `seq` tokens (row-major: sequence b is
+  /// tokens[b*seq, (b+1)*seq)). Afterwards logits() is (batch*seq) x vocab. Throws for a token
+  /// outside the vocabulary or a sequence longer than max_position_embeddings.
+  void forward(std::span<const Token> tokens, Index batch, Index seq) {
+    prepare(tokens.size(), batch, seq);
+    Activations& a = act_;
+    K::embed(embed_, tokens, a.layers[0].x);
+    for (std::size_t l = 0; l < blocks_.size(); ++l) {
+      Block& b = *blocks_[l];
+      LayerActivations& s = a.layers[l];
+      matrix& x_out = l + 1 < blocks_.size() ? a.layers[l + 1].x : a.x_final;
+      // attention half: x_mid = x + attention(rope(q), rope(k), v) Wo^T
+      K::rmsnorm_forward(s.x, b.input_norm, config_.rms_norm_eps, s.xn1, s.rstd1);
+      b.q.forward(s.xn1, s.q);
+      b.k.forward(s.xn1, s.k);
+      b.v.forward(s.xn1, s.v);
+      K::rope(s.q, rope_cos_, rope_sin_, seq, config_.head_dim, +1);
+      K::rope(s.k, rope_cos_, rope_sin_, seq, config_.head_dim, +1);
+      K::attention_forward(s.q, s.k, s.v, a.shape, s.att, s.probs);
+      b.o.forward(s.att, s.x_mid);
+      BE::axpy(1, s.x, s.x_mid);
+      // MLP half: x_out = x_mid + (silu(a Wg^T) * a Wu^T) Wd^T
+      K::rmsnorm_forward(s.x_mid, b.post_attention_norm, config_.rms_norm_eps, s.xn2, s.rstd2);
+      b.gate.forward(s.xn2, s.gate);
+      b.up.forward(s.xn2, s.up);
+      K::swiglu_forward(s.gate, s.up, s.act);
+      b.down.forward(s.act, x_out);
+      BE::axpy(1, s.x_mid, x_out);
+    }
+    K::rmsnorm_forward(a.x_final, final_norm_, config_.rms_norm_eps, a.xn_final, a.rstd_final);
+    BE::gemm(1, a.xn_final, milora::Trans::no, lm_head(), milora::Trans::yes, 0, a.logits);
+  }
+
+  /// (batch*seq) x vocab logits of the last forward.
+  const matrix& logits() const { return act_.logits; }
+
+  /// Mean cross-entropy of the last forward's logits against `targets` (kIgnoreIndex skipped).
+  double loss(std::span<const Token> targets) {
+    matrix none = BE::zeros(0, 0);
+    return K::cross_entropy(act_.logits, targets, 1.0, none);
+  }
+
+  /// forward, the loss against `targets`, and backward: adapter gradients accumulate
+  /// grad_scale * d(mean loss)/d(parameter) (grad_scale = 1/accumulation steps). Returns the loss.
+  double forward_backward(std::span<const Token> tokens, std::span<const Token> targets, Index batch, Index seq,
+                          double grad_scale = 1.0) {
+    if (num_adapters() == 0) throw milora::state_error("Llama::forward_backward: the model has no adapters to train");
+    if (targets.size() != tokens.size())
+      throw milora::shape_error(milora::detail::concat("Llama::forward_backward: ", targets.size(), " targets for ",
+                                                       tokens.size(), " tokens"));
+    forward(tokens, batch, seq);
+    Activations& a = act_;
+    Gradients& g = grads_;
+    const double loss = K::cross_entropy(a.logits, targets, grad_scale, g.dlogits);
+    // logits = xn W^T  =>  dxn = dlogits W ; then the final norm's backward starts the residual gradient
+    BE::gemm(1, g.dlogits, milora::Trans::no, lm_head(), milora::Trans::no, 0, g.dxn);
+    BE::scale(g.dres, 0);
+    K::rmsnorm_backward(g.dxn, a.x_final, final_norm_, a.rstd_final, g.dres);
+    for (std::size_t l = blocks_.size(); l-- > 0;) {
+      Block& b = *blocks_[l];
+      LayerActivations& s = a.layers[l];
+      // MLP half (dres is dL/dx_out; the residual passes it to x_mid unchanged)
+      b.down.backward(s.act, g.dres, g.dact);
+      K::swiglu_backward(g.dact, s.gate, s.up, g.dgate, g.dup);
+      b.gate.backward(s.xn2, g.dgate, g.dxn);
+      b.up.backward(s.xn2, g.dup, g.dtmp);
+      BE::axpy(1, g.dtmp, g.dxn);
+      K::rmsnorm_backward(g.dxn, s.x_mid, b.post_attention_norm, s.rstd2, g.dres);
+      // attention half
+      b.o.backward(s.att, g.dres, g.datt);
+      K::attention_backward(g.datt, s.q, s.k, s.v, s.probs, a.shape, g.dq, g.dk, g.dv);
+      K::rope(g.dq, rope_cos_, rope_sin_, seq, config_.head_dim, -1);
+      K::rope(g.dk, rope_cos_, rope_sin_, seq, config_.head_dim, -1);
+      b.q.backward(s.xn1, g.dq, g.dxn);
+      b.k.backward(s.xn1, g.dk, g.dtmp);
+      BE::axpy(1, g.dtmp, g.dxn);
+      b.v.backward(s.xn1, g.dv, g.dtmp);
+      BE::axpy(1, g.dtmp, g.dxn);
+      if (l > 0) K::rmsnorm_backward(g.dxn, s.x, b.input_norm, s.rstd1, g.dres);  // the embedding is frozen
+    }
+    return loss;
+  }
+
+ private:
+  struct LayerActivations {
+    matrix x, xn1, rstd1, q, k, v, probs, att, x_mid, xn2, rstd2, gate, up, act;
+  };
+  struct Activations {
+    Index batch = -1, seq = -1;
+    AttentionShape shape{};
+    std::vector<LayerActivations> layers;
+    matrix x_final, xn_final, rstd_final, logits;
+  };
+  struct Gradients {
+    matrix dlogits, dxn, dres, dtmp, datt, dq, dk, dv, dact, dgate, dup;
+  };
+
+  // Checks the call and (re)allocates activations when the batch shape changes.
+  void prepare(std::size_t num_tokens, Index batch, Index seq) {
+    using milora::detail::concat;
+    if (batch <= 0 || seq <= 0) throw milora::value_error(concat("Llama: batch ", batch, " and seq ", seq, " must be positive"));
+    if (Index(num_tokens) != batch * seq)
+      throw milora::shape_error(concat("Llama: ", num_tokens, " tokens for batch ", batch, " x seq ", seq));
+    if (seq > config_.max_position_embeddings)
+      throw milora::value_error(concat("Llama: sequence length ", seq, " exceeds max_position_embeddings ",
+                                       config_.max_position_embeddings));
+    if (act_.batch == batch && act_.seq == seq) return;
+    const Index n = batch * seq, c = config_.hidden_size, hd = config_.head_dim;
+    const Index cq = config_.num_attention_heads * hd, ckv = config_.num_key_value_heads * hd;
+    const Index inter = config_.intermediate_size, vocab = config_.vocab_size;
+    auto z = [](Index r, Index cc) { return BE::zeros(r, cc); };
+    Activations a;
+    a.batch = batch;
+    a.seq = seq;
+    a.shape = {batch, seq, config_.num_attention_heads, config_.num_key_value_heads, hd};
+    a.layers.resize(blocks_.size());
+    for (auto& s : a.layers) {
+      s = {z(n, c), z(n, c), z(1, n), z(n, cq), z(n, ckv), z(n, ckv), z(batch * config_.num_attention_heads * seq, seq),
+           z(n, cq), z(n, c), z(n, c), z(1, n), z(n, inter), z(n, inter), z(n, inter)};
+    }
+    a.x_final = z(n, c);
+    a.xn_final = z(n, c);
+    a.rstd_final = z(1, n);
+    a.logits = z(n, vocab);
+    if (num_adapters() != 0)
+      grads_ = {z(n, vocab), z(n, c), z(n, c), z(n, c), z(n, cq), z(n, cq), z(n, ckv), z(n, ckv), z(n, inter), z(n, inter),
+                z(n, inter)};
+    for (Projection* p : adapted()) p->h = z(n, p->adapter->rank());
+    act_ = std::move(a);
+    build_rope_tables(seq);
+  }
+
+  // cos / sin of t * theta^(-2i/d), t < seq, i < d/2: transformers' LlamaRotaryEmbedding (computed
+  // in double here and rounded once; transformers computes the angle in float32).
+  void build_rope_tables(Index seq) {
+    if (BE::rows(rope_cos_) >= seq) return;
+    const Index half = config_.head_dim / 2;
+    std::vector<scalar> c(std::size_t(seq * half)), s(c.size());
+    for (Index t = 0; t < seq; ++t)
+      for (Index i = 0; i < half; ++i) {
+        const double inv_freq = 1.0 / std::pow(config_.rope_theta, double(2 * i) / double(config_.head_dim));
+        c[std::size_t(t * half + i)] = scalar(std::cos(double(t) * inv_freq));
+        s[std::size_t(t * half + i)] = scalar(std::sin(double(t) * inv_freq));
+      }
+    rope_cos_ = BE::from_host(seq, half, c);
+    rope_sin_ = BE::from_host(seq, half, s);
+  }
+
+  LlamaConfig config_;
+  matrix embed_, final_norm_, lm_head_;
+  std::vector<std::unique_ptr<Block>> blocks_;
+  milora::AdapterConfig adapter_config_{};
+  std::vector<std::string> targets_;
+  matrix rope_cos_ = BE::zeros(0, 0), rope_sin_ = BE::zeros(0, 0);
+  Activations act_;
+  Gradients grads_;
+};
+
+/// A model with the weights of a Hugging Face folder (config.json + safetensors), checked against
+/// the config before anything is loaded; weights are converted to the backend's scalar.
+template <class Model>
+std::unique_ptr<Model> from_pretrained(const milora::io::HFModel& hf) {
+  using BE = typename Model::backend;
+  const LlamaConfig config = LlamaConfig::from_model(hf);
+  config.check(hf);
+  return std::make_unique<Model>(config, [&](const std::string& name, Index, Index) {
+    return milora::io::to_backend<BE>(hf.load<typename Model::scalar>(name));
+  });
+}
+
+/// A model with transformers' initialisation (normal(0, initializer_range) weights, unit norms),
+/// each weight drawn from its own stream of `seed`: for tests, benchmarks and pre-training.
+template <class Model>
+std::unique_ptr<Model> random_model(const LlamaConfig& config, std::uint64_t seed, double initializer_range = 0.02) {
+  using BE = typename Model::backend;
+  std::uint64_t stream = seed;
+  return std::make_unique<Model>(config, [&](const std::string& name, Index rows, Index cols) {
+    auto m = BE::zeros(rows, cols);
+    if (name.find("norm") != std::string::npos) BE::add_row_broadcast(m, ones<BE>(cols));
+    else BE::fill_normal(m, 0.0, initializer_range, stream);
+    ++stream;
+    return m;
+  });
+}
+
+}  // namespace llama

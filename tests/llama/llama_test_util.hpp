@@ -1,0 +1,37 @@
+// Helpers for the reference-LLaMA tests: deterministic random matrices and tiny configs.
+#pragma once
+
+#include <random>
+
+#include "milora/core/backend.hpp"
+#include "milora/io/llama_config.hpp"
+
+namespace llama_test {
+
+/// Normal(0, std) entries from std::mt19937 (independent of milora's own generator).
+template <milora::Backend BE>
+milora::matrix_t<BE> randn(milora::Index r, milora::Index c, unsigned seed, double std = 1.0) {
+  std::mt19937 gen(seed);
+  std::normal_distribution<double> dist(0.0, std);
+  std::vector<milora::scalar_t<BE>> v(std::size_t(r * c));
+  for (auto& x : v) x = milora::scalar_t<BE>(dist(gen));
+  return BE::from_host(r, c, v);
+}
+
+/// 2 layers, grouped-query attention (4 heads over 2 key/value heads), untied head.
+inline milora::io::LlamaConfig tiny_config() {
+  milora::io::LlamaConfig c;
+  c.vocab_size = 11;
+  c.hidden_size = 16;
+  c.intermediate_size = 24;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 4;
+  c.max_position_embeddings = 32;
+  c.rms_norm_eps = 1e-5;
+  c.rope_theta = 10000;
+  return c;
+}
+
+}  // namespace llama_test

@@ -1,0 +1,187 @@
+// Each CPU kernel of the reference LLaMA against finite differences in double precision: for a
+// kernel y = f(x) and a fixed random R, L(x) = sum(R * f(x)) has gradient backward(R), which central
+// differences (h = 1e-6) must match to 1e-7 relative to the largest gradient entry.
+#include <doctest/doctest.h>
+
+#include <cmath>
+#include <functional>
+#include <vector>
+
+#include "kernels_cpu.hpp"
+#include "llama_test_util.hpp"
+
+using BE = milora::EigenBackend<double>;
+using K = llama::LlamaKernels<BE>;
+using M = BE::matrix;
+using llama::Index;
+using llama::Token;
+
+namespace {
+
+constexpr double kStep = 1e-6, kTol = 1e-7;
+
+// dL/dx by central differences, every entry.
+M numeric_gradient(const std::function<double(const M&)>& loss, const M& x) {
+  M g(x.rows(), x.cols());
+  for (Index i = 0; i < x.size(); ++i) {
+    M xp = x, xm = x;
+    xp.data()[i] += kStep;
+    xm.data()[i] -= kStep;
+    g.data()[i] = (loss(xp) - loss(xm)) / (2 * kStep);
+  }
+  return g;
+}
+
+void check_gradient(const M& analytic, const M& numeric, const char* what) {
+  CAPTURE(std::string(what));
+  const double scale = std::max(1.0, numeric.cwiseAbs().maxCoeff());
+  const double err = (analytic - numeric).cwiseAbs().maxCoeff() / scale;
+  CAPTURE(err);
+  CHECK(err < kTol);
+}
+
+M randn(Index r, Index c, unsigned seed, double std = 1.0) { return llama_test::randn<BE>(r, c, seed, std); }
+
+}  // namespace
+
+TEST_CASE("rmsnorm: forward is w * x / rms, backward matches finite differences (accumulating into dx)") {
+  const Index n = 3, c = 7;
+  const double eps = 1e-5;
+  const M x = randn(n, c, 1), w = randn(1, c, 2), R = randn(n, c, 3);
+  M y(n, c), rstd(1, n);
+  K::rmsnorm_forward(x, w, eps, y, rstd);
+  for (Index i = 0; i < n; ++i) {  // independent formula
+    const double rms = std::sqrt(x.row(i).squaredNorm() / c + eps);
+    for (Index j = 0; j < c; ++j) CHECK(y(i, j) == doctest::Approx(w(0, j) * x(i, j) / rms).epsilon(1e-14));
+  }
+  M dx = M::Constant(n, c, 0.25);  // accumulates: start from a nonzero gradient
+  K::rmsnorm_backward(R, x, w, rstd, dx);
+  auto loss = [&](const M& xx) {
+    M yy(n, c), rr(1, n);
+    K::rmsnorm_forward(xx, w, eps, yy, rr);
+    return (R.array() * yy.array()).sum();
+  };
+  check_gradient(dx.array() - 0.25, numeric_gradient(loss, x), "rmsnorm dx");
+}
+
+TEST_CASE("rope: rotate-half layout, inverse with sign -1, backward = inverse rotation") {
+  const Index seq = 4, hd = 6, heads = 2, rows = 2 * seq;
+  M cos(seq, hd / 2), sin(seq, hd / 2);
+  for (Index t = 0; t < seq; ++t)
+    for (Index i = 0; i < hd / 2; ++i) {
+      const double a = t * std::pow(10000.0, -2.0 * i / hd);
+      cos(t, i) = std::cos(a);
+      sin(t, i) = std::sin(a);
+    }
+  const M x = randn(rows, heads * hd, 4), R = randn(rows, heads * hd, 5);
+  M y = x;
+  K::rope(y, cos, sin, seq, hd, +1);
+  // transformers: q * cos + rotate_half(q) * sin, rotate_half(q) = cat(-q2, q1), cos = cat(c, c)
+  for (Index r = 0; r < rows; ++r)
+    for (Index h = 0; h < heads; ++h)
+      for (Index i = 0; i < hd; ++i) {
+        const Index t = r % seq, f = i % (hd / 2), o = h * hd;
+        const double rot = i < hd / 2 ? -x(r, o + i + hd / 2) : x(r, o + i - hd / 2);
+        CHECK(y(r, o + i) == doctest::Approx(x(r, o + i) * cos(t, f) + rot * sin(t, f)).epsilon(1e-14));
+      }
+  M back = y;
+  K::rope(back, cos, sin, seq, hd, -1);
+  CHECK((back - x).cwiseAbs().maxCoeff() < 1e-14);
+  M dx = R;
+  K::rope(dx, cos, sin, seq, hd, -1);
+  auto loss = [&](const M& xx) {
+    M yy = xx;
+    K::rope(yy, cos, sin, seq, hd, +1);
+    return (R.array() * yy.array()).sum();
+  };
+  check_gradient(dx, numeric_gradient(loss, x), "rope dx");
+}
+
+TEST_CASE("attention: causal grouped-query forward against a direct formula; backward against finite differences") {
+  const llama::AttentionShape s{2, 4, 4, 2, 3};  // batch 2, seq 4, 4 query heads sharing 2 kv heads
+  const Index n = s.batch * s.seq, cq = s.heads * s.head_dim, ckv = s.kv_heads * s.head_dim;
+  const M q = randn(n, cq, 6), k = randn(n, ckv, 7), v = randn(n, ckv, 8), R = randn(n, cq, 9);
+  M out(n, cq), probs(s.batch * s.heads * s.seq, s.seq);
+  K::attention_forward(q, k, v, s, out, probs);
+  for (Index b = 0; b < s.batch; ++b)
+    for (Index h = 0; h < s.heads; ++h)
+      for (Index i = 0; i < s.seq; ++i) {  // softmax over j <= i, written out
+        const Index g = h / s.group(), qi = b * s.seq + i;
+        std::vector<double> w(std::size_t(i + 1));
+        double z = 0;
+        for (Index j = 0; j <= i; ++j) {
+          double dot = 0;
+          for (Index d = 0; d < s.head_dim; ++d) dot += q(qi, h * s.head_dim + d) * k(b * s.seq + j, g * s.head_dim + d);
+          z += w[std::size_t(j)] = std::exp(dot / std::sqrt(double(s.head_dim)));
+        }
+        for (Index d = 0; d < s.head_dim; ++d) {
+          double expect = 0;
+          for (Index j = 0; j <= i; ++j) expect += w[std::size_t(j)] / z * v(b * s.seq + j, g * s.head_dim + d);
+          CHECK(out(qi, h * s.head_dim + d) == doctest::Approx(expect).epsilon(1e-12));
+        }
+      }
+  M dq(n, cq), dk(n, ckv), dv(n, ckv);
+  K::attention_backward(R, q, k, v, probs, s, dq, dk, dv);
+  auto loss_of = [&](int which) {
+    return [&, which](const M& x) {
+      M o(n, cq), p(s.batch * s.heads * s.seq, s.seq);
+      K::attention_forward(which == 0 ? x : q, which == 1 ? x : k, which == 2 ? x : v, s, o, p);
+      return (R.array() * o.array()).sum();
+    };
+  };
+  check_gradient(dq, numeric_gradient(loss_of(0), q), "attention dq");
+  check_gradient(dk, numeric_gradient(loss_of(1), k), "attention dk");
+  check_gradient(dv, numeric_gradient(loss_of(2), v), "attention dv");
+}
+
+TEST_CASE("swiglu: silu(gate) * up and its backward") {
+  const M gate = randn(3, 5, 10, 2.0), up = randn(3, 5, 11), R = randn(3, 5, 12);
+  M out(3, 5), dgate(3, 5), dup(3, 5);
+  K::swiglu_forward(gate, up, out);
+  for (Index i = 0; i < gate.size(); ++i)
+    CHECK(out.data()[i] == doctest::Approx(gate.data()[i] / (1 + std::exp(-gate.data()[i])) * up.data()[i]).epsilon(1e-14));
+  K::swiglu_backward(R, gate, up, dgate, dup);
+  auto loss_gate = [&](const M& g) { M o(3, 5); K::swiglu_forward(g, up, o); return (R.array() * o.array()).sum(); };
+  auto loss_up = [&](const M& u) { M o(3, 5); K::swiglu_forward(gate, u, o); return (R.array() * o.array()).sum(); };
+  check_gradient(dgate, numeric_gradient(loss_gate, gate), "swiglu dgate");
+  check_gradient(dup, numeric_gradient(loss_up, up), "swiglu dup");
+}
+
+TEST_CASE("cross_entropy: mean over non-ignored targets, gradient, bad targets refused") {
+  const M logits = randn(4, 6, 13, 3.0);
+  const std::vector<Token> targets = {2, llama::kIgnoreIndex, 5, 0};
+  M dlogits(4, 6);
+  const double loss = K::cross_entropy(logits, targets, 0.5, dlogits);
+  double expect = 0;
+  for (Index i : {0, 2, 3}) {
+    const double lse = std::log(logits.row(i).array().exp().sum());
+    expect += lse - logits(i, targets[std::size_t(i)]);
+  }
+  CHECK(loss == doctest::Approx(expect / 3).epsilon(1e-14));
+  CHECK(dlogits.row(1).cwiseAbs().maxCoeff() == 0.0);
+  auto loss_fn = [&](const M& z) {
+    M none(0, 0);
+    return 0.5 * K::cross_entropy(z, targets, 1.0, none);
+  };
+  check_gradient(dlogits, numeric_gradient(loss_fn, logits), "cross-entropy dlogits");
+
+  M none(0, 0);
+  const std::vector<Token> bad = {2, 6, 0, 0};
+  CHECK_THROWS_WITH_AS(K::cross_entropy(logits, bad, 1.0, none), "target 6 at row 1 is outside the vocabulary of 6",
+                       milora::value_error);
+  const std::vector<Token> all_ignored(4, llama::kIgnoreIndex);
+  CHECK(K::cross_entropy(logits, all_ignored, 1.0, dlogits) == 0.0);
+  CHECK(dlogits.cwiseAbs().maxCoeff() == 0.0);
+}
+
+TEST_CASE("embed: rows of the table; a token outside the vocabulary is named") {
+  const M table = randn(5, 3, 14);
+  M out(3, 3);
+  const std::vector<Token> tokens = {4, 0, 4};
+  K::embed(table, tokens, out);
+  CHECK(out.row(0) == table.row(4));
+  CHECK(out.row(1) == table.row(0));
+  const std::vector<Token> bad = {1, 5, 0};
+  CHECK_THROWS_WITH_AS(K::embed(table, bad, out), "token 5 at position 1 is outside the vocabulary of 5",
+                       milora::value_error);
+}
