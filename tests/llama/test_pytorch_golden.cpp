@@ -1,0 +1,107 @@
+// The reference LLaMA against PyTorch: tests/data/llama_tiny holds a Hugging Face folder with random
+// weights (2 layers, grouped-query attention, vocab 256), a PEFT adapter on all seven projections,
+// and what tests/reference/llama_reference.py computed from them in float32: logits, loss and every
+// adapter gradient. Tolerances (float32 on both sides, different summation orders): logits and loss
+// 1e-5 relative to the largest |value|, gradients 1e-4 relative to the largest |gradient| of each
+// tensor.
+#include <doctest/doctest.h>
+
+#include <cstring>
+#include <vector>
+
+#include "kernels_cpu.hpp"
+#include "model.hpp"
+#include "peft_bridge.hpp"
+
+using BE = milora::EigenBackend<float>;
+using Model = llama::Llama<BE>;
+using llama::Index;
+using llama::Token;
+
+namespace {
+
+const std::filesystem::path kDir = std::filesystem::path(MILORA_TEST_DATA) / "llama_tiny";
+
+std::vector<Token> int32_tensor(const milora::io::SafetensorsFile& f, const std::string& name) {
+  REQUIRE(f.info(name).dtype == milora::io::DType::I32);
+  const auto raw = f.raw(name);
+  std::vector<Token> out(raw.size() / sizeof(Token));
+  std::memcpy(out.data(), raw.data(), raw.size());  // little-endian on every machine we build for
+  return out;
+}
+
+double max_abs(const std::vector<float>& v) {
+  double m = 0;
+  for (float x : v) m = std::max(m, double(std::abs(x)));
+  return m;
+}
+
+double max_abs_diff(const std::vector<float>& a, const std::vector<float>& b) {
+  REQUIRE(a.size() == b.size());
+  double m = 0;
+  for (std::size_t i = 0; i < a.size(); ++i) m = std::max(m, std::abs(double(a[i]) - double(b[i])));
+  return m;
+}
+
+}  // namespace
+
+TEST_CASE("Llama<float> with a PEFT adapter reproduces PyTorch's logits, loss and adapter gradients") {
+  const milora::io::HFModel hf(kDir / "model");
+  auto model = llama::from_pretrained<Model>(hf);
+  const auto adapter = milora::io::load_peft_adapter<float>(kDir / "adapter");
+  model->add_adapters(adapter.config.target_modules, adapter.config.adapter_config());
+  llama::import_adapters(*model, adapter, "tests/data/llama_tiny/adapter");
+  REQUIRE(model->num_adapters() == 14);
+
+  const milora::io::SafetensorsFile golden(kDir / "golden.safetensors");
+  const auto tokens = int32_tensor(golden, "tokens"), targets = int32_tensor(golden, "targets");
+  const auto shape = golden.info("tokens").shape;
+  REQUIRE(shape.size() == 2);
+  const Index batch = shape[0], seq = shape[1];
+
+  model->zero_grad();
+  const double loss = model->forward_backward(tokens, targets, batch, seq);
+  const auto want_logits = golden.load<float>("logits").data;
+  const auto got_logits = BE::to_host(model->logits());
+  const double logit_err = max_abs_diff(got_logits, want_logits) / max_abs(want_logits);
+  CAPTURE(logit_err);
+  CHECK(logit_err < 1e-5);
+  const double want_loss = golden.load<double>("loss").data.at(0);
+  CHECK(std::abs(loss - want_loss) / want_loss < 1e-5);
+
+  int checked = 0;
+  for (auto* p : model->adapted()) {
+    for (char f : {'A', 'B'}) {
+      const std::string key = milora::io::peft_key(p->module, f) + ".grad";
+      CAPTURE(key);
+      const auto want = golden.load<float>(key).data;
+      const auto got = BE::to_host(f == 'A' ? p->adapter->grad_A() : p->adapter->grad_B());
+      const double err = max_abs_diff(got, want) / max_abs(want);
+      CAPTURE(err);
+      CHECK(max_abs(want) > 0);
+      CHECK(err < 1e-4);
+      ++checked;
+    }
+  }
+  CHECK(checked == 28);
+}
+
+TEST_CASE("merge_peft_adapter: the base model with the adapter merged computes the adapted model's logits") {
+  const milora::io::HFModel hf(kDir / "model");
+  const auto adapter = milora::io::load_peft_adapter<float>(kDir / "adapter");
+  auto merged = llama::from_pretrained<Model>(hf);
+  llama::merge_peft_adapter(*merged, adapter, "adapter");
+  const milora::io::SafetensorsFile golden(kDir / "golden.safetensors");
+  const auto tokens = int32_tensor(golden, "tokens");
+  merged->forward(tokens, golden.info("tokens").shape[0], golden.info("tokens").shape[1]);
+  const auto want = golden.load<float>("logits").data;
+  CHECK(max_abs_diff(BE::to_host(merged->logits()), want) / max_abs(want) < 1e-5);
+
+  auto other = llama::from_pretrained<Model>(hf);
+  auto bad = adapter;
+  bad.modules.emplace("model.layers.7.mlp.up_proj", bad.modules.begin()->second);
+  CHECK_THROWS_WITH_AS(llama::merge_peft_adapter(*other, bad, "adapter"),
+                       "adapter: 'model.layers.7.mlp.up_proj' is not a projection of the model", milora::format_error);
+  other->forward(tokens, golden.info("tokens").shape[0], golden.info("tokens").shape[1]);
+  CHECK(max_abs_diff(BE::to_host(other->logits()), want) > 1e-3);  // nothing was merged
+}
