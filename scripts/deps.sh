@@ -10,6 +10,7 @@ MILORA_DEBS=(
   xtensor-dev xtl-dev libxtensor-blas-dev  # the xtensor backend
   nlohmann-json3-dev                   # the file layer (safetensors headers, configs)
   libcli11-dev                         # the command-line tools' arguments
+  libsentencepiece-dev                 # examples/llama: LLaMA's tokenizer.model
   doctest-dev                          # tests
   libbenchmark-dev                     # benchmarks (their smoke runs are tests)
 )

@@ -58,8 +58,9 @@ void import_adapters(Model& model, const milora::io::PeftAdapter<typename Model:
     if (!seen.count(module)) throw milora::format_error(concat(where, ": '", module, "' is not an adapted module of the model"));
   for (auto* p : model.adapted()) {
     const auto& f = adapter.modules.at(p->module);
-    p->adapter->A() = milora::io::to_backend<BE>(f.A);
-    p->adapter->B() = milora::io::to_backend<BE>(f.B);
+    // copy into the existing storage: an optimizer holds views of A and B (a move would free them)
+    BE::copy(milora::io::to_backend<BE>(f.A), p->adapter->A());
+    BE::copy(milora::io::to_backend<BE>(f.B), p->adapter->B());
   }
 }
 

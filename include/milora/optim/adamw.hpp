@@ -81,6 +81,21 @@ class AdamW {
   const matrix_t<B>& exp_avg(std::size_t i) const { return state_.at(i).m; }
   const matrix_t<B>& exp_avg_sq(std::size_t i) const { return state_.at(i).v; }
 
+  /// Restores parameter i's moment estimates and the step count, as saved by a checkpoint, so that
+  /// training resumes bit for bit (PyTorch's optimizer.load_state_dict). Checks before writing.
+  void restore(std::size_t i, const_view_t<B> exp_avg, const_view_t<B> exp_avg_sq, long long steps) {
+    if (i >= state_.size())
+      throw value_error(detail::concat("AdamW::restore: parameter ", i, " of ", state_.size()));
+    if (steps < 0) throw value_error(detail::concat("AdamW::restore: step count ", steps, " is negative"));
+    const auto& st = state_[i];
+    const std::string what = detail::concat("AdamW::restore: moments of ", st.param.name);
+    detail::require_shape<B>(exp_avg, B::rows(st.m), B::cols(st.m), what.c_str());
+    detail::require_shape<B>(exp_avg_sq, B::rows(st.v), B::cols(st.v), what.c_str());
+    B::copy(exp_avg, state_[i].m);
+    B::copy(exp_avg_sq, state_[i].v);
+    steps_ = steps;
+  }
+
  private:
   struct State {
     Parameter<B> param;

@@ -1,0 +1,274 @@
+// Fine-tuning a Llama's adapters: AdamW, warm-up + cosine learning rate, gradient clipping and
+// accumulation, held-out loss, a progress line, and checkpoints that are PEFT adapter folders and
+// resume bit for bit.
+//
+// A checkpoint folder (written under a temporary name and renamed, so a crash never leaves half of
+// one) holds:
+//   adapter_config.json, adapter_model.safetensors   the adapter as trained: for LoRA it applies to
+//                        the original model; for PiSSA / MiLoRA to the residual model (PEFT's format)
+//   plain_lora/          PiSSA / MiLoRA only: the same update as a rank-2r LoRA of the *original*
+//                        model (PEFT's conversion), which milora-eval / milora-merge / PEFT load as is
+//   optimizer.safetensors, trainer_state.json   AdamW's moments, the step, the data cursor and the
+//                        run's settings, which a resume checks before continuing
+#pragma once
+
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <numbers>
+#include <optional>
+#include <string>
+#include <unistd.h>
+
+#include "data.hpp"
+#include "milora/io/json.hpp"
+#include "milora/optim/adamw.hpp"
+#include "peft_bridge.hpp"
+
+namespace llama {
+
+struct TrainConfig {
+  Index steps = 100;         // optimizer steps
+  Index batch = 4, seq = 128;
+  Index accumulation = 1;    // micro-batches per optimizer step
+  double lr = 2e-4;
+  Index warmup = 0;          // steps of linear warm-up
+  double weight_decay = 0.0;
+  double grad_clip = 1.0;    // max global L2 norm of the adapter gradients (0: no clipping)
+  Index eval_every = 0;      // steps between held-out evaluations (0: only at the end)
+  Index eval_batches = 8;
+  Index save_every = 0;      // steps between checkpoints (0: only at the end)
+  Index log_every = 1;
+  std::filesystem::path out{};  // where checkpoints go (empty: none)
+  bool progress = true;
+
+  void validate() const {
+    using milora::detail::concat;
+    if (steps <= 0 || batch <= 0 || seq <= 0 || accumulation <= 0)
+      throw milora::value_error(concat("steps ", steps, ", batch ", batch, ", seq ", seq, " and accumulation ", accumulation,
+                                       " must be positive"));
+    if (warmup < 0 || warmup > steps) throw milora::value_error(concat("warmup ", warmup, " must be in [0, steps = ", steps, "]"));
+    if (!(grad_clip >= 0)) throw milora::value_error(concat("grad_clip ", grad_clip, " must be >= 0"));
+  }
+};
+
+/// transformers' get_cosine_schedule_with_warmup: the factor applied to lr for optimizer step
+/// `step` (0-based): step / warmup during warm-up, then 0.5 (1 + cos(pi * progress)) down to 0.
+inline double lr_factor(Index step, Index warmup, Index total) {
+  if (step < warmup) return double(step) / double(std::max<Index>(1, warmup));
+  const double progress = double(step - warmup) / double(std::max<Index>(1, total - warmup));
+  return std::max(0.0, 0.5 * (1.0 + std::cos(std::numbers::pi * progress)));
+}
+
+/// Scales every adapter gradient so that their global L2 norm is at most max_norm, as
+/// torch.nn.utils.clip_grad_norm_ does (coefficient max_norm / (norm + 1e-6), capped at 1). Returns
+/// the norm before clipping.
+template <class Model>
+double clip_gradients(Model& model, double max_norm) {
+  using BE = typename Model::backend;
+  double sq = 0;
+  for (auto* p : model.adapted()) sq += BE::squared_norm(p->adapter->grad_A()) + BE::squared_norm(p->adapter->grad_B());
+  const double norm = std::sqrt(sq);
+  if (max_norm > 0) {
+    const double coef = max_norm / (norm + 1e-6);
+    if (coef < 1)
+      for (auto* p : model.adapted())
+        for (auto& param : p->adapter->parameters()) BE::scale(param.grad, typename Model::scalar(coef));
+  }
+  return norm;
+}
+
+/// Mean loss over `batches` batches of `loader` (all of its windows when batches <= 0, without
+/// wrapping); the loader's cursor is restored afterwards. Returns {mean loss, tokens}.
+template <class Model>
+std::pair<double, Index> evaluate(Model& model, const std::vector<Token>& tokens, Index batch, Index seq, Index batches = 0) {
+  const Index windows = (Index(tokens.size()) - 1) / seq;
+  if (windows <= 0)
+    throw milora::value_error(milora::detail::concat("evaluation data has ", tokens.size(), " tokens; needs at least ", seq + 1));
+  double total = 0;
+  Index counted = 0;
+  std::vector<Token> in, tg;
+  for (Index w = 0; w < windows && (batches <= 0 || w < batches * batch); w += batch) {
+    const Index b = std::min(batch, windows - w);
+    in.assign(tokens.begin() + w * seq, tokens.begin() + (w + b) * seq);
+    tg.assign(tokens.begin() + w * seq + 1, tokens.begin() + (w + b) * seq + 1);
+    model.forward(in, b, seq);
+    total += model.loss(tg) * double(b * seq);
+    counted += b * seq;
+  }
+  return {total / double(counted), counted};
+}
+
+/// The progress line: step, loss, lr, tokens/s, ETA. Redrawn in place on a terminal, one line
+/// every log_every steps otherwise (logs, CI).
+class ProgressBar {
+ public:
+  ProgressBar(Index total, Index first_step, bool enabled)
+      : total_(total), first_(first_step), enabled_(enabled), tty_(isatty(fileno(stderr)) != 0),
+        start_(std::chrono::steady_clock::now()) {}
+  void update(Index step, double loss, double lr, double grad_norm, Index tokens_done) {
+    if (!enabled_) return;
+    const double secs = std::chrono::duration<double>(std::chrono::steady_clock::now() - start_).count();
+    const double per_step = secs / double(std::max<Index>(1, step - first_));
+    const double eta = per_step * double(total_ - step);
+    constexpr int width = 24;
+    const int filled = int(double(width) * double(step) / double(total_));
+    std::string bar(std::size_t(filled), '=');
+    bar.resize(width, ' ');
+    std::fprintf(stderr, "%sstep %5lld/%lld [%s] loss %.4f | lr %.2e | |g| %.3f | %.0f tok/s | ETA %02d:%02d%s",
+                 tty_ ? "\r" : "", (long long)step, (long long)total_, bar.c_str(), loss, lr, grad_norm,
+                 double(tokens_done) / std::max(secs, 1e-9), int(eta) / 60, int(eta) % 60, tty_ ? "" : "\n");
+    std::fflush(stderr);
+  }
+  void message(const std::string& m) {
+    if (!enabled_) return;
+    std::fprintf(stderr, "%s%s\n", tty_ ? "\n" : "", m.c_str());
+  }
+
+ private:
+  Index total_, first_;
+  bool enabled_, tty_;
+  std::chrono::steady_clock::time_point start_;
+};
+
+/// Trains `model`'s adapters on `train`, evaluating on `val` (may be empty).
+template <class Model>
+class Trainer {
+ public:
+  using BE = typename Model::backend;
+  using T = typename Model::scalar;
+
+  /// `run_info` is stored in trainer_state.json and must match on resume (method, rank, model, ...).
+  Trainer(Model& model, TrainConfig config, DataLoader train, std::vector<Token> val, nlohmann::json run_info)
+      : model_(model), config_(std::move(config)), train_(std::move(train)), val_(std::move(val)),
+        run_info_(std::move(run_info)), opt_({.lr = config_.lr, .weight_decay = config_.weight_decay}) {
+    config_.validate();
+    if (model.num_adapters() == 0) throw milora::state_error("Trainer: the model has no adapters");
+    for (auto* p : model.adapted()) opt_.add_all(p->adapter->parameters());
+    initial_ = export_adapters(model, base_name());
+  }
+
+  Index step() const { return step_; }
+  const milora::AdamW<BE>& optimizer() const { return opt_; }
+  double last_loss() const { return last_loss_; }
+
+  /// One optimizer step: `accumulation` micro-batches, clipping, the scheduled lr, AdamW. Returns
+  /// the mean micro-batch loss.
+  double train_step() {
+    std::vector<Token> in, tg;
+    model_.zero_grad();
+    double loss = 0;
+    for (Index m = 0; m < config_.accumulation; ++m) {
+      train_.next(in, tg);
+      loss += model_.forward_backward(in, tg, train_.batch(), train_.seq(), 1.0 / double(config_.accumulation));
+    }
+    loss /= double(config_.accumulation);
+    if (!std::isfinite(loss)) throw milora::numerical_error(milora::detail::concat("loss is ", loss, " at step ", step_));
+    last_grad_norm_ = clip_gradients(model_, config_.grad_clip);
+    opt_.set_lr(config_.lr * lr_factor(step_, config_.warmup, config_.steps));
+    opt_.step();
+    ++step_;
+    last_loss_ = loss;
+    return loss;
+  }
+
+  /// Trains until config.steps, with evaluation, progress and checkpoints.
+  void run() {
+    ProgressBar bar(config_.steps, step_, config_.progress);
+    Index tokens = 0;
+    while (step_ < config_.steps) {
+      const double loss = train_step();
+      tokens += config_.accumulation * train_.batch() * train_.seq();
+      if (config_.log_every > 0 && (step_ % config_.log_every == 0 || step_ == config_.steps))
+        bar.update(step_, loss, opt_.lr(), last_grad_norm_, tokens);
+      const bool last = step_ == config_.steps;
+      if (!val_.empty() && ((config_.eval_every > 0 && step_ % config_.eval_every == 0) || last)) {
+        const auto [vl, n] = evaluate(model_, val_, train_.batch(), train_.seq(), last ? 0 : config_.eval_batches);
+        last_val_loss_ = vl;
+        bar.message(milora::detail::concat("step ", step_, ": held-out loss ", vl, ", perplexity ", std::exp(vl), " (", n,
+                                           " tokens)"));
+      }
+      if (!config_.out.empty() && ((config_.save_every > 0 && step_ % config_.save_every == 0) || last)) {
+        const auto dir = save_checkpoint();
+        bar.message("saved " + dir.string());
+      }
+    }
+  }
+  std::optional<double> last_val_loss() const { return last_val_loss_; }
+
+  /// Writes out/checkpoint-<step> atomically (see the header comment) and returns its path.
+  std::filesystem::path save_checkpoint() {
+    namespace fs = std::filesystem;
+    const fs::path final_dir = config_.out / ("checkpoint-" + std::to_string(step_));
+    const fs::path tmp = config_.out / (".checkpoint-" + std::to_string(step_) + ".tmp");
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    const auto trained = export_adapters(model_, base_name());
+    milora::io::save_peft_adapter(trained, tmp);
+    if (residual()) milora::io::save_peft_adapter(milora::io::to_plain_lora(initial_, trained), tmp / "plain_lora");
+    milora::io::SafetensorsWriter w;
+    std::size_t i = 0;
+    for (auto* p : model_.adapted())
+      for (char f : {'A', 'B'}) {
+        const std::string key = milora::io::peft_key(p->module, f);
+        w.add(key + ".exp_avg", milora::io::to_host_matrix<BE>(opt_.exp_avg(i)), milora::io::DType::F32);
+        w.add(key + ".exp_avg_sq", milora::io::to_host_matrix<BE>(opt_.exp_avg_sq(i)), milora::io::DType::F32);
+        ++i;
+      }
+    w.write(tmp / "optimizer.safetensors");
+    nlohmann::json state = {{"step", step_}, {"data_cursor", train_.cursor()}, {"run", run_info_},
+                            {"optimizer_steps", opt_.steps()}, {"last_loss", last_loss_}};
+    milora::io::write_json_file(tmp / "trainer_state.json", state);
+    if (fs::exists(final_dir)) fs::remove_all(final_dir);
+    fs::rename(tmp, final_dir);
+    return final_dir;
+  }
+
+  /// Continues from a checkpoint of the same run: same model, method, rank, targets, data and
+  /// batch shape (trainer_state.json's "run" must equal this run's), so the steps that follow are
+  /// the ones the uninterrupted run would have taken, bit for bit.
+  void resume(const std::filesystem::path& dir) {
+    using milora::detail::concat;
+    const auto state = milora::io::read_json_file(dir / "trainer_state.json");
+    const std::string where = concat("'", (dir / "trainer_state.json").string(), "'");
+    if (!state.contains("run") || state["run"] != run_info_)
+      throw milora::value_error(concat(where, " is from another run: ", state.value("run", nlohmann::json()).dump(),
+                                       " vs this run's ", run_info_.dump()));
+    for (const char* key : {"step", "data_cursor", "optimizer_steps"})
+      if (!state.contains(key) || !state[key].is_number_unsigned()) throw milora::format_error(concat(where, ": no \"", key, "\""));
+    const Index step = state["step"].get<Index>();
+    if (step > config_.steps) throw milora::value_error(concat(where, ": step ", step, " is past --steps ", config_.steps));
+    const auto adapter = milora::io::load_peft_adapter<T>(dir);
+    const milora::io::SafetensorsFile moments(dir / "optimizer.safetensors");
+    std::vector<std::pair<milora::io::HostMatrix<T>, milora::io::HostMatrix<T>>> mv;
+    for (auto* p : model_.adapted())  // load and check everything before changing anything
+      for (char f : {'A', 'B'}) {
+        const std::string key = milora::io::peft_key(p->module, f);
+        mv.emplace_back(moments.template load<T>(key + ".exp_avg"), moments.template load<T>(key + ".exp_avg_sq"));
+      }
+    train_.set_cursor(state["data_cursor"].get<std::size_t>());
+    import_adapters(model_, adapter, dir.string());
+    for (std::size_t i = 0; i < mv.size(); ++i)
+      opt_.restore(i, milora::io::to_backend<BE>(mv[i].first), milora::io::to_backend<BE>(mv[i].second),
+                   state["optimizer_steps"].get<long long>());
+    step_ = step;
+  }
+
+ private:
+  std::string base_name() const { return run_info_.value("model", std::string()); }
+  bool residual() const { return run_info_.value("method", std::string("lora")) != "lora"; }
+
+  Model& model_;
+  TrainConfig config_;
+  DataLoader train_;
+  std::vector<Token> val_;
+  nlohmann::json run_info_;
+  milora::AdamW<BE> opt_;
+  milora::io::PeftAdapter<T> initial_;
+  Index step_ = 0;
+  double last_loss_ = 0, last_grad_norm_ = 0;
+  std::optional<double> last_val_loss_;
+};
+
+}  // namespace llama
