@@ -1,0 +1,32 @@
+// milora-eval: mean loss and perplexity of a LLaMA folder (with an optional PEFT adapter) on a data file.
+//
+//   milora-eval --model DIR [--adapter DIR] --data FILE [--seq 256] [--batch 4]
+//
+// The text is cut into consecutive windows of --seq tokens, each predicting its next tokens; the
+// last line of output is JSON: {"loss": ..., "perplexity": ..., "tokens": ...}.
+#include <iostream>
+
+#include "../tools/tool_common.hpp"
+#include "data.hpp"
+#include "inference.hpp"
+#include "trainer.hpp"
+
+int main(int argc, char** argv) {
+  std::string model_dir, adapter_dir, data;
+  milora::Index seq = 256, batch = 4, max_batches = 0;
+  CLI::App app{"milora-eval: mean next-token loss and perplexity of a LLaMA (optionally with a LoRA adapter) on a data file."};
+  app.add_option("--model", model_dir, "Hugging Face LLaMA folder")->required()->check(CLI::ExistingDirectory);
+  app.add_option("--adapter", adapter_dir, "PEFT LoRA adapter folder (or a milora-finetune checkpoint)")->check(CLI::ExistingDirectory);
+  app.add_option("--data", data, "text, or uint32 token ids in a .u32 file")->required()->check(CLI::ExistingFile);
+  app.add_option("--seq", seq, "tokens per window (at most max_position_embeddings)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--batch", batch, "windows per forward pass")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--max-batches", max_batches, "stop after this many batches (0: the whole file)")->capture_default_str();
+  return milora::tools::run_tool("milora-eval", app, argc, argv, [&] {
+    auto model = llama::load_for_inference(model_dir, adapter_dir);
+    const auto& cfg = model->config();
+    const auto tokens = llama::load_tokens(data, llama::Tokenizer::for_model(model_dir, cfg.vocab_size), cfg.vocab_size);
+    const auto [loss, n] = llama::evaluate(*model, tokens, batch, std::min(seq, cfg.max_position_embeddings), max_batches);
+    std::cerr << "milora-eval: " << n << " tokens, mean loss " << loss << ", perplexity " << std::exp(loss) << "\n";
+    std::cout << nlohmann::json{{"loss", loss}, {"perplexity", std::exp(loss)}, {"tokens", n}}.dump() << std::endl;
+  });
+}

@@ -1,0 +1,47 @@
+// milora-generate: continue a prompt with a LLaMA folder (and an optional PEFT adapter).
+//
+//   milora-generate --model DIR [--adapter DIR] --prompt "Once upon a time" [--max-new-tokens 64]
+//                   [--temperature 0.8 --top-k 40 --seed 1]
+//
+// Temperature 0 is greedy decoding. Each new token re-runs the model on the whole context (no KV
+// cache: this is the reference, written to be read); the context keeps the last
+// max_position_embeddings tokens.
+#include <iostream>
+
+#include "../tools/tool_common.hpp"
+#include "data.hpp"
+#include "inference.hpp"
+
+int main(int argc, char** argv) {
+  std::string model_dir, adapter_dir, prompt;
+  milora::Index max_new = 64, top_k = 0;
+  double temperature = 0;
+  std::uint64_t seed = 0;
+  CLI::App app{"milora-generate: continue a prompt with a LLaMA (optionally with a LoRA adapter)."};
+  app.add_option("--model", model_dir, "Hugging Face LLaMA folder")->required()->check(CLI::ExistingDirectory);
+  app.add_option("--adapter", adapter_dir, "PEFT LoRA adapter folder (or a milora-finetune checkpoint)")->check(CLI::ExistingDirectory);
+  app.add_option("--prompt", prompt, "text to continue")->required();
+  app.add_option("--max-new-tokens", max_new, "tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--temperature", temperature, "0: greedy; otherwise sample softmax(logits / T)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_option("--top-k", top_k, "sample among the k most likely tokens (0: all)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_option("--seed", seed, "sampling seed")->capture_default_str();
+  return milora::tools::run_tool("milora-generate", app, argc, argv, [&] {
+    auto model = llama::load_for_inference(model_dir, adapter_dir);
+    const auto& cfg = model->config();
+    const auto tokenizer = llama::Tokenizer::for_model(model_dir, cfg.vocab_size);
+    std::vector<llama::Token> context = tokenizer.encode(prompt);
+    if (context.empty()) throw milora::value_error("the prompt encodes to no tokens");
+    std::vector<llama::Token> generated;
+    for (milora::Index i = 0; i < max_new; ++i) {
+      const milora::Index n = std::min<milora::Index>(milora::Index(context.size()), cfg.max_position_embeddings);
+      const std::span<const llama::Token> window(context.data() + context.size() - std::size_t(n), std::size_t(n));
+      model->forward(window, 1, n);
+      const auto& logits = model->logits();
+      const std::span<const float> last(logits.data() + (n - 1) * cfg.vocab_size, std::size_t(cfg.vocab_size));
+      const llama::Token next = llama::sample(last, temperature, top_k, seed, std::uint64_t(i));
+      context.push_back(next);
+      generated.push_back(next);
+    }
+    std::cout << prompt << tokenizer.decode(generated) << std::endl;
+  });
+}
