@@ -171,15 +171,22 @@ struct LlamaKernels<milora::EigenBackend<T>> {
         if (grad) dlogits.row(i).setZero();
         continue;
       }
-      const T* z = logits.data() + i * logits.outerStride();
-      const double mx = *std::max_element(z, z + vocab);
+      // exp once per logit, in the scalar type with Eigen's vectorised exp (a 32000-token
+      // vocabulary makes this the kernel's whole cost), the sum in double
+      const auto z = logits.row(i).array();
+      const T mx = z.maxCoeff();
       double sum = 0;
-      for (Index j = 0; j < vocab; ++j) sum += std::exp(double(z[j]) - mx);
-      total += mx + std::log(sum) - double(z[t]);
-      if (!grad) continue;
-      const double k = grad_scale / double(count);
-      for (Index j = 0; j < vocab; ++j) dlogits(i, j) = T(k * std::exp(double(z[j]) - mx) / sum);
-      dlogits(i, t) -= T(k);
+      if (grad) {
+        auto d = dlogits.row(i).array();
+        d = (z - mx).exp();
+        sum = d.template cast<double>().sum();
+        const double k = grad_scale / double(count);
+        d *= T(k / sum);
+        d(t) -= T(k);
+      } else {
+        sum = (z - mx).exp().template cast<double>().sum();
+      }
+      total += double(mx) + std::log(sum) - double(z(t));
     }
     return count == 0 ? 0.0 : total / double(count);
   }
@@ -189,11 +196,9 @@ struct LlamaKernels<milora::EigenBackend<T>> {
 
   // Softmax of p[0..i] in place (positions j <= i are visible to query i), zero after.
   static void softmax_causal_row(T* p, Index i, Index seq) {
-    const T mx = *std::max_element(p, p + i + 1);
-    double sum = 0;
-    for (Index j = 0; j <= i; ++j) sum += double(p[j] = std::exp(p[j] - mx));
-    const T inv = T(1 / sum);
-    for (Index j = 0; j <= i; ++j) p[j] *= inv;
+    Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>> row(p, i + 1);
+    row = (row - row.maxCoeff()).exp();  // Eigen's vectorised exp
+    row *= T(1 / row.template cast<double>().sum());
     std::fill(p + i + 1, p + seq, T(0));
   }
 

@@ -256,8 +256,12 @@ class Trainer {
   }
 
  private:
-  std::string base_name() const { return run_info_.value("model", std::string()); }
-  bool residual() const { return run_info_.value("method", std::string("lora")) != "lora"; }
+  std::string info(const char* key, const std::string& fallback) const {
+    return run_info_.is_object() && run_info_.contains(key) && run_info_[key].is_string() ? run_info_[key].get<std::string>()
+                                                                                        : fallback;
+  }
+  std::string base_name() const { return info("model", ""); }
+  bool residual() const { return info("method", "lora") != "lora"; }
 
   Model& model_;
   TrainConfig config_;

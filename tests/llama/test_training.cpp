@@ -166,3 +166,28 @@ TEST_CASE("data: u32 token files are validated; too little data for a batch is n
   CHECK(in == std::vector<Token>{0, 1, 2});
   fs::remove_all(dir);
 }
+
+#if defined(MILORA_HAS_SENTENCEPIECE)
+#include <sentencepiece_trainer.h>
+
+TEST_CASE("Tokenizer: a model folder's tokenizer.model (sentencepiece) encodes with a leading BOS and decodes back") {
+  const auto dir = fresh_dir("spm");
+  fs::create_directories(dir);
+  std::string corpus;
+  for (int i = 0; i < 200; ++i) corpus += "minor singular components adapt the weight while principal ones stay frozen\n";
+  std::ofstream(dir / "corpus.txt") << corpus;
+  const auto status = sentencepiece::SentencePieceTrainer::Train(
+      "--input=" + (dir / "corpus.txt").string() + " --model_prefix=" + (dir / "tokenizer").string() +
+      " --vocab_size=40 --model_type=bpe --minloglevel=2");
+  REQUIRE_MESSAGE(status.ok(), status.ToString());
+  const auto tok = llama::Tokenizer::for_model(dir, 64);
+  CHECK_FALSE(tok.bytes());
+  const auto ids = tok.encode("the weight adapts");
+  REQUIRE(ids.size() > 2);
+  CHECK(ids[0] == 1);  // sentencepiece's default BOS id, as in LLaMA's tokenizer
+  CHECK(tok.decode(std::span(ids).subspan(1)) == "the weight adapts");
+  CHECK_THROWS_WITH_AS(llama::Tokenizer::for_model(dir, 32), doctest::Contains("has 40 pieces but the model's vocab_size is 32"),
+                       milora::format_error);
+  fs::remove_all(dir);
+}
+#endif

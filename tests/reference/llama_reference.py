@@ -202,6 +202,8 @@ def bench(args):
     c = json.load(open(args.config))
     c.setdefault("num_key_value_heads", c["num_attention_heads"])
     c.setdefault("head_dim", c["hidden_size"] // c["num_attention_heads"])
+    c.setdefault("rms_norm_eps", 1e-6)  # transformers' LlamaConfig defaults
+    c.setdefault("rope_theta", 10000.0)
     gen = torch.Generator().manual_seed(1)
     w = random_weights(c, gen, 0.02)
     adapters = {}
@@ -229,6 +231,8 @@ def bench(args):
     for _ in range(args.steps):
         step()
     dt = time.perf_counter() - t0
+    import resource
+    print(f"peak_MiB={resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.1f}")
     print(f"tokens_per_s={args.batch * args.seq * args.steps / dt:.1f}")
 
 
