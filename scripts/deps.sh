@@ -11,6 +11,7 @@ MILORA_DEBS=(
   nlohmann-json3-dev                   # the file layer (safetensors headers, configs)
   libcli11-dev                         # the command-line tools' arguments
   libsentencepiece-dev                 # examples/llama: LLaMA's tokenizer.model
+  gnuplot-nox                          # the main demo's plots (its miniature test checks them)
   doctest-dev                          # tests
   libbenchmark-dev                     # benchmarks (their smoke runs are tests)
 )
@@ -28,4 +29,5 @@ milora_install_missing() {
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
 }
 
-milora_install_missing "${MILORA_DEBS[@]}"
+# Extra packages a caller needs (demo.sh: the pre-training corpus) come as arguments.
+milora_install_missing "${MILORA_DEBS[@]}" "$@"

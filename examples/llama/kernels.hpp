@@ -3,7 +3,7 @@
 // Everything in a LLaMA that is a matrix product goes through the backend policy's gemm (and the
 // adapters). What is left are six small operations with their backward passes, which no BLAS has:
 //
-//   embed            out[i, :] = table[token_i, :]
+//   embed            out[i, :] = table[token_i, :]         (backward: scatter-add, full training only)
 //   rmsnorm          y = w * x / sqrt(mean(x^2) + eps)                      (per row)
 //   rope             rotate-half rotary embedding, in place                 (per row and head)
 //   attention        causal grouped-query softmax(Q K^T / sqrt(d)) V         (per sequence and head)
@@ -53,6 +53,8 @@ concept LlamaKernelSet = requires(milora::view_t<B> v, milora::const_view_t<B> c
   K::embed(c, tok, v);
   K::rmsnorm_forward(c, c, d, v, v);
   K::rmsnorm_backward(c, c, c, c, v);
+  K::rmsnorm_backward_weight(c, c, c, v);
+  K::embed_backward(c, tok, v);
   K::rope(v, c, c, i, i, d);
   K::attention_forward(c, c, c, shape, v, v);
   K::attention_backward(c, c, c, c, c, shape, v, v, v);

@@ -35,6 +35,12 @@ struct LlamaKernels<milora::EigenBackend<T>> {
     }
   }
 
+  /// dtable[tokens[i], :] += dout[i, :]: the embedding's gradient (full training only).
+  static void embed_backward(const_view dout, std::span<const Token> tokens, view dtable) {
+    require(dout.rows() == Index(tokens.size()) && dout.cols() == dtable.cols(), "embed_backward: shapes");
+    for (std::size_t i = 0; i < tokens.size(); ++i) dtable.row(tokens[i]) += dout.row(Index(i));
+  }
+
   /// y = w * x * rstd per row, rstd = 1/sqrt(mean(x^2) + eps) (saved for backward, 1 x rows).
   static void rmsnorm_forward(const_view x, const_view w, double eps, view y, view rstd) {
     const Index n = x.rows(), c = x.cols();
@@ -58,6 +64,16 @@ struct LlamaKernels<milora::EigenBackend<T>> {
       const double k = r * r * r * dot / double(c);
       for (Index j = 0; j < c; ++j) dx(i, j) += T(r * double(w(0, j)) * double(dy(i, j)) - k * double(x(i, j)));
     }
+  }
+
+  /// dw_j += sum_i dy_ij x_ij rstd_i: the norm weight's gradient (full training only).
+  static void rmsnorm_backward_weight(const_view dy, const_view x, const_view rstd, view dw) {
+    std::vector<double> acc(std::size_t(x.cols()), 0.0);
+    for (Index i = 0; i < x.rows(); ++i) {
+      const double r = rstd(0, i);
+      for (Index j = 0; j < x.cols(); ++j) acc[std::size_t(j)] += double(dy(i, j)) * double(x(i, j)) * r;
+    }
+    for (Index j = 0; j < x.cols(); ++j) dw(0, j) += T(acc[std::size_t(j)]);
   }
 
   /// Rotary embedding in Hugging Face's rotate-half layout, in place on every head of every row:

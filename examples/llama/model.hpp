@@ -29,7 +29,9 @@
 #include "milora/core/checks.hpp"
 #include "milora/io/hf_model.hpp"
 #include "milora/io/host_matrix.hpp"
+#include "milora/io/json.hpp"
 #include "milora/io/llama_config.hpp"
+#include "milora/io/safetensors.hpp"
 
 namespace llama {
 
@@ -64,21 +66,28 @@ class Llama {
     std::string module;  // "model.layers.0.self_attn.q_proj": the module path PEFT's keys use
     milora::Linear<BE> linear{0, 0};
     std::optional<AdapterT> adapter;
-    matrix h;  // x A^T of the last forward (tokens x rank), which the adapter's backward needs
+    matrix h;     // x A^T of the last forward (tokens x rank), which the adapter's backward needs
+    matrix grad;  // dL/dW in full training (enable_full_training), else empty
 
     void forward(const_view x, view y) {
       if (adapter) adapter->forward(x, y, h);
       else linear.forward(x, y);
     }
-    /// dx = dy W' (+ the adapter's path); adapter gradients accumulate.
+    /// dx = dy W' (+ the adapter's path); adapter gradients (or, in full training, dW += dy^T x)
+    /// accumulate.
     void backward(const_view x, const_view dy, view dx) {
-      if (adapter) adapter->backward(x, h, dy, dx);
-      else linear.backward_input(dy, dx);
+      if (adapter) {
+        adapter->backward(x, h, dy, dx);
+        return;
+      }
+      linear.backward_input(dy, dx);
+      if (BE::rows(grad) != 0) BE::gemm(1, dy, milora::Trans::yes, x, milora::Trans::no, 1, grad);
     }
   };
 
   struct Block {
     matrix input_norm, post_attention_norm;  // 1 x hidden
+    matrix d_input_norm, d_post_attention_norm;  // their gradients in full training
     Projection q, k, v, o, gate, up, down;
     std::array<Projection*, 7> projections() { return {&q, &k, &v, &o, &gate, &up, &down}; }
   };
@@ -86,6 +95,7 @@ class Llama {
   /// A model whose weights come from `source`, e.g. a Hugging Face folder (from_pretrained).
   Llama(const LlamaConfig& config, const WeightSource& source) : config_(config) {
     const auto weights = config.weights();
+    for (const auto& spec : weights) weight_names_.push_back(spec.name);
     std::size_t w = 0;
     auto next = [&](const std::string& expected) {
       const auto& spec = weights.at(w++);
@@ -120,12 +130,54 @@ class Llama {
   Llama(const Llama&) = delete;  // adapters hold views of the weights: the model stays where it is
   Llama& operator=(const Llama&) = delete;
 
+  /// Makes every base weight trainable (pre-training, or full fine-tuning as the reference the
+  /// adapters are compared with): gradients are allocated for all of them and parameters() lists
+  /// them under their transformers names. Not together with adapters.
+  void enable_full_training() {
+    if (num_adapters() != 0) throw milora::state_error("Llama::enable_full_training: the model has adapters");
+    if (full_) return;
+    auto zeros_like = [](const matrix& m) { return BE::zeros(BE::rows(m), BE::cols(m)); };
+    d_embed_ = zeros_like(embed_);
+    d_final_norm_ = zeros_like(final_norm_);
+    if (!config_.tie_word_embeddings) d_lm_head_ = zeros_like(lm_head_);
+    for (auto& b : blocks_) {
+      b->d_input_norm = zeros_like(b->input_norm);
+      b->d_post_attention_norm = zeros_like(b->post_attention_norm);
+      for (Projection* p : b->projections()) p->grad = zeros_like(p->linear.weight());
+    }
+    full_ = true;
+  }
+  bool full_training() const { return full_; }
+
+  /// What an optimizer trains: every adapter's lora_A and lora_B, or in full training every weight
+  /// (named as in the checkpoint, in config.weights() order).
+  std::vector<milora::Parameter<BE>> parameters() {
+    std::vector<milora::Parameter<BE>> out;
+    if (!full_) {
+      for (Projection* p : adapted())
+        for (auto& param : p->adapter->parameters()) out.push_back(param);
+      return out;
+    }
+    auto add = [&](matrix& w, matrix& g) { out.push_back({weight_names_[out.size()], w, g}); };
+    add(embed_, d_embed_);
+    for (auto& b : blocks_) {
+      add(b->input_norm, b->d_input_norm);
+      for (Projection* p : {&b->q, &b->k, &b->v, &b->o}) add(p->linear.weight(), p->grad);
+      add(b->post_attention_norm, b->d_post_attention_norm);
+      for (Projection* p : {&b->gate, &b->up, &b->down}) add(p->linear.weight(), p->grad);
+    }
+    add(final_norm_, d_final_norm_);
+    if (!config_.tie_word_embeddings) add(lm_head_, d_lm_head_);
+    return out;
+  }
+
   /// Adds an adapter to every projection named in `targets` (q_proj, ..., down_proj), each with
   /// its own seed (config.seed + its index), in the model's layer order. Throws value_error for an
   /// unknown name or when adapters were already added, before touching any weight.
   void add_adapters(const std::vector<std::string>& targets, const milora::AdapterConfig& config,
                     const Init& init = Init{}) {
     if (num_adapters() != 0) throw milora::state_error("Llama::add_adapters: the model already has adapters");
+    if (full_) throw milora::state_error("Llama::add_adapters: the model is in full training");
     if (targets.empty()) throw milora::value_error("Llama::add_adapters: no target modules");
     for (const auto& t : targets)
       if (std::find(kProjectionNames.begin(), kProjectionNames.end(), t) == kProjectionNames.end())
@@ -154,6 +206,22 @@ class Llama {
   const matrix& embedding() const { return embed_; }
   const matrix& lm_head() const { return config_.tie_word_embeddings ? embed_ : lm_head_; }
   const std::vector<std::string>& targets() const { return targets_; }
+  /// A base weight by its transformers name (the weight as the adapter sees it: W' for residual
+  /// adapters, merged or not as the model is). Throws for an unknown name.
+  const matrix& weight(const std::string& name) {
+    if (name == "model.embed_tokens.weight") return embed_;
+    if (name == "model.norm.weight") return final_norm_;
+    if (name == "lm_head.weight" && !config_.tie_word_embeddings) return lm_head_;
+    for (auto& b : blocks_) {
+      const std::string prefix = b->q.module.substr(0, b->q.module.rfind("self_attn"));
+      if (name.rfind(prefix, 0) != 0) continue;
+      if (name == prefix + "input_layernorm.weight") return b->input_norm;
+      if (name == prefix + "post_attention_layernorm.weight") return b->post_attention_norm;
+      for (Projection* p : b->projections())
+        if (name == p->module + ".weight") return p->linear.weight();
+    }
+    throw milora::value_error("Llama: no weight '" + name + "'");
+  }
   const milora::AdapterConfig& adapter_config() const { return adapter_config_; }
 
   /// Every projection that has an adapter, in layer order (q, k, v, o, gate, up, down per layer).
@@ -178,7 +246,7 @@ class Llama {
     return n;
   }
   void zero_grad() {
-    for (Projection* p : adapted()) p->adapter->zero_grad();
+    for (auto& p : parameters()) BE::scale(p.grad, scalar(0));
   }
   /// Folds every adapter into its weight (for generation), and back.
   void merge_adapters() {
@@ -195,6 +263,7 @@ class Llama {
   void forward(std::span<const Token> tokens, Index batch, Index seq) {
     prepare(tokens.size(), batch, seq);
     Activations& a = act_;
+    if (full_) a.tokens.assign(tokens.begin(), tokens.end());  // the embedding's backward needs them
     K::embed(embed_, tokens, a.layers[0].x);
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
       Block& b = *blocks_[l];
@@ -235,7 +304,8 @@ class Llama {
   /// grad_scale * d(mean loss)/d(parameter) (grad_scale = 1/accumulation steps). Returns the loss.
   double forward_backward(std::span<const Token> tokens, std::span<const Token> targets, Index batch, Index seq,
                           double grad_scale = 1.0) {
-    if (num_adapters() == 0) throw milora::state_error("Llama::forward_backward: the model has no adapters to train");
+    if (num_adapters() == 0 && !full_)
+      throw milora::state_error("Llama::forward_backward: the model has no adapters to train");
     if (targets.size() != tokens.size())
       throw milora::shape_error(milora::detail::concat("Llama::forward_backward: ", targets.size(), " targets for ",
                                                        tokens.size(), " tokens"));
@@ -245,6 +315,11 @@ class Llama {
     const double loss = K::cross_entropy(a.logits, targets, grad_scale, g.dlogits);
     // logits = xn W^T  =>  dxn = dlogits W ; then the final norm's backward starts the residual gradient
     BE::gemm(1, g.dlogits, milora::Trans::no, lm_head(), milora::Trans::no, 0, g.dxn);
+    if (full_) {  // dWlm += dlogits^T xn (into the embedding's gradient when tied)
+      BE::gemm(1, g.dlogits, milora::Trans::yes, a.xn_final, milora::Trans::no, 1,
+               config_.tie_word_embeddings ? d_embed_ : d_lm_head_);
+      K::rmsnorm_backward_weight(g.dxn, a.x_final, a.rstd_final, d_final_norm_);
+    }
     BE::scale(g.dres, 0);
     K::rmsnorm_backward(g.dxn, a.x_final, final_norm_, a.rstd_final, g.dres);
     for (std::size_t l = blocks_.size(); l-- > 0;) {
@@ -256,6 +331,7 @@ class Llama {
       b.gate.backward(s.xn2, g.dgate, g.dxn);
       b.up.backward(s.xn2, g.dup, g.dtmp);
       BE::axpy(1, g.dtmp, g.dxn);
+      if (full_) K::rmsnorm_backward_weight(g.dxn, s.x_mid, s.rstd2, b.d_post_attention_norm);
       K::rmsnorm_backward(g.dxn, s.x_mid, b.post_attention_norm, s.rstd2, g.dres);
       // attention half
       b.o.backward(s.att, g.dres, g.datt);
@@ -267,8 +343,10 @@ class Llama {
       BE::axpy(1, g.dtmp, g.dxn);
       b.v.backward(s.xn1, g.dv, g.dtmp);
       BE::axpy(1, g.dtmp, g.dxn);
-      if (l > 0) K::rmsnorm_backward(g.dxn, s.x, b.input_norm, s.rstd1, g.dres);  // the embedding is frozen
+      if (full_) K::rmsnorm_backward_weight(g.dxn, s.x, s.rstd1, b.d_input_norm);
+      if (l > 0 || full_) K::rmsnorm_backward(g.dxn, s.x, b.input_norm, s.rstd1, g.dres);  // (a frozen embedding needs no dx)
     }
+    if (full_) K::embed_backward(g.dres, a.tokens, d_embed_);
     return loss;
   }
 
@@ -281,6 +359,7 @@ class Llama {
     AttentionShape shape{};
     std::vector<LayerActivations> layers;
     matrix x_final, xn_final, rstd_final, logits;
+    std::vector<Token> tokens;  // full training only
   };
   struct Gradients {
     matrix dlogits, dxn, dres, dtmp, datt, dq, dk, dv, dact, dgate, dup;
@@ -313,7 +392,7 @@ class Llama {
     a.xn_final = z(n, c);
     a.rstd_final = z(1, n);
     a.logits = z(n, vocab);
-    if (num_adapters() != 0)
+    if (num_adapters() != 0 || full_)
       grads_ = {z(n, vocab), z(n, c), z(n, c), z(n, c), z(n, cq), z(n, cq), z(n, ckv), z(n, ckv), z(n, inter), z(n, inter),
                 z(n, inter)};
     for (Projection* p : adapted()) p->h = z(n, p->adapter->rank());
@@ -340,6 +419,9 @@ class Llama {
   LlamaConfig config_;
   matrix embed_, final_norm_, lm_head_;
   std::vector<std::unique_ptr<Block>> blocks_;
+  matrix d_embed_, d_final_norm_, d_lm_head_;  // full training only
+  bool full_ = false;
+  std::vector<std::string> weight_names_;     // config.weights() order: the names parameters() uses
   milora::AdapterConfig adapter_config_{};
   std::vector<std::string> targets_;
   matrix rope_cos_ = BE::zeros(0, 0), rope_sin_ = BE::zeros(0, 0);
@@ -357,6 +439,34 @@ std::unique_ptr<Model> from_pretrained(const milora::io::HFModel& hf) {
   return std::make_unique<Model>(config, [&](const std::string& name, Index, Index) {
     return milora::io::to_backend<BE>(hf.load<typename Model::scalar>(name));
   });
+}
+
+/// config.json for `c`, with transformers' names (what from_json reads back).
+inline nlohmann::json config_json(const LlamaConfig& c) {
+  return {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_act", "silu"},
+          {"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size}, {"intermediate_size", c.intermediate_size},
+          {"num_hidden_layers", c.num_hidden_layers}, {"num_attention_heads", c.num_attention_heads},
+          {"num_key_value_heads", c.num_key_value_heads}, {"head_dim", c.head_dim},
+          {"max_position_embeddings", c.max_position_embeddings}, {"rms_norm_eps", c.rms_norm_eps},
+          {"rope_theta", c.rope_theta}, {"tie_word_embeddings", c.tie_word_embeddings}, {"torch_dtype", "float32"}};
+}
+
+/// Writes `model`'s base weights (adapters merged or not, as they are) as a Hugging Face folder:
+/// config.json and model.safetensors (F32), which from_pretrained and transformers read.
+template <class Model>
+void save_pretrained(Model& model, const std::filesystem::path& dir) {
+  using BE = typename Model::backend;
+  std::filesystem::create_directories(dir);
+  milora::io::SafetensorsWriter w;
+  w.set_metadata({{"format", "pt"}});
+  const auto specs = model.config().weights();
+  for (const auto& spec : specs) {
+    const auto& m = model.weight(spec.name);
+    if (spec.rows == 1) w.add(spec.name, milora::io::to_host_matrix<BE>(m), milora::io::DType::F32, std::vector<std::int64_t>{spec.cols});
+    else w.add(spec.name, milora::io::to_host_matrix<BE>(m), milora::io::DType::F32);
+  }
+  w.write(dir / milora::io::kModelFile);
+  milora::io::write_json_file(dir / "config.json", config_json(model.config()));
 }
 
 /// A model with transformers' initialisation (normal(0, initializer_range) weights, unit norms),

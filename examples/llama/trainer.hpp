@@ -67,14 +67,14 @@ inline double lr_factor(Index step, Index warmup, Index total) {
 template <class Model>
 double clip_gradients(Model& model, double max_norm) {
   using BE = typename Model::backend;
+  const auto params = model.parameters();
   double sq = 0;
-  for (auto* p : model.adapted()) sq += BE::squared_norm(p->adapter->grad_A()) + BE::squared_norm(p->adapter->grad_B());
+  for (const auto& p : params) sq += BE::squared_norm(p.grad);
   const double norm = std::sqrt(sq);
   if (max_norm > 0) {
     const double coef = max_norm / (norm + 1e-6);
     if (coef < 1)
-      for (auto* p : model.adapted())
-        for (auto& param : p->adapter->parameters()) BE::scale(param.grad, typename Model::scalar(coef));
+      for (const auto& p : params) BE::scale(p.grad, typename Model::scalar(coef));
   }
   return norm;
 }
@@ -144,9 +144,10 @@ class Trainer {
       : model_(model), config_(std::move(config)), train_(std::move(train)), val_(std::move(val)),
         run_info_(std::move(run_info)), opt_({.lr = config_.lr, .weight_decay = config_.weight_decay}) {
     config_.validate();
-    if (model.num_adapters() == 0) throw milora::state_error("Trainer: the model has no adapters");
-    for (auto* p : model.adapted()) opt_.add_all(p->adapter->parameters());
-    initial_ = export_adapters(model, base_name());
+    if (model.num_adapters() == 0 && !model.full_training())
+      throw milora::state_error("Trainer: the model has no adapters and is not in full training");
+    opt_.add_all(model.parameters());
+    if (!model.full_training()) initial_ = export_adapters(model, base_name());
   }
 
   Index step() const { return step_; }
@@ -197,25 +198,30 @@ class Trainer {
   }
   std::optional<double> last_val_loss() const { return last_val_loss_; }
 
-  /// Writes out/checkpoint-<step> atomically (see the header comment) and returns its path.
+  /// Writes out/checkpoint-<step> atomically (see the header comment) and returns its path. In
+  /// full training the checkpoint is a Hugging Face model folder instead of an adapter.
   std::filesystem::path save_checkpoint() {
     namespace fs = std::filesystem;
     const fs::path final_dir = config_.out / ("checkpoint-" + std::to_string(step_));
     const fs::path tmp = config_.out / (".checkpoint-" + std::to_string(step_) + ".tmp");
     fs::remove_all(tmp);
     fs::create_directories(tmp);
-    const auto trained = export_adapters(model_, base_name());
-    milora::io::save_peft_adapter(trained, tmp);
-    if (residual()) milora::io::save_peft_adapter(milora::io::to_plain_lora(initial_, trained), tmp / "plain_lora");
+    std::vector<std::string> keys;
+    if (model_.full_training()) {
+      save_pretrained(model_, tmp);
+      for (const auto& p : model_.parameters()) keys.emplace_back(p.name);
+    } else {
+      const auto trained = export_adapters(model_, base_name());
+      milora::io::save_peft_adapter(trained, tmp);
+      if (residual()) milora::io::save_peft_adapter(milora::io::to_plain_lora(initial_, trained), tmp / "plain_lora");
+      for (auto* p : model_.adapted())
+        for (char f : {'A', 'B'}) keys.push_back(milora::io::peft_key(p->module, f));
+    }
     milora::io::SafetensorsWriter w;
-    std::size_t i = 0;
-    for (auto* p : model_.adapted())
-      for (char f : {'A', 'B'}) {
-        const std::string key = milora::io::peft_key(p->module, f);
-        w.add(key + ".exp_avg", milora::io::to_host_matrix<BE>(opt_.exp_avg(i)), milora::io::DType::F32);
-        w.add(key + ".exp_avg_sq", milora::io::to_host_matrix<BE>(opt_.exp_avg_sq(i)), milora::io::DType::F32);
-        ++i;
-      }
+    for (std::size_t i = 0; i < keys.size(); ++i) {
+      w.add(keys[i] + ".exp_avg", milora::io::to_host_matrix<BE>(opt_.exp_avg(i)), milora::io::DType::F32);
+      w.add(keys[i] + ".exp_avg_sq", milora::io::to_host_matrix<BE>(opt_.exp_avg_sq(i)), milora::io::DType::F32);
+    }
     w.write(tmp / "optimizer.safetensors");
     nlohmann::json state = {{"step", step_}, {"data_cursor", train_.cursor()}, {"run", run_info_},
                             {"optimizer_steps", opt_.steps()}, {"last_loss", last_loss_}};
@@ -230,6 +236,8 @@ class Trainer {
   /// the ones the uninterrupted run would have taken, bit for bit.
   void resume(const std::filesystem::path& dir) {
     using milora::detail::concat;
+    if (model_.full_training())
+      throw milora::state_error("Trainer::resume: resuming full training is not supported (adapters only)");
     const auto state = milora::io::read_json_file(dir / "trainer_state.json");
     const std::string where = concat("'", (dir / "trainer_state.json").string(), "'");
     if (!state.contains("run") || state["run"] != run_info_)

@@ -115,3 +115,48 @@ TEST_CASE("Llama: bad input is refused with its value, before any work") {
   CHECK_THROWS_WITH_AS(model->forward(bad, 1, 4), "token 11 at position 2 is outside the vocabulary of 11",
                        milora::value_error);
 }
+
+TEST_CASE("Llama<double> full training: the gradient of every weight (embedding, norms, projections, head) matches finite differences") {
+  using BE = milora::EigenBackend<double>;
+  using Model = llama::Llama<BE>;
+  for (bool tied : {false, true}) {
+    CAPTURE(tied);
+    auto cfg = llama_test::tiny_config();
+    cfg.tie_word_embeddings = tied;
+    auto model = Model(cfg, [&](const std::string& name, Index r, Index c) {  // norms away from 1 too
+      return llama_test::randn<BE>(r, c, unsigned(std::hash<std::string>{}(name) % 1000), name.find("norm") != std::string::npos ? 1.0 : 0.3);
+    });
+    model.enable_full_training();
+    CHECK_THROWS_AS(model.add_adapters({"q_proj"}, {.rank = 2}), milora::state_error);
+    auto params = model.parameters();
+    CHECK(params.size() == cfg.weights().size());
+    const Index batch = 2, seq = 4;
+    auto tokens = tokens_of(batch * seq, cfg.vocab_size, 4);
+    tokens[5] = tokens[1];  // a repeated token: the embedding's gradient must add both rows
+    const auto targets = tokens_of(batch * seq, cfg.vocab_size, 5);
+    model.zero_grad();
+    model.forward_backward(tokens, targets, batch, seq);
+    const double h = 1e-6;
+    for (auto& p : params) {
+      CAPTURE(std::string(p.name));
+      double worst = 0, largest = 0;
+      for (Index i = 0; i < p.value.size(); ++i) {
+        const double keep = p.value.data()[i];
+        p.value.data()[i] = keep + h;
+        model.forward(tokens, batch, seq);
+        const double lp = model.loss(targets);
+        p.value.data()[i] = keep - h;
+        model.forward(tokens, batch, seq);
+        const double lm = model.loss(targets);
+        p.value.data()[i] = keep;
+        const double numeric = (lp - lm) / (2 * h);
+        worst = std::max(worst, std::abs(numeric - p.grad.data()[i]));
+        largest = std::max(largest, std::abs(numeric));
+      }
+      CAPTURE(worst);
+      CAPTURE(largest);
+      CHECK(largest > 1e-4);
+      CHECK(worst < 1e-7 * std::max(largest, 1e-2));
+    }
+  }
+}

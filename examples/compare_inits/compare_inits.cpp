@@ -1,0 +1,367 @@
+// compare_inits: the main demo. Does MiLoRA learn a new task as well as LoRA and PiSSA while
+// forgetting less of what the model knew? Measured here, on this machine, in minutes:
+//
+//   1. pre-train (once; cached in OUT/pretrained) a small byte-level LLaMA on English text that a
+//      Debian package ships (the `fortunes` collection);
+//   2. fine-tune copies on a different task (three-digit addition as text) with LoRA, PiSSA,
+//      MiLoRA (same rank, alpha = rank, same steps, each with its own learning rate) and full
+//      fine-tuning as the reference, for several seeds;
+//   3. report the task's held-out loss and exact-match accuracy, forgetting (perplexity on the
+//      corpus's held-out split before and after), trainable parameters, wall time, and the paper's
+//      subspace analysis (where each update's energy lies in W's spectrum; how far W's top singular
+//      values and vectors moved);
+//   4. write OUT/summary.md (mean ± std), OUT/results.csv, OUT/curves.csv and, with gnuplot,
+//      OUT/loss_curves.png, OUT/learning_vs_forgetting.png, OUT/subspace_energy.png.
+//
+// --model DIR and --task FILE run the same comparison on your own Hugging Face LLaMA and data (then
+// the task metric is held-out loss; accuracy needs the built-in task).
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <iomanip>
+#include <iostream>
+#include <map>
+#include <sstream>
+
+#include "../tools/tool_common.hpp"
+#include "kernels_cpu.hpp"
+#include "subspace.hpp"
+#include "task.hpp"
+#include "trainer.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+using BE = milora::EigenBackend<float>;
+using compare::Index;
+using llama::Token;
+using milora::detail::concat;
+
+struct Options {
+  std::string out = "compare_inits_out", model, corpus = "/usr/share/games/fortunes", task;
+  std::string methods = "full,lora,pissa,milora", targets = "q_proj,k_proj,v_proj,up_proj,down_proj";
+  Index rank = 8, steps = 300, seeds = 3, batch = 16, seq = 96;
+  Index pretrain_steps = 1500, pretrain_hidden = 128, pretrain_layers = 4;
+  std::map<std::string, double> lr = {{"full", 1e-3}, {"lora", 3e-3}, {"pissa", 1e-3}, {"milora", 3e-3}};
+  Index eval_batches = 24;  // corpus held-out batches of 8 x 128 for perplexity
+};
+
+struct Row {
+  std::string method;
+  unsigned seed = 0;
+  double lr = 0, task_loss = 0, task_accuracy = -1, ppl_before = 0, ppl_after = 0, seconds = 0;
+  Index trainable = 0;
+  compare::SubspaceStats sub;
+};
+
+// ---- data ---------------------------------------------------------------------------------------
+
+// Every regular file of a folder (sorted; fortune's .dat indexes and .u8 links skipped), or one file.
+std::string read_corpus(const fs::path& path) {
+  if (!fs::exists(path))
+    throw milora::io_error(concat("corpus '", path.string(), "' does not exist (install the Debian package `fortunes`, or give --corpus FILE)"));
+  if (!fs::is_directory(path)) return llama::read_file(path);
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(path))
+    if (e.is_regular_file() && !e.is_symlink() && e.path().extension() != ".dat" && e.path().extension() != ".u8")
+      files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  std::string text;
+  for (const auto& f : files) text += llama::read_file(f);
+  if (text.empty()) throw milora::io_error(concat("corpus '", path.string(), "' holds no text"));
+  return text;
+}
+
+// ---- pre-training -------------------------------------------------------------------------------
+
+fs::path pretrained_model(const Options& o, const std::vector<Token>& train, const nlohmann::json& corpus_info) {
+  if (!o.model.empty()) return o.model;
+  const fs::path dir = fs::path(o.out) / "pretrained";
+  llama::LlamaConfig c;
+  c.vocab_size = 256;
+  c.hidden_size = o.pretrain_hidden;
+  c.intermediate_size = (o.pretrain_hidden * 8 / 3 + 31) / 32 * 32;  // LLaMA's 8/3 d, rounded up to 32
+  c.num_hidden_layers = o.pretrain_layers;
+  c.num_attention_heads = std::max<Index>(1, o.pretrain_hidden / 32);
+  c.num_key_value_heads = c.num_attention_heads;
+  c.head_dim = o.pretrain_hidden / c.num_attention_heads;
+  c.max_position_embeddings = 256;
+  c.rms_norm_eps = 1e-5;
+  const nlohmann::json recipe = {{"config", llama::config_json(c)}, {"steps", o.pretrain_steps}, {"batch", 16}, {"seq", 128},
+                                 {"lr", 3e-3}, {"corpus", corpus_info}};
+  if (fs::exists(dir / "pretrain.json") && milora::io::read_json_file(dir / "pretrain.json") == recipe) {
+    std::cerr << "compare_inits: using the cached pre-trained model " << dir.string() << "\n";
+    return dir;
+  }
+  std::cerr << "compare_inits: pre-training a " << c.num_hidden_layers << "-layer, " << c.hidden_size
+            << "-wide byte-level LLaMA on the corpus (" << o.pretrain_steps << " steps, cached afterwards)\n";
+  using Model = llama::Llama<BE>;
+  auto model = llama::random_model<Model>(c, 2024);
+  model->enable_full_training();
+  llama::TrainConfig tc;
+  tc.steps = o.pretrain_steps;
+  tc.batch = 16;
+  tc.seq = 128;
+  tc.lr = 3e-3;
+  tc.warmup = std::max<Index>(1, o.pretrain_steps / 20);
+  tc.weight_decay = 0.1;
+  tc.log_every = std::max<Index>(1, o.pretrain_steps / 50);
+  llama::Trainer<Model> trainer(*model, tc, llama::DataLoader(train, tc.batch, tc.seq, "corpus"), {}, {});
+  trainer.run();
+  fs::remove_all(dir);
+  llama::save_pretrained(*model, dir);
+  milora::io::write_json_file(dir / "pretrain.json", recipe);
+  return dir;
+}
+
+// ---- one fine-tuning run ------------------------------------------------------------------------
+
+struct Data {
+  std::vector<Token> task_train, task_test_tokens, corpus_heldout;
+  std::vector<std::pair<int, int>> task_test;  // the built-in task's problems (empty with --task)
+};
+
+template <class Init>
+Row run_one(const Options& o, const std::string& method, unsigned seed, const fs::path& model_dir, const Data& d,
+            double ppl_before, std::ofstream& curves) {
+  using Model = llama::Llama<BE, Init>;
+  const milora::io::HFModel hf(model_dir);
+  auto model = llama::from_pretrained<Model>(hf);
+  const auto targets = milora::tools::split_list(o.targets);
+  const auto t0 = std::chrono::steady_clock::now();
+  if (method == "full") model->enable_full_training();
+  else model->add_adapters(targets, {.rank = o.rank, .alpha = double(o.rank), .seed = seed});
+  Row row;
+  row.method = method;
+  row.seed = seed;
+  row.lr = o.lr.at(method);
+  row.ppl_before = ppl_before;
+  for (const auto& p : model->parameters()) row.trainable += milora::numel<BE>(p.value);
+  llama::TrainConfig tc;
+  tc.steps = o.steps;
+  tc.batch = o.batch;
+  tc.seq = o.seq;
+  tc.lr = row.lr;
+  tc.warmup = std::max<Index>(1, o.steps / 20);
+  tc.progress = false;
+  llama::Trainer<Model> trainer(*model, tc, llama::DataLoader(d.task_train, o.batch, o.seq, "task data"), {}, {});
+  double smoothed = 0;
+  for (Index s = 0; s < o.steps; ++s) {
+    const double loss = trainer.train_step();
+    smoothed = s == 0 ? loss : 0.9 * smoothed + 0.1 * loss;
+    if ((s + 1) % 10 == 0 || s + 1 == o.steps) curves << method << ',' << seed << ',' << s + 1 << ',' << loss << ',' << smoothed << '\n';
+  }
+  row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
+  if (!d.task_test.empty()) {
+    const auto [loss, acc] = compare::task_metrics(*model, d.task_test);
+    row.task_loss = loss;
+    row.task_accuracy = acc;
+  } else {
+    row.task_loss = llama::evaluate(*model, d.task_test_tokens, 8, o.seq).first;
+  }
+  row.ppl_after = std::exp(llama::evaluate(*model, d.corpus_heldout, 8, 128, o.eval_batches).first);
+  // subspace analysis: every adapted (or, for full fine-tuning, every targeted) weight
+  if (method != "full") model->merge_adapters();
+  Index counted = 0;
+  for (Index l = 0; l < model->num_layers(); ++l)
+    for (auto* p : model->block(l).projections()) {
+      const std::string leaf = p->module.substr(p->module.rfind('.') + 1);
+      if (std::find(targets.begin(), targets.end(), leaf) == targets.end()) continue;
+      const auto w0 = milora::io::to_backend<BE>(hf.load<float>(p->module + ".weight"));
+      const auto st = compare::subspace_stats<BE>(w0, model->weight(p->module + ".weight"), o.rank, o.rank);
+      row.sub.top_energy += st.top_energy;
+      row.sub.bottom_energy += st.bottom_energy;
+      row.sub.sigma_shift += st.sigma_shift;
+      row.sub.vector_shift += st.vector_shift;
+      ++counted;
+    }
+  for (double* x : {&row.sub.top_energy, &row.sub.bottom_energy, &row.sub.sigma_shift, &row.sub.vector_shift}) *x /= double(counted);
+  return row;
+}
+
+Row run_method(const Options& o, const std::string& m, unsigned seed, const fs::path& dir, const Data& d, double ppl, std::ofstream& c) {
+  if (m == "pissa") return run_one<milora::PrincipalSVD<>>(o, m, seed, dir, d, ppl, c);
+  if (m == "milora") return run_one<milora::MinorSVD<>>(o, m, seed, dir, d, ppl, c);
+  if (m == "lora" || m == "full") return run_one<milora::KaimingUniform>(o, m, seed, dir, d, ppl, c);
+  throw milora::value_error("unknown method '" + m + "' (full, lora, pissa, milora)");
+}
+
+// ---- reports ------------------------------------------------------------------------------------
+
+std::pair<double, double> mean_std(const std::vector<double>& v) {
+  double m = 0, s = 0;
+  for (double x : v) m += x;
+  m /= double(v.size());
+  for (double x : v) s += (x - m) * (x - m);
+  return {m, v.size() > 1 ? std::sqrt(s / double(v.size() - 1)) : 0.0};
+}
+
+std::string pm(const std::vector<double>& v, int digits) {
+  const auto [m, s] = mean_std(v);
+  std::ostringstream os;
+  os << std::fixed << std::setprecision(digits) << m << " ± " << s;
+  return os.str();
+}
+
+void write_reports(const Options& o, const std::vector<Row>& rows, const fs::path& out) {
+  std::ofstream csv(out / "results.csv");
+  csv << "method,seed,lr,trainable,seconds,task_loss,task_accuracy,ppl_before,ppl_after,forgetting,top_energy,bottom_energy,"
+         "sigma_shift,vector_shift\n";
+  for (const auto& r : rows)
+    csv << r.method << ',' << r.seed << ',' << r.lr << ',' << r.trainable << ',' << r.seconds << ',' << r.task_loss << ','
+        << r.task_accuracy << ',' << r.ppl_before << ',' << r.ppl_after << ',' << r.ppl_after - r.ppl_before << ','
+        << r.sub.top_energy << ',' << r.sub.bottom_energy << ',' << r.sub.sigma_shift << ',' << r.sub.vector_shift << '\n';
+  std::ofstream md(out / "summary.md");
+  md << "| method | lr | trainable | task loss | task accuracy | corpus ppl after (before " << std::fixed << std::setprecision(3)
+     << rows.front().ppl_before << ") | ΔW energy in top-" << o.rank << " | in bottom-" << o.rank
+     << " | top-σ shift | top-u shift | time [s] |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
+  std::vector<std::string> order;
+  for (const auto& r : rows)
+    if (std::find(order.begin(), order.end(), r.method) == order.end()) order.push_back(r.method);
+  for (const auto& m : order) {
+    std::vector<double> loss, acc, ppl, top, bottom, sig, vec, secs;
+    Row first;
+    for (const auto& r : rows)
+      if (r.method == m) {
+        first = r;
+        loss.push_back(r.task_loss);
+        acc.push_back(r.task_accuracy * 100);
+        ppl.push_back(r.ppl_after);
+        top.push_back(r.sub.top_energy);
+        bottom.push_back(r.sub.bottom_energy);
+        sig.push_back(r.sub.sigma_shift);
+        vec.push_back(r.sub.vector_shift);
+        secs.push_back(r.seconds);
+      }
+    md << "| " << m << " | " << first.lr << " | " << first.trainable << " | " << pm(loss, 4) << " | "
+       << (first.task_accuracy < 0 ? "–" : pm(acc, 1) + " %") << " | " << pm(ppl, 3) << " | " << pm(top, 4) << " | "
+       << pm(bottom, 4) << " | " << pm(sig, 5) << " | " << pm(vec, 5) << " | " << pm(secs, 1) << " |\n";
+  }
+  md << "\n" << rows.size() / order.size() << " seeds per method (mean ± sample std); rank " << o.rank << ", alpha = rank, "
+     << o.steps << " steps of " << o.batch << " x " << o.seq << " tokens; targets " << o.targets << ".\n";
+}
+
+void write_plots(const fs::path& out) {
+  std::ofstream gp(out / "plots.gp");
+  gp << R"(set datafile separator ','
+set terminal pngcairo size 900,560 noenhanced
+set key outside right
+set grid
+set output 'loss_curves.png'
+set title 'Task training loss (smoothed), every seed'
+set xlabel 'step'; set ylabel 'loss'; set logscale y
+plot for [m in 'full lora pissa milora'] 'curves.csv' using ($2==0 && strcol(1) eq m ? $3 : 1/0):5 with lines lw 2 title m.' seed 0', \
+     for [m in 'full lora pissa milora'] 'curves.csv' using ($2!=0 && strcol(1) eq m ? $3 : 1/0):5 with lines lw 1 dt 3 notitle
+unset logscale y
+set output 'learning_vs_forgetting.png'
+set title 'Learning vs forgetting (one point per run)'
+set xlabel 'corpus perplexity after fine-tuning (lower = less forgetting)'; set ylabel 'task held-out loss (lower = learned more)'
+plot for [m in 'full lora pissa milora'] 'results.csv' using (strcol(1) eq m ? $9 : 1/0):6 with points pt 7 ps 1.5 title m
+set output 'subspace_energy.png'
+set title 'Where the update lies: share of ||dW||^2 in the top-r / bottom-r singular subspace of W'
+set xlabel ''; set ylabel 'share of energy'; set style data histograms; set style histogram clustered gap 1
+set style fill solid 0.8; set yrange [0:*]
+plot 'energy.csv' using 2:xtic(1) title 'top-r', '' using 3 title 'bottom-r'
+)";
+  gp.close();
+  // per-method means for the bar chart
+  std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> e;
+  std::ifstream csv(out / "results.csv");
+  std::string line;
+  std::getline(csv, line);
+  std::vector<std::string> order;
+  while (std::getline(csv, line)) {
+    std::vector<std::string> f;
+    std::stringstream ss(line);
+    for (std::string x; std::getline(ss, x, ',');) f.push_back(x);
+    if (!e.count(f[0])) order.push_back(f[0]);
+    e[f[0]].first.push_back(std::stod(f[10]));
+    e[f[0]].second.push_back(std::stod(f[11]));
+  }
+  std::ofstream en(out / "energy.csv");
+  for (const auto& m : order) en << m << ',' << mean_std(e[m].first).first << ',' << mean_std(e[m].second).first << '\n';
+  en.close();
+  if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) {
+    std::cerr << "compare_inits: gnuplot not found (apt-get install gnuplot-nox): no PNG plots; the CSVs are there\n";
+    return;
+  }
+  const std::string cmd = "cd '" + out.string() + "' && gnuplot plots.gp";
+  if (std::system(cmd.c_str()) != 0) throw milora::io_error("gnuplot failed on " + (out / "plots.gp").string());
+}
+
+void run(const Options& o) {
+  const fs::path out = o.out;
+  fs::create_directories(out);
+  // the pre-training corpus: 90 % to train, the last 10 % held out for forgetting
+  const std::string text = read_corpus(o.corpus);
+  const auto tokenizer = llama::Tokenizer::for_model(o.model.empty() ? fs::path(o.out) : fs::path(o.model),
+                                                     o.model.empty() ? 256 : llama::LlamaConfig::from_model(milora::io::HFModel(o.model)).vocab_size);
+  std::vector<Token> corpus = tokenizer.encode(text);
+  const std::size_t split = corpus.size() * 9 / 10;
+  Data d;
+  d.corpus_heldout.assign(corpus.begin() + std::ptrdiff_t(split), corpus.end());
+  corpus.resize(split);
+  const fs::path model_dir = pretrained_model(o, corpus, {{"path", o.corpus}, {"bytes", text.size()}});
+
+  auto base = llama::from_pretrained<llama::Llama<BE>>(milora::io::HFModel(model_dir));
+  const double ppl_before = std::exp(llama::evaluate(*base, d.corpus_heldout, 8, 128, o.eval_batches).first);
+  std::cerr << "compare_inits: corpus held-out perplexity of the pre-trained model " << ppl_before << "\n";
+  base.reset();
+
+  std::vector<Row> rows;
+  std::ofstream curves(out / "curves.csv");
+  curves << "method,seed,step,loss,smoothed\n";
+  const auto methods = milora::tools::split_list(o.methods);
+  for (unsigned seed = 0; seed < unsigned(o.seeds); ++seed) {
+    if (o.task.empty()) {
+      const auto task = compare::ArithmeticTask::make(6000, 400, 1000 + seed);
+      d.task_train = compare::ArithmeticTask::tokens(task.train);
+      d.task_test = task.test;
+    } else {
+      auto t = tokenizer.encode(llama::read_file(o.task));
+      const std::size_t cut = t.size() * 9 / 10;
+      d.task_test_tokens.assign(t.begin() + std::ptrdiff_t(cut), t.end());
+      t.resize(cut);
+      d.task_train = std::move(t);
+    }
+    for (const auto& m : methods) {
+      const Row r = run_method(o, m, seed, model_dir, d, ppl_before, curves);
+      std::cerr << "compare_inits: " << std::setw(6) << m << " seed " << seed << ": task loss " << std::setprecision(4) << r.task_loss
+                << (r.task_accuracy >= 0 ? concat(", accuracy ", r.task_accuracy * 100, " %") : std::string()) << ", corpus ppl "
+                << r.ppl_before << " -> " << r.ppl_after << ", dW energy top/bottom " << r.sub.top_energy << " / "
+                << r.sub.bottom_energy << " (" << r.seconds << " s)\n";
+      rows.push_back(r);
+    }
+  }
+  curves.close();
+  write_reports(o, rows, out);
+  write_plots(out);
+  std::cout << "\n" << llama::read_file(out / "summary.md") << "\nwritten: " << (out / "summary.md").string() << ", "
+            << (out / "results.csv").string() << ", " << (out / "curves.csv").string() << ", *.png in " << out.string()
+            << std::endl;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  Options o;
+  CLI::App app{"compare_inits: LoRA vs PiSSA vs MiLoRA vs full fine-tuning: learning a new task vs forgetting."};
+  app.add_option("--out", o.out, "output folder (the pre-trained model is cached in OUT/pretrained)")->capture_default_str();
+  app.add_option("--model", o.model, "a Hugging Face LLaMA folder to use instead of pre-training one")->check(CLI::ExistingDirectory);
+  app.add_option("--corpus", o.corpus, "pre-training text (file or folder) whose held-out tail measures forgetting")->capture_default_str();
+  app.add_option("--task", o.task, "fine-tuning text (default: three-digit addition, with accuracy)")->check(CLI::ExistingFile);
+  app.add_option("--methods", o.methods, "comma-separated: full, lora, pissa, milora")->capture_default_str();
+  app.add_option("--targets", o.targets, "projections to adapt")->capture_default_str();
+  app.add_option("--rank", o.rank, "adapter rank (alpha = rank)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--steps", o.steps, "fine-tuning steps per run")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--seeds", o.seeds, "runs per method")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--batch", o.batch, "fine-tuning batch")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--seq", o.seq, "fine-tuning sequence length")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--pretrain-steps", o.pretrain_steps, "pre-training steps")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--pretrain-hidden", o.pretrain_hidden, "pre-trained model width")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--pretrain-layers", o.pretrain_layers, "pre-trained model depth")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--eval-batches", o.eval_batches, "corpus held-out batches (8 x 128) for perplexity")->capture_default_str();
+  for (const char* m : {"full", "lora", "pissa", "milora"})
+    app.add_option(std::string("--lr-") + m, o.lr[m], std::string("learning rate of ") + m)->capture_default_str();
+  return milora::tools::run_tool("compare_inits", app, argc, argv, [&] { run(o); });
+}

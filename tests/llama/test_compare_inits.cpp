@@ -1,0 +1,137 @@
+// The main demo (examples/compare_inits): its subspace analysis on matrices with a known answer, its
+// perplexity against milora-eval's, and the whole pipeline in miniature (tiny model, few steps, one
+// seed): every output file produced and well-formed, the pre-trained model cached.
+#include <doctest/doctest.h>
+
+#include <sys/wait.h>
+
+#include <cmath>
+#include <cstdlib>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "../io/io_test_util.hpp"
+#include "kernels_cpu.hpp"
+#include "llama_test_util.hpp"
+#include "model.hpp"
+#include "subspace.hpp"
+#include "task.hpp"
+
+using BE = milora::EigenBackend<double>;
+using milora::Index;
+
+TEST_CASE("subspace_stats: updates along W's top / bottom singular directions, and a mix, give the known shares") {
+  const Index m = 9, n = 7, r = 2;
+  // W0 = U diag(sigma) V^T with random orthonormal U (m x n) and V (n x n), sigma = 7, 6, ..., 1
+  const auto U = BE::qr(llama_test::randn<BE>(m, n, 1)).Q, V = BE::qr(llama_test::randn<BE>(n, n, 2)).Q;
+  BE::matrix S = BE::zeros(n, n);
+  for (Index i = 0; i < n; ++i) S(i, i) = double(n - i);
+  const BE::matrix W0 = U * S * V.transpose();
+  auto outer = [&](Index i) -> BE::matrix { return U.col(i) * V.col(i).transpose(); };
+  // along the top direction: all energy in the top-r subspace, sigma_1 grows by 0.5 (k = 1), u_1 unchanged
+  auto st = compare::subspace_stats<BE>(W0, W0 + 0.5 * outer(0), r, 1);
+  CHECK(st.top_energy == doctest::Approx(1.0).epsilon(1e-12));
+  CHECK(st.bottom_energy == doctest::Approx(0.0).scale(1).epsilon(1e-12));
+  CHECK(st.sigma_shift == doctest::Approx(0.5 / 7).epsilon(1e-12));
+  CHECK(st.vector_shift == doctest::Approx(0.0).scale(1).epsilon(1e-12));
+  // along the smallest: all energy in the bottom-r subspace, the top-2 spectrum untouched
+  st = compare::subspace_stats<BE>(W0, W0 + 0.3 * outer(n - 1), r, 2);
+  CHECK(st.bottom_energy == doctest::Approx(1.0).epsilon(1e-12));
+  CHECK(st.top_energy == doctest::Approx(0.0).scale(1).epsilon(1e-12));
+  CHECK(st.sigma_shift == doctest::Approx(0.0).scale(1).epsilon(1e-12));
+  // a mix 3 u1 v1^T + 4 u7 v7^T + 12 u4 v4^T: shares 9/169 top, 16/169 bottom
+  st = compare::subspace_stats<BE>(W0, W0 + 3 * outer(0) + 4 * outer(n - 1) + 12 * outer(3), r, 1);
+  CHECK(st.top_energy == doctest::Approx(9.0 / 169).epsilon(1e-12));
+  CHECK(st.bottom_energy == doctest::Approx(16.0 / 169).epsilon(1e-12));
+}
+
+TEST_CASE("the arithmetic task: fixed test problems, disjoint seeded training problems, answer-only metrics") {
+  const auto a = compare::ArithmeticTask::make(300, 50, 1), b = compare::ArithmeticTask::make(300, 50, 2);
+  CHECK(a.test == b.test);
+  CHECK(a.train != b.train);
+  for (const auto& p : a.train) CHECK(std::find(a.test.begin(), a.test.end(), p) == a.test.end());
+  CHECK(compare::problem_text(12, 345) == "012+345=357\n");
+  CHECK(compare::ArithmeticTask::tokens({{1, 2}}).size() == 12);
+  // a model that cannot know the answer scores ~0 % and a loss near ln(256) on the 4 answer tokens
+  using Model = llama::Llama<milora::EigenBackend<float>>;
+  auto cfg = llama_test::tiny_config();
+  cfg.vocab_size = 256;
+  auto model = llama::random_model<Model>(cfg, 3, 0.02);
+  const auto [loss, acc] = compare::task_metrics(*model, a.test);
+  CHECK(loss == doctest::Approx(std::log(256.0)).epsilon(0.02));
+  CHECK(acc < 0.05);
+}
+
+namespace {
+
+std::vector<std::vector<std::string>> read_csv(const std::filesystem::path& p) {
+  std::vector<std::vector<std::string>> rows;
+  std::stringstream in(milora_test::read_file(p));
+  for (std::string line; std::getline(in, line);) {
+    std::vector<std::string> f;
+    std::stringstream ls(line);
+    for (std::string x; std::getline(ls, x, ',');) f.push_back(x);
+    rows.push_back(f);
+  }
+  return rows;
+}
+
+int run(const std::string& cmd) {
+  const int rc = std::system(cmd.c_str());
+  return WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+}
+
+}  // namespace
+
+TEST_CASE("compare_inits in miniature: every output, well-formed; the cached model is reused; perplexity agrees with milora-eval") {
+  milora_test::ScratchDir dir;
+  std::string corpus;
+  for (int i = 0; i < 120; ++i) corpus += "A fortune a day keeps the bugs away. Number " + std::to_string(i * 37 % 101) + ".\n%\n";
+  milora_test::write_file(dir / "corpus.txt", corpus);
+  const std::string args = std::string(MILORA_DEMO) + " --out " + (dir / "out").string() + " --corpus " + (dir / "corpus.txt").string() +
+                           " --pretrain-steps 30 --pretrain-hidden 32 --pretrain-layers 1 --steps 12 --seeds 1 --rank 2 --batch 4"
+                           " --seq 24 --eval-batches 100";
+  REQUIRE(run(args + " > " + (dir / "stdout.txt").string() + " 2> " + (dir / "stderr.txt").string()) == 0);
+  const auto out = dir / "out";
+  for (const char* f : {"summary.md", "results.csv", "curves.csv", "pretrained/config.json", "pretrained/model.safetensors"})
+    CHECK_MESSAGE(std::filesystem::exists(out / f), f);
+  const auto results = read_csv(out / "results.csv");
+  REQUIRE(results.size() == 5);  // header + full, lora, pissa, milora
+  CHECK(results[0].size() == 14);
+  std::vector<std::string> methods;
+  for (std::size_t i = 1; i < results.size(); ++i) {
+    REQUIRE(results[i].size() == 14);
+    methods.push_back(results[i][0]);
+    for (std::size_t c = 2; c < 14; ++c) CHECK(std::isfinite(std::stod(results[i][c])));
+    const double top = std::stod(results[i][10]), bottom = std::stod(results[i][11]);
+    CHECK(top >= 0);
+    CHECK(bottom >= 0);
+    CHECK(top + bottom <= 1 + 1e-9);
+    CHECK(std::stod(results[i][6]) >= 0);  // accuracy
+    CHECK(std::stod(results[i][6]) <= 1);
+  }
+  CHECK(methods == std::vector<std::string>{"full", "lora", "pissa", "milora"});
+  CHECK(std::stol(results[1][3]) > 10 * std::stol(results[2][3]));  // full trains far more parameters than LoRA
+  CHECK(results[2][3] == results[3][3]);                            // LoRA, PiSSA, MiLoRA: the same count
+  CHECK(read_csv(out / "curves.csv").size() == 1 + 4 * 2);          // steps 10 and 12, four methods
+  const std::string summary = milora_test::read_file(out / "summary.md");
+  for (const char* m : {"| full |", "| lora |", "| pissa |", "| milora |"}) CHECK_MESSAGE(summary.find(m) != std::string::npos, m);
+  if (run("command -v gnuplot > /dev/null 2>&1") == 0)
+    for (const char* png : {"loss_curves.png", "learning_vs_forgetting.png", "subspace_energy.png"}) {
+      CAPTURE(png);
+      const std::string bytes = milora_test::read_file(out / png);
+      CHECK(bytes.substr(0, 8) == "\x89PNG\r\n\x1a\n");
+    }
+
+  // the perplexity before fine-tuning is the pre-trained model's on the corpus's last 10 %, as milora-eval computes it
+  milora_test::write_file(dir / "heldout.txt", corpus.substr(corpus.size() * 9 / 10));
+  REQUIRE(run(std::string(MILORA_TOOL_DIR) + "/milora-eval --model " + (out / "pretrained").string() + " --data " +
+              (dir / "heldout.txt").string() + " --seq 128 --batch 8 > " + (dir / "eval.txt").string() + " 2>/dev/null") == 0);
+  const auto eval = nlohmann::json::parse(milora_test::read_file(dir / "eval.txt"));
+  CHECK(std::stod(results[1][7]) == doctest::Approx(eval["perplexity"].get<double>()).epsilon(1e-5));
+
+  // a second run reuses the cached pre-trained model
+  REQUIRE(run(args + " --methods lora > /dev/null 2> " + (dir / "stderr2.txt").string()) == 0);
+  CHECK(milora_test::read_file(dir / "stderr2.txt").find("using the cached pre-trained model") != std::string::npos);
+}
