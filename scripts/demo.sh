@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Builds and runs the main demo (installs what is missing first): LoRA, PiSSA, MiLoRA and full
 # fine-tuning compared on a small LLaMA pre-trained here on Debian's `fortunes` texts, learning a new
-# task (three-digit addition) vs forgetting the corpus. Results, CSVs and plots go to
+# task (writing four letters backwards) vs forgetting the corpus. Results, CSVs and plots go to
 # build/demo/compare_inits/ (the pre-trained model is cached there; a second run skips pre-training).
 # Extra arguments go to the demo (e.g. --seeds 1 --steps 100; see --help).
 set -euo pipefail

@@ -3,7 +3,7 @@
 //
 //   1. pre-train (once; cached in OUT/pretrained) a small byte-level LLaMA on English text that a
 //      Debian package ships (the `fortunes` collection);
-//   2. fine-tune copies on a different task (three-digit addition as text) with LoRA, PiSSA,
+//   2. fine-tune copies on a different task (writing four letters backwards) with LoRA, PiSSA,
 //      MiLoRA (same rank, alpha = rank, same steps, each with its own learning rate) and full
 //      fine-tuning as the reference, for several seeds;
 //   3. report the task's held-out loss and exact-match accuracy, forgetting (perplexity on the
@@ -314,8 +314,8 @@ void run(const Options& o) {
   const auto methods = milora::tools::split_list(o.methods);
   for (unsigned seed = 0; seed < unsigned(o.seeds); ++seed) {
     if (o.task.empty()) {
-      const auto task = compare::ArithmeticTask::make(6000, 400, 1000 + seed);
-      d.task_train = compare::ArithmeticTask::tokens(task.train);
+      const auto task = compare::ReversalTask::make(6000, 400, 1000 + seed);
+      d.task_train = compare::ReversalTask::tokens(task.train);
       d.task_test = task.test;
     } else {
       auto t = tokenizer.encode(llama::read_file(o.task));
@@ -349,7 +349,7 @@ int main(int argc, char** argv) {
   app.add_option("--out", o.out, "output folder (the pre-trained model is cached in OUT/pretrained)")->capture_default_str();
   app.add_option("--model", o.model, "a Hugging Face LLaMA folder to use instead of pre-training one")->check(CLI::ExistingDirectory);
   app.add_option("--corpus", o.corpus, "pre-training text (file or folder) whose held-out tail measures forgetting")->capture_default_str();
-  app.add_option("--task", o.task, "fine-tuning text (default: three-digit addition, with accuracy)")->check(CLI::ExistingFile);
+  app.add_option("--task", o.task, "fine-tuning text (default: reversing four letters, with accuracy)")->check(CLI::ExistingFile);
   app.add_option("--methods", o.methods, "comma-separated: full, lora, pissa, milora")->capture_default_str();
   app.add_option("--targets", o.targets, "projections to adapt")->capture_default_str();
   app.add_option("--rank", o.rank, "adapter rank (alpha = rank)")->capture_default_str()->check(CLI::PositiveNumber);

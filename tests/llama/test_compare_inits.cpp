@@ -46,13 +46,14 @@ TEST_CASE("subspace_stats: updates along W's top / bottom singular directions, a
   CHECK(st.bottom_energy == doctest::Approx(16.0 / 169).epsilon(1e-12));
 }
 
-TEST_CASE("the arithmetic task: fixed test problems, disjoint seeded training problems, answer-only metrics") {
-  const auto a = compare::ArithmeticTask::make(300, 50, 1), b = compare::ArithmeticTask::make(300, 50, 2);
+TEST_CASE("the reversal task: fixed test problems, disjoint seeded training problems, answer-only metrics") {
+  const auto a = compare::ReversalTask::make(300, 50, 1), b = compare::ReversalTask::make(300, 50, 2);
   CHECK(a.test == b.test);
   CHECK(a.train != b.train);
   for (const auto& p : a.train) CHECK(std::find(a.test.begin(), a.test.end(), p) == a.test.end());
-  CHECK(compare::problem_text(12, 345) == "012+345=357\n");
-  CHECK(compare::ArithmeticTask::tokens({{1, 2}}).size() == 12);
+  CHECK(compare::problem_text(1, 27) == "abbb=bbba\n");
+  CHECK(compare::problem_text(26 * 10 + 16, 25) == "kqaz=zaqk\n");
+  CHECK(compare::ReversalTask::tokens({{1, 2}}).size() == 10);
   // a model that cannot know the answer scores ~0 % and a loss near ln(256) on the 4 answer tokens
   using Model = llama::Llama<milora::EigenBackend<float>>;
   auto cfg = llama_test::tiny_config();
