@@ -28,6 +28,29 @@ std::vector<Token> tokens_of(Index n, Index vocab, unsigned seed) {
   return t;
 }
 
+// Central differences (h = 1e-6) of grad_scale * loss over every entry of `value`, against `grad`:
+// {largest |difference|, largest |numeric gradient|}.
+template <class Model, class View>
+std::pair<double, double> check_entries(Model& model, View value, const View& grad, const std::vector<Token>& tokens,
+                                        const std::vector<Token>& targets, Index batch, Index seq, double grad_scale = 1.0) {
+  const double h = 1e-6;
+  double worst = 0, largest = 0;
+  for (Index i = 0; i < value.size(); ++i) {
+    const double keep = value.data()[i];
+    value.data()[i] = keep + h;
+    model.forward(tokens, batch, seq);
+    const double lp = model.loss(targets);
+    value.data()[i] = keep - h;
+    model.forward(tokens, batch, seq);
+    const double lm = model.loss(targets);
+    value.data()[i] = keep;
+    const double numeric = grad_scale * (lp - lm) / (2 * h);
+    worst = std::max(worst, std::abs(numeric - grad.data()[i]));
+    largest = std::max(largest, std::abs(numeric));
+  }
+  return {worst, largest};
+}
+
 }  // namespace
 
 TEST_CASE("Llama<double>: every adapter gradient (all 7 targets, GQA, tied and untied head) matches finite differences") {
@@ -49,25 +72,12 @@ TEST_CASE("Llama<double>: every adapter gradient (all 7 targets, GQA, tied and u
     model->zero_grad();
     const double loss = model->forward_backward(tokens, targets, batch, seq, 0.5);
     CHECK(std::isfinite(loss));
-    const double h = 1e-6;
     double worst = 0, largest = 0;
-    for (auto* p : model->adapted())
-      for (auto* param : {&p->adapter->A(), &p->adapter->B()}) {
-        const auto& grad = param == &p->adapter->A() ? p->adapter->grad_A() : p->adapter->grad_B();
-        for (Index i = 0; i < param->size(); ++i) {
-          const double keep = param->data()[i];
-          param->data()[i] = keep + h;
-          model->forward(tokens, batch, seq);
-          const double lp = model->loss(targets);
-          param->data()[i] = keep - h;
-          model->forward(tokens, batch, seq);
-          const double lm = model->loss(targets);
-          param->data()[i] = keep;
-          const double numeric = 0.5 * (lp - lm) / (2 * h);
-          worst = std::max(worst, std::abs(numeric - grad.data()[i]));
-          largest = std::max(largest, std::abs(numeric));
-        }
-      }
+    for (const auto& param : model->parameters()) {
+      const auto [w, l] = check_entries(*model, param.value, param.grad, tokens, targets, batch, seq, 0.5);
+      worst = std::max(worst, w);
+      largest = std::max(largest, l);
+    }
     CAPTURE(worst);
     CAPTURE(largest);
     CHECK(largest > 1e-3);               // the check is not vacuous
@@ -136,23 +146,9 @@ TEST_CASE("Llama<double> full training: the gradient of every weight (embedding,
     const auto targets = tokens_of(batch * seq, cfg.vocab_size, 5);
     model.zero_grad();
     model.forward_backward(tokens, targets, batch, seq);
-    const double h = 1e-6;
     for (auto& p : params) {
       CAPTURE(std::string(p.name));
-      double worst = 0, largest = 0;
-      for (Index i = 0; i < p.value.size(); ++i) {
-        const double keep = p.value.data()[i];
-        p.value.data()[i] = keep + h;
-        model.forward(tokens, batch, seq);
-        const double lp = model.loss(targets);
-        p.value.data()[i] = keep - h;
-        model.forward(tokens, batch, seq);
-        const double lm = model.loss(targets);
-        p.value.data()[i] = keep;
-        const double numeric = (lp - lm) / (2 * h);
-        worst = std::max(worst, std::abs(numeric - p.grad.data()[i]));
-        largest = std::max(largest, std::abs(numeric));
-      }
+      const auto [worst, largest] = check_entries(model, p.value, p.grad, tokens, targets, batch, seq);
       CAPTURE(worst);
       CAPTURE(largest);
       CHECK(largest > 1e-4);
