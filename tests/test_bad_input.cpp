@@ -95,3 +95,65 @@ TEST_CASE_TEMPLATE("bad bias, or a layer whose sizes disagree with its weight", 
   CHECK(contains(msg, "6x4"));
   CHECK(contains(msg, "6x5"));
 }
+
+TEST_CASE_TEMPLATE("PiSSA / MiLoRA on an all-zero W: value_error naming the init, layer untouched; LoRA's init is fine", B,
+                   MILORA_TEST_BACKENDS) {
+  milora::Linear<B> layer(device<B>(HostMatrix::Zero(6, 4)));
+  auto msg = message_of<milora::value_error>([&] { milora::MiLoRA<B> a(layer, {.rank = 2}); });
+  CAPTURE(msg);
+  CHECK(contains(msg, "milora init: 2 of the 2 singular values"));
+  CHECK(contains(msg, "W 6x4 is all zero"));
+  msg = message_of<milora::value_error>([&] { milora::PiSSA<B> a(layer, {.rank = 3}); });
+  CHECK(contains(msg, "pissa init: 3 of the 3 singular values"));
+  CHECK(host<B>(layer.weight()).isZero(0));
+  milora::LoRA<B> lora(layer, {.rank = 2});  // random A, zero B: trains from a zero weight
+  CHECK(host<B>(lora.A()).norm() > 0);
+}
+
+// An exactly rank-3 weight: the minor singular values are rounding-level, not zero, so both inits
+// give an adapter, and W' + s*B*A gives W back (to 1e-12 relative, double precision); exact zeros,
+// if a solver returns them, must give the rank-deficient error and leave W as it was.
+TEST_CASE("PiSSA / MiLoRA on a rank-deficient W (rank 3 of 12 x 16, double): W' + s*B*A = W, or the clear error") {
+  using DBE = milora::EigenBackend<double>;
+  const HostMatrix w = random_normal(12, 3, 5) * random_normal(3, 16, 6);
+  for (milora::Index rank : {2, 4, 8}) {
+    CAPTURE(rank);
+    auto check = [&](auto init) {
+      using Init = decltype(init);
+      milora::Linear<DBE> layer(device<DBE>(w));
+      try {
+        milora::Adapter<DBE, Init> a(layer, {.rank = rank, .alpha = double(rank)});
+        const HostMatrix back = host<DBE>(layer.weight()) + a.scale() * host<DBE>(a.B()) * host<DBE>(a.A());
+        CHECK((back - w).norm() <= 1e-12 * w.norm());
+      } catch (const milora::value_error& e) {
+        CHECK_MESSAGE(contains(e.what(), "is rank-deficient"), e.what());
+        CHECK(host<DBE>(layer.weight()) == w);
+      }
+    };
+    check(milora::MinorSVD<>{});
+    check(milora::PrincipalSVD<>{});
+  }
+}
+
+// The two-step construction a model uses (every init first, then every adapter) gives the same
+// adapter as the one-step constructor, and factors that do not fit are refused before W changes.
+TEST_CASE_TEMPLATE("initial_factors + the factors constructor: the one-step adapter; wrong factors: shape_error, layer untouched", B,
+                   MILORA_TEST_BACKENDS) {
+  const HostMatrix w0 = random_normal(7, 5, 103);
+  milora::Linear<B> one(device<B>(w0)), two(device<B>(w0));
+  const HostMatrix before = host<B>(two.weight());  // w0 rounded to the backend's scalar
+  milora::MiLoRA<B> a(one, {.rank = 2});
+  auto factors = milora::MiLoRA<B>::initial_factors(two, {.rank = 2});
+  CHECK(host<B>(two.weight()) == before);  // computing the init changes nothing
+  milora::MiLoRA<B> b(two, {.rank = 2}, std::move(factors));
+  CHECK(host<B>(b.A()) == host<B>(a.A()));
+  CHECK(host<B>(b.B()) == host<B>(a.B()));
+  CHECK(host<B>(two.weight()) == host<B>(one.weight()));
+
+  milora::Linear<B> three(device<B>(w0));
+  auto wrong = milora::MiLoRA<B>::initial_factors(three, {.rank = 3});
+  const auto msg = message_of<milora::shape_error>([&] { milora::MiLoRA<B> c(three, {.rank = 2}, std::move(wrong)); });
+  CAPTURE(msg);
+  CHECK(contains(msg, "init policy's A"));
+  CHECK(host<B>(three.weight()) == before);
+}

@@ -46,6 +46,22 @@ class Adapter {
       : Adapter(Prepared{layer.weight(), validated_factors(layer, config, init)}, layer_bias(layer),
                 config, init) {}
 
+  /// The same with factors computed beforehand by initial_factors(layer, config, init): a caller
+  /// that wraps many layers (a whole model) computes every init first, so that one that fails
+  /// changes no weight. Throws shape_error / value_error, leaving the layer untouched, if `factors`
+  /// do not fit the layer or hold NaN/Inf.
+  template <LinearLayer<BE> L>
+  Adapter(L& layer, const AdapterConfig& config, AdapterFactors<BE> factors, const Init& init = Init{})
+      : Adapter(Prepared{layer.weight(), checked_factors(layer, config, std::move(factors))}, layer_bias(layer), config,
+                init) {}
+
+  /// What the constructor would initialise A and B to for `layer`, without touching it: the
+  /// config and layer checked, then `init`'s factors (checked for shape and NaN/Inf).
+  template <LinearLayer<BE> L>
+  static AdapterFactors<BE> initial_factors(L& layer, const AdapterConfig& config, const Init& init = Init{}) {
+    return validated_factors(layer, config, init);
+  }
+
   Adapter(const Adapter&) = delete;             // two adapters on one weight would double-merge
   Adapter& operator=(const Adapter&) = delete;
   Adapter(Adapter&&) = default;
@@ -144,9 +160,12 @@ class Adapter {
         throw shape_error(detail::concat("layer bias has ", nb, " values for ", out, " outputs"));
     }
     detail::require_finite<BE>(w, "layer weight");
-    AdapterFactors<BE> f = init.template initialize<BE>(w, config);
-    detail::require_shape<BE>(f.A, config.rank, in, "init policy's A");
-    detail::require_shape<BE>(f.B, out, config.rank, "init policy's B");
+    return checked_factors(layer, config, init.template initialize<BE>(w, config));
+  }
+  template <LinearLayer<BE> L>
+  static AdapterFactors<BE> checked_factors(L& layer, const AdapterConfig& config, AdapterFactors<BE> f) {
+    detail::require_shape<BE>(f.A, config.rank, layer.in_features(), "init policy's A");
+    detail::require_shape<BE>(f.B, layer.out_features(), config.rank, "init policy's B");
     detail::require_finite<BE>(f.A, "init policy's A");
     detail::require_finite<BE>(f.B, "init policy's B");
     return f;

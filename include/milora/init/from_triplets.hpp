@@ -13,6 +13,8 @@
 #pragma once
 
 #include <cmath>
+#include <limits>
+#include <string_view>
 #include <vector>
 
 #include "milora/core/init_policy.hpp"
@@ -39,6 +41,24 @@ AdapterFactors<B> factors_from_triplets(Triplets<B> t, double scale) {
   B::scale_rows(t.Vt, signed_root);
   B::scale_columns(t.U, signed_root);
   return {std::move(t.Vt), std::move(t.U), /*residual=*/true};
+}
+
+/// Throws value_error when a singular value the adapter would start from is zero (an all-zero or
+/// exactly rank-deficient W): A and B would both be zero in that direction, where no gradient ever
+/// reaches them, so the adapter could never train it. Small but non-zero values are fine: Adam
+/// scales their updates up. `policy` names the init in the message.
+template <Backend B>
+void require_nonzero_singular_values(const_view_t<B> w, const Triplets<B>& t, std::string_view policy) {
+  using T = scalar_t<B>;
+  const std::vector<T> s = B::to_host(t.S);
+  Index zero = 0;
+  for (T x : s) zero += !(std::abs(x) >= std::numeric_limits<T>::min());
+  if (zero == 0) return;
+  throw value_error(detail::concat(policy, " init: ", zero, " of the ", s.size(), " singular values it starts the adapter from are 0 (W ",
+                                   detail::shape_str(B::rows(w), B::cols(w)),
+                                   B::squared_norm(w) == 0 ? " is all zero" : " is rank-deficient",
+                                   "): A and B would both be 0 there and never receive a gradient. Use a smaller rank, or "
+                                   "LoRA's KaimingUniform init for this weight"));
 }
 
 }  // namespace milora

@@ -5,6 +5,7 @@
 #pragma once
 
 #include <string_view>
+#include <utility>
 
 #include "milora/core/init_policy.hpp"
 #include "milora/init/from_triplets.hpp"
@@ -21,7 +22,9 @@ struct MinorSVD {
   AdapterFactors<B> initialize(const_view_t<B> w, const AdapterConfig& cfg) const {
     static_assert(MinorSolver<Solver, B>,
                   "MinorSVD<Solver>: Solver must provide bottom<B>(w, r) (see MinorSolver)");
-    return factors_from_triplets<B>(solver.template bottom<B>(w, cfg.rank), cfg.scale());
+    auto triplets = solver.template bottom<B>(w, cfg.rank);
+    require_nonzero_singular_values<B>(w, triplets, name);
+    return factors_from_triplets<B>(std::move(triplets), cfg.scale());
   }
 };
 

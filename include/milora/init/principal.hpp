@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string_view>
+#include <utility>
 
 #include "milora/core/init_policy.hpp"
 #include "milora/init/from_triplets.hpp"
@@ -20,7 +21,9 @@ struct PrincipalSVD {
   AdapterFactors<B> initialize(const_view_t<B> w, const AdapterConfig& cfg) const {
     static_assert(PrincipalSolver<Solver, B>,
                   "PrincipalSVD<Solver>: Solver must provide top<B>(w, r) (see PrincipalSolver)");
-    return factors_from_triplets<B>(solver.template top<B>(w, cfg.rank), cfg.scale());
+    auto triplets = solver.template top<B>(w, cfg.rank);
+    require_nonzero_singular_values<B>(w, triplets, name);
+    return factors_from_triplets<B>(std::move(triplets), cfg.scale());
   }
 };
 
