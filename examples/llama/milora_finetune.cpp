@@ -3,7 +3,9 @@
 //   milora-finetune --model DIR --data train.txt --method milora --rank 16 --steps 200 --out run
 //
 // Checkpoints go to OUT/checkpoint-<step> (PEFT adapter folders; see trainer.hpp for what they
-// hold); --resume OUT/checkpoint-<step> continues one bit for bit. The last line of output is JSON.
+// hold); --resume OUT/checkpoint-<step> (or --resume latest: the newest complete one in OUT, so a
+// killed run is restarted with the same command) continues one bit for bit. The last line of
+// output is JSON.
 #include <iostream>
 #include <string>
 
@@ -70,8 +72,13 @@ void finetune(const Options& o) {
   tc.progress = !o.quiet;
   llama::Trainer<Model> trainer(*model, tc, std::move(loader), std::move(val), run);
   if (!o.resume.empty()) {
-    trainer.resume(o.resume);
-    std::cerr << "milora-finetune: resumed from " << o.resume << " at step " << trainer.step() << "\n";
+    const fs::path from = o.resume == "latest" ? llama::latest_checkpoint(o.out) : fs::path(o.resume);
+    if (from.empty()) {
+      std::cerr << "milora-finetune: no complete checkpoint in " << o.out << " yet; starting at step 0\n";
+    } else {
+      trainer.resume(from);
+      std::cerr << "milora-finetune: resumed from " << from.string() << " at step " << trainer.step() << "\n";
+    }
   }
   trainer.run();
   nlohmann::json result = {{"steps", trainer.step()}, {"train_loss", trainer.last_loss()},
@@ -119,7 +126,9 @@ int main(int argc, char** argv) {
   app.add_option("--save-every", t.save_every, "steps between checkpoints (0: at the end only)")->capture_default_str();
   app.add_option("--seed", o.seed, "seed of LoRA's random A")->capture_default_str();
   app.add_option("--out", o.out, "folder for checkpoints")->required();
-  app.add_option("--resume", o.resume, "checkpoint folder of this run to continue from")->check(CLI::ExistingDirectory);
+  app.add_option("--resume", o.resume, "checkpoint folder of this run to continue from, or `latest`: the newest complete "
+                                       "checkpoint in --out (none yet: start from step 0)")
+      ->check(CLI::ExistingDirectory | CLI::IsMember({"latest"}));
   app.add_flag("--quiet", o.quiet, "no progress line");
   return milora::tools::run_tool("milora-finetune", app, argc, argv, [&] { run(o); });
 }

@@ -186,6 +186,11 @@ class Llama {
     for (auto& b : blocks_) {
       for (Projection* p : b->projections()) config.validate(p->linear.out_features(), p->linear.in_features());
     }
+    // Two passes: every init first (an SVD that fails, e.g. on an all-zero weight, changes no
+    // weight), then the adapters, whose constructors only write W' = W - s*B*A.
+    using Adapter = milora::Adapter<BE, Init>;
+    std::vector<std::pair<Projection*, milora::AdapterConfig>> chosen;
+    std::vector<milora::AdapterFactors<BE>> factors;
     std::uint64_t seed = config.seed;
     for (auto& b : blocks_)
       for (Projection* p : b->projections()) {
@@ -193,8 +198,15 @@ class Llama {
         if (std::find(targets.begin(), targets.end(), name) == targets.end()) continue;
         milora::AdapterConfig c = config;
         c.seed = seed++;
-        p->adapter.emplace(p->linear, c, init);
+        try {
+          factors.push_back(Adapter::initial_factors(p->linear, c, init));
+        } catch (const std::exception& e) {
+          rethrow_with_context(e, p->module);
+        }
+        chosen.emplace_back(p, c);
       }
+    for (std::size_t i = 0; i < chosen.size(); ++i)
+      chosen[i].first->adapter.emplace(chosen[i].first->linear, chosen[i].second, std::move(factors[i]), init);
     adapter_config_ = config;
     targets_ = targets;
   }
@@ -247,6 +259,44 @@ class Llama {
   }
   void zero_grad() {
     for (auto& p : parameters()) BE::scale(p.grad, scalar(0));
+  }
+
+  // ---- locating NaN / Inf (called when a training step produced one) --------------------------
+  /// The first NaN or Inf in what the last forward computed from: every base weight, then every
+  /// adapter factor, then the activations in the order the forward made them (the embedding
+  /// output, each layer's attention half and output, the final norm, the logits); as "NAME holds
+  /// VALUE at (row, col)", or empty when all are finite.
+  std::string find_non_finite() {
+    for (const auto& spec : config_.weights())
+      if (auto m = non_finite_entry(weight(spec.name), spec.name); !m.empty()) return m;
+    for (Projection* p : adapted())
+      for (const auto& param : p->adapter->parameters())
+        if (auto m = non_finite_entry(param.value, p->module + "." + std::string(param.name)); !m.empty()) return m;
+    if (act_.batch < 0) return {};
+    // in forward order, so the first hit names the layer where the overflow started
+    const auto layer = [](std::size_t l) { return "model.layers." + std::to_string(l); };
+    for (std::size_t l = 0; l < act_.layers.size(); ++l) {
+      const auto& s = act_.layers[l];
+      if (auto m = non_finite_entry(s.x, l == 0 ? std::string("the embedding output") : "the output of " + layer(l - 1)); !m.empty())
+        return m;
+      if (auto m = non_finite_entry(s.x_mid, "the attention half of " + layer(l)); !m.empty()) return m;
+    }
+    if (auto m = non_finite_entry(act_.x_final, "the output of " + layer(act_.layers.size() - 1) + " (the last layer)"); !m.empty())
+      return m;
+    return non_finite_entry(act_.logits, "the logits");
+  }
+  /// The first trainable parameter whose gradient holds NaN or Inf, as find_non_finite names it.
+  std::string find_non_finite_gradient() {
+    if (full_) {
+      for (const auto& p : parameters())
+        if (auto m = non_finite_entry(p.grad, "the gradient of " + std::string(p.name)); !m.empty()) return m;
+      return {};
+    }
+    for (Projection* p : adapted())
+      for (const auto& param : p->adapter->parameters())
+        if (auto m = non_finite_entry(param.grad, "the gradient of " + p->module + "." + std::string(param.name)); !m.empty())
+          return m;
+    return {};
   }
   /// Folds every adapter into its weight (for generation), and back.
   void merge_adapters() {
@@ -351,6 +401,23 @@ class Llama {
   }
 
  private:
+  // The same exception type, its message prefixed with the module it came from.
+  [[noreturn]] static void rethrow_with_context(const std::exception& e, const std::string& module) {
+    const std::string what = module + ": " + e.what();
+    if (dynamic_cast<const milora::shape_error*>(&e)) throw milora::shape_error(what);
+    if (dynamic_cast<const milora::value_error*>(&e)) throw milora::value_error(what);
+    if (dynamic_cast<const milora::numerical_error*>(&e)) throw milora::numerical_error(what);
+    throw;
+  }
+
+  static std::string non_finite_entry(const_view m, const std::string& name) {
+    const auto host = milora::io::to_host_matrix<BE>(m);
+    for (Index i = 0; i < host.rows; ++i)
+      for (Index j = 0; j < host.cols; ++j)
+        if (const auto x = host(i, j); !std::isfinite(x)) return milora::detail::concat(name, " holds ", x, " at (", i, ", ", j, ")");
+    return {};
+  }
+
   struct LayerActivations {
     matrix x, xn1, rstd1, q, k, v, probs, att, x_mid, xn2, rstd2, gate, up, act;
   };

@@ -19,9 +19,11 @@
 #include <numbers>
 #include <optional>
 #include <string>
+#include <fcntl.h>
 #include <unistd.h>
 
 #include "data.hpp"
+#include "milora/core/log.hpp"
 #include "milora/io/json.hpp"
 #include "milora/optim/adamw.hpp"
 #include "peft_bridge.hpp"
@@ -165,8 +167,22 @@ class Trainer {
       loss += model_.forward_backward(in, tg, train_.batch(), train_.seq(), 1.0 / double(config_.accumulation));
     }
     loss /= double(config_.accumulation);
-    if (!std::isfinite(loss)) throw milora::numerical_error(milora::detail::concat("loss is ", loss, " at step ", step_));
+    // A NaN / Inf stops training before the optimizer touches anything: the parameters stay as the
+    // last step left them, and no checkpoint is written from them.
+    using milora::detail::concat;
+    const char* kept = " (the parameters are as step " ;
+    if (!std::isfinite(loss)) {
+      const std::string where = model_.find_non_finite();
+      throw milora::numerical_error(concat("step ", step_ + 1, ": the loss is ", loss, "; ",
+                                           where.empty() ? std::string("every weight and the last forward's activations are finite") : where,
+                                           kept, step_, " left them; the last checkpoint is intact)"));
+    }
     last_grad_norm_ = clip_gradients(model_, config_.grad_clip);
+    if (!std::isfinite(last_grad_norm_)) {
+      const std::string where = model_.find_non_finite_gradient();
+      throw milora::numerical_error(concat("step ", step_ + 1, ": the gradient norm is ", last_grad_norm_, "; ", where, kept, step_,
+                                           " left them; the last checkpoint is intact)"));
+    }
     opt_.set_lr(config_.lr * lr_factor(step_, config_.warmup, config_.steps));
     opt_.step();
     ++step_;
@@ -198,6 +214,23 @@ class Trainer {
   }
   std::optional<double> last_val_loss() const { return last_val_loss_; }
 
+  /// fsync()s every regular file under `dir` (when `files`) and the folder itself, so that a
+  /// rename after it publishes data that a power cut cannot take back (a killed process needs no
+  /// sync: the page cache outlives it).
+  static void sync_tree(const std::filesystem::path& dir, bool files = true) {
+    auto sync = [](const std::filesystem::path& p, int flags) {
+      const int fd = ::open(p.c_str(), flags);
+      if (fd < 0) throw milora::io_error("cannot open '" + p.string() + "' to sync it");
+      const int rc = ::fsync(fd);
+      ::close(fd);
+      if (rc != 0) throw milora::io_error("fsync of '" + p.string() + "' failed");
+    };
+    if (files)
+      for (const auto& e : std::filesystem::recursive_directory_iterator(dir))
+        if (e.is_regular_file()) sync(e.path(), O_RDONLY);
+    sync(dir, O_RDONLY | O_DIRECTORY);
+  }
+
   /// Writes out/checkpoint-<step> atomically (see the header comment) and returns its path. In
   /// full training the checkpoint is a Hugging Face model folder instead of an adapter.
   std::filesystem::path save_checkpoint() {
@@ -226,8 +259,15 @@ class Trainer {
     nlohmann::json state = {{"step", step_}, {"data_cursor", train_.cursor()}, {"run", run_info_},
                             {"optimizer_steps", opt_.steps()}, {"last_loss", last_loss_}};
     milora::io::write_json_file(tmp / "trainer_state.json", state);
-    if (fs::exists(final_dir)) fs::remove_all(final_dir);
+    sync_tree(tmp);  // the files' bytes are on disk before the name says the checkpoint exists
+    // Saving a step again (a resumed run) moves the old folder aside first: a kill at any point
+    // leaves either the old or the new checkpoint-<step>, never a half-deleted one.
+    const fs::path old = config_.out / (".checkpoint-" + std::to_string(step_) + ".old");
+    fs::remove_all(old);
+    if (fs::exists(final_dir)) fs::rename(final_dir, old);
     fs::rename(tmp, final_dir);
+    sync_tree(config_.out, false);
+    fs::remove_all(old);
     return final_dir;
   }
 
@@ -282,5 +322,35 @@ class Trainer {
   double last_loss_ = 0, last_grad_norm_ = 0;
   std::optional<double> last_val_loss_;
 };
+
+/// The newest complete checkpoint in `out`: the folder checkpoint-<N> with the largest N whose
+/// trainer_state.json reads and says step N (folders being written, .checkpoint-*, are never
+/// candidates; one that does not read is skipped with a log line). Empty when there is none.
+inline std::filesystem::path latest_checkpoint(const std::filesystem::path& out) {
+  namespace fs = std::filesystem;
+  fs::path best;
+  long long best_step = -1;
+  if (!fs::is_directory(out)) return best;
+  for (const auto& e : fs::directory_iterator(out)) {
+    const std::string name = e.path().filename().string();
+    constexpr std::string_view prefix = "checkpoint-";
+    if (!e.is_directory() || name.rfind(prefix, 0) != 0 || name.size() == prefix.size() || name.size() > prefix.size() + 18 ||
+        name.find_first_not_of("0123456789", prefix.size()) != std::string::npos)
+      continue;
+    const long long step = std::stoll(name.substr(prefix.size()));
+    if (step <= best_step) continue;
+    try {
+      const auto state = milora::io::read_json_file(e.path() / "trainer_state.json");
+      if (!state.contains("step") || !state["step"].is_number_unsigned() || state["step"].get<long long>() != step)
+        throw milora::format_error("its \"step\" is not " + std::to_string(step));
+    } catch (const std::exception& err) {
+      milora::log("latest_checkpoint: skipping '" + e.path().string() + "': " + err.what());
+      continue;
+    }
+    best = e.path();
+    best_step = step;
+  }
+  return best;
+}
 
 }  // namespace llama
