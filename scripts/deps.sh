@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs the Debian packages milora's build needs, only those that are missing.
-# Sourced by demo.sh and test.sh; safe to run by itself.
+# Run by demo.sh, test.sh and fuzz.sh with the extra packages each needs as arguments.
 set -euo pipefail
 
 MILORA_DEBS=(

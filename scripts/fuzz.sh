@@ -1,32 +1,63 @@
 #!/usr/bin/env bash
-# Fuzzes the safetensors header parser with libFuzzer + AddressSanitizer + UBSan for a bounded time.
-#   bash scripts/fuzz.sh [seconds=60]
-# Installs clang and its fuzzer runtime if missing, builds build/fuzz with clang++, seeds a corpus
-# with a valid file and a few near misses, and prints libFuzzer's final statistics (executions).
+# Fuzzes the readers of outside files with libFuzzer + AddressSanitizer + UBSan, each for a bounded
+# time:  bash scripts/fuzz.sh [seconds per target = 60] [target ...]
+# Targets (tests/fuzz/, contracts in tests/fuzz/contracts.hpp): safetensors_header, llama_config,
+# adapter_config, token_file. Installs clang and its fuzzer runtime if missing, builds build/fuzz
+# with clang++, starts each from a working copy of its committed seed corpus
+# (tests/fuzz/corpus/<target>/) and prints the executions it survived. A crashing input is written
+# to build/fuzz/crashes/<target>/; copy it into tests/fuzz/corpus/<target>/ with the fix, and the
+# normal suite replays it from then on (tests/llama/test_fuzz_corpora.cpp). Exit status: non-zero
+# when any target found a crash.
 set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 seconds="${1:-60}"
-source "$root/scripts/deps.sh"
-milora_install_missing clang libclang-rt-14-dev
+shift || true
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || targets=(safetensors_header llama_config adapter_config token_file)
+bash "$root/scripts/deps.sh" clang libclang-rt-14-dev
 
-CXX=clang++ cmake -S "$root" -B "$root/build/fuzz" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMILORA_BUILD_FUZZERS=ON \
+build="$root/build/fuzz"
+CXX=clang++ cmake -S "$root" -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DMILORA_BUILD_FUZZERS=ON \
   -DMILORA_BUILD_TESTS=ON -DMILORA_BUILD_EXAMPLES=OFF -DMILORA_USE_XTENSOR=OFF >/dev/null
-cmake --build "$root/build/fuzz" --target fuzz_safetensors_header -j"$(nproc)"
+cmake --build "$build" -j"$(nproc)" --target "${targets[@]/#/fuzz_}"
 
-corpus="$root/build/fuzz/corpus"
-mkdir -p "$corpus"
-seed() {  # seed NAME HEADER DATA_BYTES: 8-byte little-endian length, header, zero data
-  local n=${#2}
-  printf "$(printf '\\x%02x\\x%02x\\x%02x\\x%02x\\x00\\x00\\x00\\x00' $((n & 255)) $(((n >> 8) & 255)) $(((n >> 16) & 255)) $(((n >> 24) & 255)))" > "$corpus/$1"
-  printf '%s' "$2" >> "$corpus/$1"
-  head -c "$3" /dev/zero >> "$corpus/$1"
-}
-seed valid '{"__metadata__":{"format":"pt"},"a":{"dtype":"F32","shape":[2,2],"data_offsets":[0,16]},"b":{"dtype":"BF16","shape":[3],"data_offsets":[16,22]}}' 22
-seed f16 '{"h":{"dtype":"F16","shape":[4],"data_offsets":[0,8]}}' 8
-seed overlap '{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}' 8
-seed scalar '{"s":{"dtype":"F64","shape":[],"data_offsets":[0,8]}}' 8
-
-cat > "$root/build/fuzz/safetensors.dict" <<'DICT'
+cat > "$build/json.dict" <<'DICT'
+"{"
+"}"
+"["
+"]"
+":"
+","
+"null"
+"true"
+"false"
+"-1"
+"0"
+"1e400"
+"18446744073709551615"
+"9223372036854775808"
+"\"r\""
+"\"lora_alpha\""
+"\"target_modules\""
+"\"use_rslora\""
+"\"use_dora\""
+"\"bias\""
+"\"alpha_pattern\""
+"\"peft_type\""
+"\"vocab_size\""
+"\"hidden_size\""
+"\"intermediate_size\""
+"\"num_hidden_layers\""
+"\"num_attention_heads\""
+"\"num_key_value_heads\""
+"\"head_dim\""
+"\"rms_norm_eps\""
+"\"rope_theta\""
+"\"rope_scaling\""
+"\"tie_word_embeddings\""
+"\"model_type\""
+DICT
+cat > "$build/safetensors.dict" <<'DICT'
 "{"
 "}"
 "\"dtype\""
@@ -41,10 +72,29 @@ cat > "$root/build/fuzz/safetensors.dict" <<'DICT'
 "[0,"
 "]"
 DICT
-log="$root/build/fuzz/fuzz.log"
-rc=0
-"$root/build/fuzz/tests/fuzz_safetensors_header" -max_total_time="$seconds" -max_len=4096 -print_final_stats=1 \
-  -dict="$root/build/fuzz/safetensors.dict" "$corpus" > "$log" 2>&1 || rc=$?
-grep -E "^(stat::number_of_executed_units|stat::peak_rss_mb|Done [0-9]+ runs|SUMMARY|==[0-9]+==ERROR)" "$log" || true
-tail -n 3 "$log"
-exit "$rc"
+
+status=0
+for t in "${targets[@]}"; do
+  corpus="$build/corpus/$t"
+  crashes="$build/crashes/$t"
+  mkdir -p "$corpus" "$crashes"
+  cp -n "$root/tests/fuzz/corpus/$t/"* "$corpus/"
+  dict=()
+  case "$t" in
+    safetensors_header) dict=(-dict="$build/safetensors.dict") ;;
+    llama_config|adapter_config) dict=(-dict="$build/json.dict") ;;
+  esac
+  log="$build/$t.log"
+  rc=0
+  "$build/tests/fuzz_$t" -max_total_time="$seconds" -max_len=4096 -print_final_stats=1 -artifact_prefix="$crashes/" \
+    "${dict[@]}" "$corpus" > "$log" 2>&1 || rc=$?
+  runs=$(grep -E "^stat::number_of_executed_units" "$log" | awk '{print $2}')
+  cov=$(grep -oE "cov: [0-9]+" "$log" | tail -1 | awk '{print $2}')
+  echo "fuzz_$t: ${runs:-?} executions in ${seconds} s, coverage ${cov:-?} edges, corpus $(ls "$corpus" | wc -l) inputs, exit $rc"
+  if [ "$rc" -ne 0 ]; then
+    status=1
+    grep -E "SUMMARY|==[0-9]+==ERROR|deadly signal" "$log" | head -5 || true
+    echo "  crashing input(s): $(ls "$crashes")"
+  fi
+done
+exit "$status"

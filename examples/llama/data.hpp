@@ -12,6 +12,7 @@
 #include <memory>
 #include <span>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "kernels.hpp"
@@ -97,32 +98,37 @@ inline std::string read_file(const std::filesystem::path& path) {
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
 }
 
-/// Tokens of a data file: `.u32` files are little-endian uint32 ids (what llm.c's data scripts
-/// write), anything else is text for `tokenizer`. Throws for an empty file, a .u32 file whose size is
-/// not a multiple of 4, or a token >= vocab_size (naming its index and value).
-inline std::vector<Token> load_tokens(const std::filesystem::path& path, const Tokenizer& tokenizer, Index vocab_size) {
+/// Tokens of a data file's bytes: with `u32`, little-endian uint32 ids (what llm.c's data scripts
+/// write), else text for `tokenizer`. Throws for no bytes, a .u32 size that is not a multiple of 4,
+/// or a token >= vocab_size (naming its index and value); `where` starts every message.
+inline std::vector<Token> parse_tokens(std::string_view bytes, bool u32, const Tokenizer& tokenizer, Index vocab_size,
+                                       const std::string& where) {
   using milora::detail::concat;
-  const std::string bytes = read_file(path);
-  if (bytes.empty()) throw milora::value_error(concat("'", path.string(), "' is empty"));
+  if (bytes.empty()) throw milora::value_error(concat(where, " is empty"));
   std::vector<Token> tokens;
-  if (path.extension() == ".u32") {
+  if (u32) {
     if (bytes.size() % 4 != 0)
-      throw milora::format_error(concat("'", path.string(), "' has ", bytes.size(), " bytes, not a multiple of 4 (uint32 ids)"));
+      throw milora::format_error(concat(where, " has ", bytes.size(), " bytes, not a multiple of 4 (uint32 ids)"));
     tokens.resize(bytes.size() / 4);
     for (std::size_t i = 0; i < tokens.size(); ++i) {
       const auto* b = reinterpret_cast<const unsigned char*>(bytes.data()) + 4 * i;
       const std::uint32_t id = std::uint32_t(b[0]) | std::uint32_t(b[1]) << 8 | std::uint32_t(b[2]) << 16 | std::uint32_t(b[3]) << 24;
       if (id >= std::uint64_t(vocab_size))
-        throw milora::value_error(concat("'", path.string(), "': token ", i, " is ", id, ", not below vocab_size ", vocab_size));
+        throw milora::value_error(concat(where, ": token ", i, " is ", id, ", not below vocab_size ", vocab_size));
       tokens[i] = Token(id);
     }
   } else {
-    tokens = tokenizer.encode(bytes);
+    tokens = tokenizer.encode(std::string(bytes));
     for (std::size_t i = 0; i < tokens.size(); ++i)
       if (tokens[i] < 0 || tokens[i] >= vocab_size)
-        throw milora::value_error(concat("'", path.string(), "': token ", i, " is ", tokens[i], ", not below vocab_size ", vocab_size));
+        throw milora::value_error(concat(where, ": token ", i, " is ", tokens[i], ", not below vocab_size ", vocab_size));
   }
   return tokens;
+}
+
+/// Tokens of a data file: `.u32` files are token ids, anything else is text (see parse_tokens).
+inline std::vector<Token> load_tokens(const std::filesystem::path& path, const Tokenizer& tokenizer, Index vocab_size) {
+  return parse_tokens(read_file(path), path.extension() == ".u32", tokenizer, vocab_size, "'" + path.string() + "'");
 }
 
 /// Contiguous batches of a token sequence, resumable from its cursor.
