@@ -3,25 +3,28 @@
 //
 //   1. pre-train (once; cached in OUT/pretrained) a small byte-level LLaMA on English text that a
 //      Debian package ships (the `fortunes` collection);
-//   2. fine-tune copies on a different task (writing four letters backwards) with LoRA, PiSSA,
-//      MiLoRA (same rank, alpha = rank, same steps, each with its own learning rate) and full
-//      fine-tuning as the reference, for several seeds;
-//   3. report the task's held-out loss and exact-match accuracy, forgetting (perplexity on the
-//      corpus's held-out split before and after), trainable parameters, wall time, and the paper's
+//   2. fine-tune copies on a different task -- by default another language (Debian's German
+//      fortunes, package fortunes-de); `--task reversal` writes four letters backwards instead --
+//      with LoRA, PiSSA, MiLoRA (same rank, alpha = rank, same steps, each with its own learning
+//      rate) and full fine-tuning as the reference, for several seeds;
+//   3. report the task's held-out loss before and after (and, for the reversal task, exact-match
+//      accuracy), forgetting (perplexity on the corpus's held-out split before and after),
+//      trainable parameters, wall time, and the paper's
 //      subspace analysis (where each update's energy lies in W's spectrum; how far W's top singular
 //      values and vectors moved);
 //   4. write OUT/summary.md (mean ± std), OUT/results.csv, OUT/curves.csv and, with gnuplot,
 //      OUT/loss_curves.png, OUT/learning_vs_forgetting.png, OUT/subspace_energy.png.
 //
-// --model DIR and --task FILE run the same comparison on your own Hugging Face LLaMA and data (then
-// the task metric is held-out loss; accuracy needs the built-in task).
+// --model DIR and --task FILE run the same comparison on your own Hugging Face LLaMA and data.
 #include <chrono>
 #include <cstdio>
 #include <fstream>
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <random>
 #include <sstream>
+#include <tuple>
 
 #include "../tools/tool_common.hpp"
 #include "kernels_cpu.hpp"
@@ -38,29 +41,29 @@ using llama::Token;
 using milora::detail::concat;
 
 struct Options {
-  std::string out = "compare_inits_out", model, corpus = "/usr/share/games/fortunes", task;
+  std::string out = "compare_inits_out", model, corpus = "/usr/share/games/fortunes", task = "/usr/share/games/fortunes/de";
   std::string methods = "full,lora,pissa,milora", targets = "q_proj,k_proj,v_proj,up_proj,down_proj";
   Index rank = 8, steps = 600, seeds = 3, batch = 8, seq = 96;
   Index pretrain_steps = 1500, pretrain_hidden = 128, pretrain_layers = 4;
   // each method's best of three on the task (docs/demo.md)
-  std::map<std::string, double> lr = {{"full", 1e-3}, {"lora", 3e-3}, {"pissa", 3e-3}, {"milora", 1e-2}};
+  std::map<std::string, double> lr = {{"full", 1e-3}, {"lora", 1e-2}, {"pissa", 3e-3}, {"milora", 1e-2}};
   Index eval_batches = 24;  // corpus held-out batches of 8 x 128 for perplexity
 };
 
 struct Row {
   std::string method;
   unsigned seed = 0;
-  double lr = 0, task_loss = 0, task_accuracy = -1, ppl_before = 0, ppl_after = 0, seconds = 0;
+  double lr = 0, task_loss_before = 0, task_loss = 0, task_accuracy = -1, ppl_before = 0, ppl_after = 0, seconds = 0;
   Index trainable = 0;
   compare::SubspaceStats sub;
 };
 
 // ---- data ---------------------------------------------------------------------------------------
 
-// Every regular file of a folder (sorted; fortune's .dat indexes and .u8 links skipped), or one file.
-std::string read_corpus(const fs::path& path) {
-  if (!fs::exists(path))
-    throw milora::io_error(concat("corpus '", path.string(), "' does not exist (install the Debian package `fortunes`, or give --corpus FILE)"));
+// Every regular file of a folder (sorted, not recursive; fortune's .dat indexes and .u8 links
+// skipped), or one file. `hint` says how to get the default when it is missing.
+std::string read_text(const fs::path& path, const std::string& what, const std::string& hint) {
+  if (!fs::exists(path)) throw milora::io_error(concat(what, " '", path.string(), "' does not exist (", hint, ")"));
   if (!fs::is_directory(path)) return llama::read_file(path);
   std::vector<fs::path> files;
   for (const auto& e : fs::directory_iterator(path))
@@ -69,7 +72,7 @@ std::string read_corpus(const fs::path& path) {
   std::sort(files.begin(), files.end());
   std::string text;
   for (const auto& f : files) text += llama::read_file(f);
-  if (text.empty()) throw milora::io_error(concat("corpus '", path.string(), "' holds no text"));
+  if (text.empty()) throw milora::io_error(concat(what, " '", path.string(), "' holds no text"));
   return text;
 }
 
@@ -119,12 +122,19 @@ fs::path pretrained_model(const Options& o, const std::vector<Token>& train, con
 
 struct Data {
   std::vector<Token> task_train, task_test_tokens, corpus_heldout;
-  std::vector<std::pair<int, int>> task_test;  // the built-in task's problems (empty with --task)
+  std::vector<std::pair<int, int>> task_test;  // the reversal task's problems (empty for a text task)
 };
+
+/// The task's held-out metrics: loss (answer tokens only for the reversal task) and accuracy (-1: none).
+template <class Model>
+std::pair<double, double> task_metrics(const Options& o, Model& model, const Data& d) {
+  if (!d.task_test.empty()) return compare::task_metrics(model, d.task_test);
+  return {llama::evaluate(model, d.task_test_tokens, 8, o.seq, o.eval_batches).first, -1.0};
+}
 
 template <class Init>
 Row run_one(const Options& o, const std::string& method, unsigned seed, const fs::path& model_dir, const Data& d,
-            double ppl_before, std::ofstream& curves) {
+            double task_before, double ppl_before, std::ofstream& curves) {
   using Model = llama::Llama<BE, Init>;
   const milora::io::HFModel hf(model_dir);
   auto model = llama::from_pretrained<Model>(hf);
@@ -136,6 +146,7 @@ Row run_one(const Options& o, const std::string& method, unsigned seed, const fs
   row.method = method;
   row.seed = seed;
   row.lr = o.lr.at(method);
+  row.task_loss_before = task_before;
   row.ppl_before = ppl_before;
   for (const auto& p : model->parameters()) row.trainable += milora::numel<BE>(p.value);
   llama::TrainConfig tc;
@@ -145,7 +156,12 @@ Row run_one(const Options& o, const std::string& method, unsigned seed, const fs
   tc.lr = row.lr;
   tc.warmup = std::max<Index>(1, o.steps / 20);
   tc.progress = false;
-  llama::Trainer<Model> trainer(*model, tc, llama::DataLoader(d.task_train, o.batch, o.seq, "task data"), {}, {});
+  llama::DataLoader loader(d.task_train, o.batch, o.seq, "task data");
+  if (d.task_test.empty()) {  // a text task: each seed starts reading at its own place (the reversal task's seeds draw other problems)
+    std::mt19937_64 gen(seed);
+    loader.set_cursor(gen() % (d.task_train.size() - std::size_t(o.batch * o.seq)));
+  }
+  llama::Trainer<Model> trainer(*model, tc, std::move(loader), {}, {});
   double smoothed = 0;
   for (Index s = 0; s < o.steps; ++s) {
     const double loss = trainer.train_step();
@@ -153,13 +169,7 @@ Row run_one(const Options& o, const std::string& method, unsigned seed, const fs
     if ((s + 1) % 10 == 0 || s + 1 == o.steps) curves << method << ',' << seed << ',' << s + 1 << ',' << loss << ',' << smoothed << '\n';
   }
   row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  if (!d.task_test.empty()) {
-    const auto [loss, acc] = compare::task_metrics(*model, d.task_test);
-    row.task_loss = loss;
-    row.task_accuracy = acc;
-  } else {
-    row.task_loss = llama::evaluate(*model, d.task_test_tokens, 8, o.seq).first;
-  }
+  std::tie(row.task_loss, row.task_accuracy) = task_metrics(o, *model, d);
   row.ppl_after = std::exp(llama::evaluate(*model, d.corpus_heldout, 8, 128, o.eval_batches).first);
   // subspace analysis: every adapted (or, for full fine-tuning, every targeted) weight
   if (method != "full") model->merge_adapters();
@@ -180,10 +190,11 @@ Row run_one(const Options& o, const std::string& method, unsigned seed, const fs
   return row;
 }
 
-Row run_method(const Options& o, const std::string& m, unsigned seed, const fs::path& dir, const Data& d, double ppl, std::ofstream& c) {
-  if (m == "pissa") return run_one<milora::PrincipalSVD<>>(o, m, seed, dir, d, ppl, c);
-  if (m == "milora") return run_one<milora::MinorSVD<>>(o, m, seed, dir, d, ppl, c);
-  if (m == "lora" || m == "full") return run_one<milora::KaimingUniform>(o, m, seed, dir, d, ppl, c);
+Row run_method(const Options& o, const std::string& m, unsigned seed, const fs::path& dir, const Data& d, double task, double ppl,
+               std::ofstream& c) {
+  if (m == "pissa") return run_one<milora::PrincipalSVD<>>(o, m, seed, dir, d, task, ppl, c);
+  if (m == "milora") return run_one<milora::MinorSVD<>>(o, m, seed, dir, d, task, ppl, c);
+  if (m == "lora" || m == "full") return run_one<milora::KaimingUniform>(o, m, seed, dir, d, task, ppl, c);
   throw milora::value_error("unknown method '" + m + "' (full, lora, pissa, milora)");
 }
 
@@ -206,15 +217,15 @@ std::string pm(const std::vector<double>& v, int digits) {
 
 void write_reports(const Options& o, const std::vector<Row>& rows, const fs::path& out) {
   std::ofstream csv(out / "results.csv");
-  csv << "method,seed,lr,trainable,seconds,task_loss,task_accuracy,ppl_before,ppl_after,forgetting,top_energy,bottom_energy,"
+  csv << "method,seed,lr,trainable,seconds,task_loss_before,task_loss,task_accuracy,ppl_before,ppl_after,forgetting,top_energy,bottom_energy,"
          "sigma_shift,vector_shift\n";
   for (const auto& r : rows)
-    csv << r.method << ',' << r.seed << ',' << r.lr << ',' << r.trainable << ',' << r.seconds << ',' << r.task_loss << ','
+    csv << r.method << ',' << r.seed << ',' << r.lr << ',' << r.trainable << ',' << r.seconds << ',' << r.task_loss_before << ',' << r.task_loss << ','
         << r.task_accuracy << ',' << r.ppl_before << ',' << r.ppl_after << ',' << r.ppl_after - r.ppl_before << ','
         << r.sub.top_energy << ',' << r.sub.bottom_energy << ',' << r.sub.sigma_shift << ',' << r.sub.vector_shift << '\n';
   std::ofstream md(out / "summary.md");
-  md << "| method | lr | trainable | task loss | task accuracy | corpus ppl after (before " << std::fixed << std::setprecision(3)
-     << rows.front().ppl_before << ") | ΔW energy in top-" << o.rank << " | in bottom-" << o.rank
+  md << "| method | lr | trainable | task loss (before " << std::fixed << std::setprecision(4) << rows.front().task_loss_before
+     << ") | task accuracy | corpus ppl after (before " << std::setprecision(3) << rows.front().ppl_before << ") | ΔW energy in top-" << o.rank << " | in bottom-" << o.rank
      << " | top-σ shift | top-u shift | time [s] |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
   std::vector<std::string> order;
   for (const auto& r : rows)
@@ -257,7 +268,7 @@ unset logscale y
 set output 'learning_vs_forgetting.png'
 set title 'Learning vs forgetting (one point per run)'
 set xlabel 'corpus perplexity after fine-tuning (lower = less forgetting)'; set ylabel 'task held-out loss (lower = learned more)'
-plot for [m in 'full lora pissa milora'] 'results.csv' using (strcol(1) eq m ? $9 : 1/0):6 with points pt 7 ps 1.5 title m
+plot for [m in 'full lora pissa milora'] 'results.csv' using (strcol(1) eq m ? $10 : 1/0):7 with points pt 7 ps 1.5 title m
 set output 'subspace_energy.png'
 set title 'Where the update lies: share of ||dW||^2 in the top-r / bottom-r singular subspace of W'
 set xlabel ''; set ylabel 'share of energy'; set style data histograms; set style histogram clustered gap 1
@@ -276,8 +287,8 @@ plot 'energy.csv' using 2:xtic(1) title 'top-r', '' using 3 title 'bottom-r'
     std::stringstream ss(line);
     for (std::string x; std::getline(ss, x, ',');) f.push_back(x);
     if (!e.count(f[0])) order.push_back(f[0]);
-    e[f[0]].first.push_back(std::stod(f[10]));
-    e[f[0]].second.push_back(std::stod(f[11]));
+    e[f[0]].first.push_back(std::stod(f[11]));
+    e[f[0]].second.push_back(std::stod(f[12]));
   }
   std::ofstream en(out / "energy.csv");
   for (const auto& m : order) en << m << ',' << mean_std(e[m].first).first << ',' << mean_std(e[m].second).first << '\n';
@@ -294,7 +305,7 @@ void run(const Options& o) {
   const fs::path out = o.out;
   fs::create_directories(out);
   // the pre-training corpus: 90 % to train, the last 10 % held out for forgetting
-  const std::string text = read_corpus(o.corpus);
+  const std::string text = read_text(o.corpus, "corpus", "install the Debian package `fortunes`, or give --corpus FILE");
   const auto tokenizer = llama::Tokenizer::for_model(o.model.empty() ? fs::path(o.out) : fs::path(o.model),
                                                      o.model.empty() ? 256 : llama::LlamaConfig::from_model(milora::io::HFModel(o.model)).vocab_size);
   std::vector<Token> corpus = tokenizer.encode(text);
@@ -307,6 +318,20 @@ void run(const Options& o) {
   auto base = llama::from_pretrained<llama::Llama<BE>>(milora::io::HFModel(model_dir));
   const double ppl_before = std::exp(llama::evaluate(*base, d.corpus_heldout, 8, 128, o.eval_batches).first);
   std::cerr << "compare_inits: corpus held-out perplexity of the pre-trained model " << ppl_before << "\n";
+
+  // the task: the reversal problems (seeded below) or a text whose last 10 % is held out
+  const bool reversal = o.task == "reversal";
+  if (!reversal) {
+    auto t = tokenizer.encode(read_text(o.task, "task", "install the Debian package `fortunes-de`, or give --task FILE or --task reversal"));
+    const std::size_t cut = t.size() * 9 / 10;
+    d.task_test_tokens.assign(t.begin() + std::ptrdiff_t(cut), t.end());
+    t.resize(cut);
+    d.task_train = std::move(t);
+  } else {
+    d.task_test = compare::ReversalTask::make(1, 400, 0).test;  // the same for every seed
+  }
+  const double task_before = task_metrics(o, *base, d).first;
+  std::cerr << "compare_inits: task held-out loss of the pre-trained model " << task_before << "\n";
   base.reset();
 
   std::vector<Row> rows;
@@ -314,20 +339,14 @@ void run(const Options& o) {
   curves << "method,seed,step,loss,smoothed\n";
   const auto methods = milora::tools::split_list(o.methods);
   for (unsigned seed = 0; seed < unsigned(o.seeds); ++seed) {
-    if (o.task.empty()) {
+    if (reversal) {
       const auto task = compare::ReversalTask::make(6000, 400, 1000 + seed);
       d.task_train = compare::ReversalTask::tokens(task.train);
       d.task_test = task.test;
-    } else {
-      auto t = tokenizer.encode(llama::read_file(o.task));
-      const std::size_t cut = t.size() * 9 / 10;
-      d.task_test_tokens.assign(t.begin() + std::ptrdiff_t(cut), t.end());
-      t.resize(cut);
-      d.task_train = std::move(t);
     }
     for (const auto& m : methods) {
-      const Row r = run_method(o, m, seed, model_dir, d, ppl_before, curves);
-      std::cerr << "compare_inits: " << std::setw(6) << m << " seed " << seed << ": task loss " << std::setprecision(4) << r.task_loss
+      const Row r = run_method(o, m, seed, model_dir, d, task_before, ppl_before, curves);
+      std::cerr << "compare_inits: " << std::setw(6) << m << " seed " << seed << ": task loss " << std::setprecision(4) << r.task_loss_before << " -> " << r.task_loss
                 << (r.task_accuracy >= 0 ? concat(", accuracy ", r.task_accuracy * 100, " %") : std::string()) << ", corpus ppl "
                 << r.ppl_before << " -> " << r.ppl_after << ", dW energy top/bottom " << r.sub.top_energy << " / "
                 << r.sub.bottom_energy << " (" << r.seconds << " s)\n";
@@ -350,7 +369,8 @@ int main(int argc, char** argv) {
   app.add_option("--out", o.out, "output folder (the pre-trained model is cached in OUT/pretrained)")->capture_default_str();
   app.add_option("--model", o.model, "a Hugging Face LLaMA folder to use instead of pre-training one")->check(CLI::ExistingDirectory);
   app.add_option("--corpus", o.corpus, "pre-training text (file or folder) whose held-out tail measures forgetting")->capture_default_str();
-  app.add_option("--task", o.task, "fine-tuning text (default: reversing four letters, with accuracy)")->check(CLI::ExistingFile);
+  app.add_option("--task", o.task, "fine-tuning data: a text file or folder (the last 10 % held out), or `reversal` (four letters "
+                                   "backwards, with exact-match accuracy)")->capture_default_str();
   app.add_option("--methods", o.methods, "comma-separated: full, lora, pissa, milora")->capture_default_str();
   app.add_option("--targets", o.targets, "projections to adapt")->capture_default_str();
   app.add_option("--rank", o.rank, "adapter rank (alpha = rank)")->capture_default_str()->check(CLI::PositiveNumber);

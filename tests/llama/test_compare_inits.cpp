@@ -90,27 +90,30 @@ TEST_CASE("compare_inits in miniature: every output, well-formed; the cached mod
   std::string corpus;
   for (int i = 0; i < 120; ++i) corpus += "A fortune a day keeps the bugs away. Number " + std::to_string(i * 37 % 101) + ".\n%\n";
   milora_test::write_file(dir / "corpus.txt", corpus);
-  const std::string args = std::string(MILORA_DEMO) + " --out " + (dir / "out").string() + " --corpus " + (dir / "corpus.txt").string() +
-                           " --pretrain-steps 30 --pretrain-hidden 32 --pretrain-layers 1 --steps 12 --seeds 1 --rank 2 --batch 4"
-                           " --seq 24 --eval-batches 100";
-  REQUIRE(run(args + " > " + (dir / "stdout.txt").string() + " 2> " + (dir / "stderr.txt").string()) == 0);
+  const std::string common = std::string(MILORA_DEMO) + " --corpus " + (dir / "corpus.txt").string() +
+                             " --pretrain-steps 30 --pretrain-hidden 32 --pretrain-layers 1 --steps 12 --rank 2 --batch 4"
+                             " --seq 24 --eval-batches 100";
+  const std::string args = common + " --seeds 1 --out " + (dir / "out").string();
+  REQUIRE(run(args + " --task reversal > " + (dir / "stdout.txt").string() + " 2> " + (dir / "stderr.txt").string()) == 0);
   const auto out = dir / "out";
   for (const char* f : {"summary.md", "results.csv", "curves.csv", "pretrained/config.json", "pretrained/model.safetensors"})
     CHECK_MESSAGE(std::filesystem::exists(out / f), f);
   const auto results = read_csv(out / "results.csv");
   REQUIRE(results.size() == 5);  // header + full, lora, pissa, milora
-  CHECK(results[0].size() == 14);
+  REQUIRE(results[0].size() == 15);
+  CHECK(results[0][5] == "task_loss_before");
   std::vector<std::string> methods;
   for (std::size_t i = 1; i < results.size(); ++i) {
-    REQUIRE(results[i].size() == 14);
+    REQUIRE(results[i].size() == 15);
     methods.push_back(results[i][0]);
-    for (std::size_t c = 2; c < 14; ++c) CHECK(std::isfinite(std::stod(results[i][c])));
-    const double top = std::stod(results[i][10]), bottom = std::stod(results[i][11]);
+    for (std::size_t c = 2; c < 15; ++c) CHECK(std::isfinite(std::stod(results[i][c])));
+    CHECK(results[i][5] == results[1][5]);  // the pre-trained model's task loss: one value
+    const double top = std::stod(results[i][11]), bottom = std::stod(results[i][12]);
     CHECK(top >= 0);
     CHECK(bottom >= 0);
     CHECK(top + bottom <= 1 + 1e-9);
-    CHECK(std::stod(results[i][6]) >= 0);  // accuracy
-    CHECK(std::stod(results[i][6]) <= 1);
+    CHECK(std::stod(results[i][7]) >= 0);  // accuracy
+    CHECK(std::stod(results[i][7]) <= 1);
   }
   CHECK(methods == std::vector<std::string>{"full", "lora", "pissa", "milora"});
   CHECK(std::stol(results[1][3]) > 10 * std::stol(results[2][3]));  // full trains far more parameters than LoRA
@@ -130,9 +133,30 @@ TEST_CASE("compare_inits in miniature: every output, well-formed; the cached mod
   REQUIRE(run(std::string(MILORA_TOOL_DIR) + "/milora-eval --model " + (out / "pretrained").string() + " --data " +
               (dir / "heldout.txt").string() + " --seq 128 --batch 8 > " + (dir / "eval.txt").string() + " 2>/dev/null") == 0);
   const auto eval = nlohmann::json::parse(milora_test::read_file(dir / "eval.txt"));
-  CHECK(std::stod(results[1][7]) == doctest::Approx(eval["perplexity"].get<double>()).epsilon(1e-5));
+  CHECK(std::stod(results[1][8]) == doctest::Approx(eval["perplexity"].get<double>()).epsilon(1e-5));
 
   // a second run reuses the cached pre-trained model
-  REQUIRE(run(args + " --methods lora > /dev/null 2> " + (dir / "stderr2.txt").string()) == 0);
+  REQUIRE(run(args + " --task reversal --methods lora > /dev/null 2> " + (dir / "stderr2.txt").string()) == 0);
   CHECK(milora_test::read_file(dir / "stderr2.txt").find("using the cached pre-trained model") != std::string::npos);
+
+  // a text task (the default kind): held-out loss before and after, no accuracy, and seeds that
+  // read the data from different places, so their runs differ
+  std::string task;
+  for (int i = 0; i < 150; ++i) task += "Ein Spruch am Tag, Nummer " + std::to_string(i * 53 % 97) + ", vertreibt die Fehler.\n%\n";
+  milora_test::write_file(dir / "task.txt", task);
+  REQUIRE(run(common + " --model " + (out / "pretrained").string() + " --task " + (dir / "task.txt").string() +
+              " --methods lora --seeds 2 --out " + (dir / "text").string() +
+              " > /dev/null 2> " + (dir / "stderr3.txt").string()) == 0);
+  const auto text = read_csv(dir / "text" / "results.csv");
+  REQUIRE(text.size() == 3);
+  CHECK(text[1][7] == "-1");                // no accuracy for a text task
+  CHECK(text[1][6] != text[2][6]);          // seeds 0 and 1 trained on different batches
+  milora_test::write_file(dir / "task_heldout.txt", task.substr(task.size() * 9 / 10));
+  REQUIRE(run(std::string(MILORA_TOOL_DIR) + "/milora-eval --model " + (out / "pretrained").string() + " --data " +
+              (dir / "task_heldout.txt").string() + " --seq 24 --batch 8 > " + (dir / "eval2.txt").string() + " 2>/dev/null") == 0);
+  const auto eval2 = nlohmann::json::parse(milora_test::read_file(dir / "eval2.txt"));
+  CHECK(std::stod(text[1][5]) == doctest::Approx(eval2["loss"].get<double>()).epsilon(1e-5));
+  const std::string missing = dir.path.string() + "/no-such-task";
+  REQUIRE(run(common + " --seeds 1 --task " + missing + " --out " + (dir / "text").string() + " > /dev/null 2> " + (dir / "stderr4.txt").string()) != 0);
+  CHECK(milora_test::read_file(dir / "stderr4.txt").find("task '" + missing + "' does not exist") != std::string::npos);
 }
