@@ -112,24 +112,41 @@ TEST_CASE("a run killed at random moments (often mid-checkpoint) never leaves a 
     REQUIRE(WEXITSTATUS(status) == 0);
     return std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count();
   };
-  // the uninterrupted run, and a one-step run for the start-up time: each kill comes somewhere between
-  // the middle of start-up and six steps after it, so every attempt makes a little progress and the
-  // run is killed many times before it ends
+  // The uninterrupted run, and a one-step run for the start-up time, give the time of one step.
   const double run_us = timed_run({"--out", (dir / "ref").string()});
   const double startup_us = timed_run({"--out", (dir / "probe").string(), "--steps", "1"});
-  const double step_us = std::max(0.0, run_us - startup_us) / 39;
+  const double step_us = std::max(1000.0, (run_us - startup_us) / 39);
 
+  // Each attempt resumes, waits until checkpoint `target - 1` exists (target = one to three steps past
+  // the last checkpoint seen), then kills after a random fraction of up to 1.5 steps: into the
+  // writing of checkpoint `target` or the step before it. Driven by the run's own progress rather
+  // than by wall time, so a loaded machine (CI runs tests in parallel) changes nothing but speed:
+  // every attempt advances at most a few steps and the run is killed ~15 times before it ends.
   const fs::path out = dir / "killed";
   std::mt19937 gen(7);
-  std::uniform_real_distribution<double> delay(0.5 * startup_us, startup_us + 6 * step_us);
-  long long last_step = -1;
+  std::uniform_int_distribution<int> ahead(0, 2);
+  std::uniform_real_distribution<double> jitter(0.0, 1.5 * step_us);
+  long long last_step = 0;
   int kills = 0, mid_write = 0;
   std::set<std::string> left_over;
   for (int attempt = 0; attempt < 200; ++attempt) {
+    const long long wait_for_step = last_step + ahead(gen);
     const pid_t pid = spawn(with({"--out", out.string(), "--resume", "latest"}));
-    std::this_thread::sleep_for(std::chrono::microseconds(static_cast<long long>(delay(gen))));
-    ::kill(pid, SIGKILL);
-    const int status = wait_for(pid);
+    int status = 0;
+    bool finished = false;
+    const fs::path awaited = out / ("checkpoint-" + std::to_string(wait_for_step)) / "trainer_state.json";
+    while (wait_for_step > 0 && !fs::exists(awaited)) {
+      if (::waitpid(pid, &status, WNOHANG) == pid) {
+        finished = true;
+        break;
+      }
+      std::this_thread::sleep_for(std::chrono::microseconds(100));
+    }
+    if (!finished) {
+      std::this_thread::sleep_for(std::chrono::microseconds(static_cast<long long>(jitter(gen))));
+      ::kill(pid, SIGKILL);
+      status = wait_for(pid);
+    }
     if (WIFEXITED(status)) {  // it finished before the kill
       REQUIRE(WEXITSTATUS(status) == 0);
       break;
@@ -141,7 +158,7 @@ TEST_CASE("a run killed at random moments (often mid-checkpoint) never leaves a 
     mid_write += std::any_of(in_progress.begin(), in_progress.end(), [&](const std::string& n) { return !left_over.count(n); });
     left_over = in_progress;
     const fs::path latest = llama::latest_checkpoint(out);
-    if (latest.empty()) continue;  // killed before its first checkpoint
+    if (latest.empty()) continue;  // killed before its first checkpoint (start-up takes ~8 steps' time)
     CAPTURE(latest.string());
     REQUIRE_NOTHROW(load_checkpoint(latest));
     const long long step = milora::io::read_json_file(latest / "trainer_state.json")["step"].get<long long>();
