@@ -36,10 +36,10 @@ HostMatrix numeric_grad(const HostMatrix& m, const Set& set, const Adapter& ad, 
 }
 
 template <class B, class AdapterT>
-void check_gradients(bool rslora, bool with_bias) {
+void check_gradients(bool rslora, bool with_bias, Index r = 3) {
   CAPTURE(rslora);
   CAPTURE(with_bias);
-  const Index out = 7, in = 5, r = 3, t = 4;
+  const Index out = 7, in = 5, t = 4;
   const HostMatrix w0 = random_normal(out, in, 71), bias = random_normal(1, out, 72);
   milora::Linear<B> layer(device<B>(w0), with_bias ? device<B>(bias) : B::zeros(0, 0));
   AdapterT ad(layer, {.rank = r, .alpha = 5, .use_rslora = rslora});
@@ -86,5 +86,7 @@ TEST_CASE_TEMPLATE("backward matches central finite differences (double)", B, MI
       check_gradients<B, milora::LoRA<B>>(rslora, bias);
       check_gradients<B, milora::MiLoRA<B>>(rslora, bias);
       check_gradients<B, milora::PiSSA<B>>(rslora, bias);
+      check_gradients<B, milora::OLoRA<B>>(rslora, bias);
+      check_gradients<B, milora::OrthogonalLoRA<B>>(rslora, bias, 2);  // needs an even rank
     }
 }
