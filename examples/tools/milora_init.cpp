@@ -1,9 +1,9 @@
-// milora-init: initialise a LoRA, PiSSA or MiLoRA adapter for a Hugging Face model folder.
+// milora-init: initialise a LoRA, PiSSA, MiLoRA, OLoRA or orthogonal adapter for a Hugging Face model folder.
 //
 //   milora-init --model DIR --method milora --rank 16 --alpha 16 --out OUT
 //
-// writes OUT/adapter_config.json + OUT/adapter_model.safetensors (a PEFT adapter) and, for PiSSA
-// and MiLoRA, OUT/residual/: the model folder with W' = W - s*B*A in place of every adapted weight
+// writes OUT/adapter_config.json + OUT/adapter_model.safetensors (a PEFT adapter) and, for PiSSA,
+// MiLoRA and OLoRA, OUT/residual/: the model folder with W' = W - s*B*A in place of every adapted weight
 // (same shards, dtypes and other files), which is the base model the adapter belongs to. Train
 // with PEFT or milora on OUT/residual; milora-convert turns the result into a plain LoRA for the
 // original model.
@@ -48,9 +48,16 @@ io::LoraFactors<float> init_one(io::HostMatrix<float>& w, const milora::AdapterC
   return io::factors_of(adapter);
 }
 
+// PiSSA, MiLoRA and OLoRA replace W by W - s*B*A (a residual model is written); LoRA and
+// orthogonal leave the base alone. Only the SVD methods use --solver.
+bool changes_base(const std::string& method) { return method == "pissa" || method == "milora" || method == "olora"; }
+bool uses_svd(const std::string& method) { return method == "pissa" || method == "milora"; }
+
 io::LoraFactors<float> init_module(const Options& o, io::HostMatrix<float>& w, const milora::AdapterConfig& cfg) {
   const bool fast = o.solver == "fast";
   if (o.method == "lora") return init_one<milora::LoRA<Backend>>(w, cfg);
+  if (o.method == "olora") return init_one<milora::OLoRA<Backend>>(w, cfg);
+  if (o.method == "orthogonal") return init_one<milora::OrthogonalLoRA<Backend>>(w, cfg);
   if (o.method == "pissa")
     return fast ? init_one<milora::PiSSA<Backend, milora::RandomizedSVD>>(w, cfg) : init_one<milora::PiSSA<Backend>>(w, cfg);
   return fast ? init_one<milora::MiLoRA<Backend, milora::CholeskyKrylovSVD>>(w, cfg) : init_one<milora::MiLoRA<Backend>>(w, cfg);
@@ -89,7 +96,7 @@ void run(const Options& o) {
   adapter.config.use_rslora = o.rslora;
   adapter.config.target_modules = targets;
   adapter.config.base_model_name_or_path = model.config().value("_name_or_path", o.model);
-  adapter.metadata = {{"milora.method", o.method}, {"milora.solver", o.method == "lora" ? "none" : o.solver},
+  adapter.metadata = {{"milora.method", o.method}, {"milora.solver", uses_svd(o.method) ? o.solver : "none"},
                       {"milora.seed", std::to_string(o.seed)}};
   milora::AdapterConfig base_cfg = adapter.config.adapter_config();
 
@@ -103,7 +110,7 @@ void run(const Options& o) {
     adapter.modules[module] = init_module(o, w, cfg);
     progress.done(module, w.rows, w.cols);
   };
-  if (o.method == "lora") {  // the base is unchanged: no residual folder
+  if (!changes_base(o.method)) {  // the base is unchanged: no residual folder
     for (const auto& name : selected) {
       auto w = model.load<float>(name);
       adapt(name, w);
@@ -115,18 +122,19 @@ void run(const Options& o) {
   io::save_peft_adapter(adapter, staged.dir());
   staged.commit();
   std::cerr << "milora-init: " << o.method << " adapter (r = " << o.rank << ") for " << selected.size() << " weights in "
-            << o.out << (o.method == "lora" ? "" : " (+ residual/)") << "\n";
+            << o.out << (changes_base(o.method) ? " (+ residual/)" : "") << "\n";
 }
 
 }  // namespace
 
 int main(int argc, char** argv) {
   Options o;
-  CLI::App app{"milora-init: initialise a LoRA / PiSSA / MiLoRA adapter (PEFT format) for a Hugging Face model folder.\n"
-               "PiSSA and MiLoRA also write OUT/residual, the model with W - s*B*A in place of each adapted weight."};
+  CLI::App app{"milora-init: initialise a LoRA / PiSSA / MiLoRA / OLoRA / orthogonal adapter (PEFT format) for a Hugging Face\n"
+               "model folder. PiSSA, MiLoRA and OLoRA also write OUT/residual, the model with W - s*B*A in place of each adapted weight."};
   app.add_option("--model", o.model, "Hugging Face model folder (config.json + model.safetensors or a sharded index)")
       ->required()->check(CLI::ExistingDirectory);
-  app.add_option("--method", o.method, "lora | pissa | milora")->check(CLI::IsMember({"lora", "pissa", "milora"}))
+  app.add_option("--method", o.method, "lora | pissa | milora | olora | orthogonal (PEFT's init_lora_weights names)")
+      ->check(CLI::IsMember({"lora", "pissa", "milora", "olora", "orthogonal"}))
       ->capture_default_str();
   app.add_option("--rank", o.rank, "adapter rank r")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--alpha", o.alpha, "lora_alpha (default: the rank, so s = 1)")->check(CLI::PositiveNumber);

@@ -221,6 +221,47 @@ TEST_CASE("milora-init PiSSA (fast solver) on a BF16 model keeps dtypes; LoRA wr
   CHECK(q0.A.data != q1.A.data);  // each module its own stream
 }
 
+TEST_CASE("milora-init OLoRA writes a residual model with W' + s*B*A = W and orthonormal B; orthogonal none, with B*A = 0") {
+  ScratchDir dir;
+  make_model(dir / "base", DType::F32);
+  auto r = run_tool("milora-init", "--model " + (dir / "base").string() + " --method olora --rank 3 --alpha 6 --out " +
+                                       (dir / "olora").string(), dir.path);
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  const HFModel original(dir / "base"), residual(dir / "olora" / "residual");
+  const auto olora = load_peft_adapter<float>(dir / "olora");
+  CHECK(olora.metadata.at("milora.method") == "olora");
+  CHECK(olora.metadata.at("milora.solver") == "none");
+  for (const auto& [module, f] : olora.modules) {
+    CAPTURE(module);
+    const std::string name = module + ".weight";
+    CHECK(rel_diff(add_product(residual.load<float>(name), f, 2.0), original.load<float>(name)) <= 1e-5);
+    const auto b = to_backend<BE>(f.B);
+    auto gram = BE::zeros(3, 3);
+    BE::gemm(1, b, Trans::yes, b, Trans::no, 0, gram);
+    BE::add_diagonal(gram, -1);
+    CHECK(BE::squared_norm(gram) <= 1e-10);  // B^T B = I
+  }
+
+  r = run_tool("milora-init", "--model " + (dir / "base").string() + " --method orthogonal --rank 2 --out " +
+                                  (dir / "orthogonal").string(), dir.path);
+  REQUIRE(r.status == 0);
+  CHECK_FALSE(std::filesystem::exists(dir / "orthogonal" / "residual"));
+  const auto orth = load_peft_adapter<float>(dir / "orthogonal");
+  for (const auto& [module, f] : orth.modules) {
+    CAPTURE(module);
+    const HostMatrix<float> w = original.load<float>(module + ".weight");
+    CHECK(rel_diff(add_product(w, f, 1.0), w) <= 1e-6);  // B*A = 0 to float rounding
+    CHECK(BE::squared_norm(to_backend<BE>(f.B)) > 0);     // though neither factor is zero
+    CHECK(BE::squared_norm(to_backend<BE>(f.A)) > 0);
+  }
+  r = run_tool("milora-init", "--model " + (dir / "base").string() + " --method orthogonal --rank 3 --out " +
+                                  (dir / "odd").string(), dir.path);
+  CHECK(r.status != 0);
+  CHECK(r.err.find("even rank") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir / "odd"));
+}
+
 TEST_CASE("the tools fail with one clear line, a non-zero exit and nothing written") {
   ScratchDir dir;
   make_model(dir / "base", DType::F32);
