@@ -16,6 +16,7 @@ void check_contract(Index out, Index in, bool rslora) {
   const HostMatrix w0 = random_normal(out, in, 21), bias = random_normal(1, out, 22);
   milora::Linear<B> layer(device<B>(w0), device<B>(bias));
   Adapter adapter(layer, {.rank = 4, .alpha = 6, .use_rslora = rslora});
+  CHECK(adapter.residual());
   CHECK(adapter.scale() == doctest::Approx(rslora ? 6 / 2.0 : 6 / 4.0));
 
   const HostMatrix a = host<B>(adapter.A()), b = host<B>(adapter.B()), wres = host<B>(layer.weight());
@@ -106,6 +107,8 @@ TEST_CASE_TEMPLATE("init: LoRA (kaiming-uniform) and Gaussian leave the base alo
   CHECK(host<B>(l2.weight()) == host<B>(device<B>(w0)));
   CHECK(host<B>(lora.B()).norm() == 0.0);
   CHECK(host<B>(gauss.B()).norm() == 0.0);
+  CHECK_FALSE(lora.residual());
+  CHECK_FALSE(gauss.residual());
 
   // PEFT's kaiming_uniform_(a=sqrt(5)): U(-1/sqrt(in), 1/sqrt(in)), variance bound^2 / 3.
   const HostMatrix a = host<B>(lora.A());

@@ -118,6 +118,7 @@ TEST_CASE_TEMPLATE("OLoRA and orthogonal: merge then unmerge restores the base, 
     const HostMatrix w0 = random_normal(14, 10, 231);
     milora::Linear<B> layer(device<B>(w0));
     milora::Adapter<B, Init> ad(layer, {.rank = 4, .alpha = 8});
+    CHECK(ad.residual() == (Init::name == "olora"));  // OLoRA's base gave up s*B0*A0; orthogonal's did not
     ad.B() = device<B>(random_normal(14, 4, 232));  // as after training
     const HostMatrix base = host<B>(layer.weight()), x = random_normal(5, 10, 233);
     const HostMatrix y = host<B>(ad.forward(device<B>(x)));

@@ -4,9 +4,10 @@
 //
 // A checkpoint folder (written under a temporary name and renamed, so a crash never leaves half of
 // one) holds:
-//   adapter_config.json, adapter_model.safetensors   the adapter as trained: for LoRA it applies to
-//                        the original model; for PiSSA / MiLoRA to the residual model (PEFT's format)
-//   plain_lora/          PiSSA / MiLoRA only: the same update as a rank-2r LoRA of the *original*
+//   adapter_config.json, adapter_model.safetensors   the adapter as trained: for LoRA (and
+//                        orthogonal) it applies to the original model; for PiSSA / MiLoRA / OLoRA
+//                        to the residual model (PEFT's format)
+//   plain_lora/          residual inits only: the same update as a rank-2r LoRA of the *original*
 //                        model (PEFT's conversion), which milora-eval / milora-merge / PEFT load as is
 //   optimizer.safetensors, trainer_state.json   AdamW's moments, the step, the data cursor and the
 //                        run's settings, which a resume checks before continuing
@@ -309,7 +310,12 @@ class Trainer {
                                                                                         : fallback;
   }
   std::string base_name() const { return info("model", ""); }
-  bool residual() const { return info("method", "lora") != "lora"; }
+  // The adapters took s*B0*A0 out of the base (PiSSA, MiLoRA, OLoRA): checkpoints also get the
+  // plain-LoRA export for the original model. Asked of the adapters, not of the method's name.
+  bool residual() const {
+    const auto adapted = model_.adapted();
+    return !adapted.empty() && adapted.front()->adapter->residual();
+  }
 
   Model& model_;
   TrainConfig config_;

@@ -75,6 +75,9 @@ class Adapter {
   const AdapterConfig& config() const { return config_; }
   const Init& init() const { return init_; }
   bool merged() const { return merged_; }
+  /// Whether the init took s*B0*A0 out of the base (PiSSA, MiLoRA, OLoRA): the frozen weight is then
+  /// W' = W - s*B0*A0, and an export for the original W needs the initial factors too.
+  bool residual() const { return residual_; }
   /// The frozen weight as the adapter sees it: W' unmerged, W' + s*B*A merged.
   const_view weight() const { return weight_; }
 
@@ -194,7 +197,8 @@ class Adapter {
         A_(std::move(p.factors.A)),
         B_(std::move(p.factors.B)),
         dA_(BE::zeros(config.rank, BE::cols(p.weight))),
-        dB_(BE::zeros(BE::rows(p.weight), config.rank)) {
+        dB_(BE::zeros(BE::rows(p.weight), config.rank)),
+        residual_(p.factors.residual) {
     // The only write to the layer: W' = W - s*B*A from the factors actually produced, so that
     // W' + s*B*A = W up to one rounding, however accurate the init policy's triplets were.
     if (p.factors.residual) BE::gemm(scalar(-scale_), B_, Trans::no, A_, Trans::no, 1, weight_);
@@ -231,6 +235,7 @@ class Adapter {
   view weight_;
   std::optional<const_view> bias_;
   matrix A_, B_, dA_, dB_;
+  bool residual_;
   bool merged_ = false;
 };
 
