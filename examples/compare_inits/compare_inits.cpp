@@ -46,7 +46,10 @@ struct Options {
   Index rank = 8, steps = 600, seeds = 3, batch = 8, seq = 96;
   Index pretrain_steps = 1500, pretrain_hidden = 128, pretrain_layers = 4;
   // each method's best of three on the task (docs/demo.md)
-  std::map<std::string, double> lr = {{"full", 1e-3}, {"lora", 1e-2}, {"pissa", 3e-3}, {"milora", 1e-2}};
+  // full, lora, pissa, milora: each the best of three on the German task (docs/demo.md); olora and
+  // orthogonal (opt-in through --methods): not tuned, PiSSA's and LoRA's values.
+  std::map<std::string, double> lr = {{"full", 1e-3},  {"lora", 1e-2},  {"pissa", 3e-3},
+                                      {"milora", 1e-2}, {"olora", 3e-3}, {"orthogonal", 1e-2}};
   Index eval_batches = 24;  // corpus held-out batches of 8 x 128 for perplexity
 };
 
@@ -194,8 +197,10 @@ Row run_method(const Options& o, const std::string& m, unsigned seed, const fs::
                std::ofstream& c) {
   if (m == "pissa") return run_one<milora::PrincipalSVD<>>(o, m, seed, dir, d, task, ppl, c);
   if (m == "milora") return run_one<milora::MinorSVD<>>(o, m, seed, dir, d, task, ppl, c);
+  if (m == "olora") return run_one<milora::LeadingQR>(o, m, seed, dir, d, task, ppl, c);
+  if (m == "orthogonal") return run_one<milora::OrthogonalInit>(o, m, seed, dir, d, task, ppl, c);
   if (m == "lora" || m == "full") return run_one<milora::KaimingUniform>(o, m, seed, dir, d, task, ppl, c);
-  throw milora::value_error("unknown method '" + m + "' (full, lora, pissa, milora)");
+  throw milora::value_error("unknown method '" + m + "' (full, lora, pissa, milora, olora, orthogonal)");
 }
 
 // ---- reports ------------------------------------------------------------------------------------
@@ -253,8 +258,11 @@ void write_reports(const Options& o, const std::vector<Row>& rows, const fs::pat
      << o.steps << " steps of " << o.batch << " x " << o.seq << " tokens; targets " << o.targets << ".\n";
 }
 
-void write_plots(const fs::path& out) {
+void write_plots(const fs::path& out, const std::vector<std::string>& methods) {
+  std::string names;  // gnuplot's word list, e.g. "full lora pissa milora"
+  for (const auto& m : methods) names += (names.empty() ? "" : " ") + m;
   std::ofstream gp(out / "plots.gp");
+  gp << "methods = '" << names << "'\n";
   gp << R"(set datafile separator ','
 set terminal pngcairo size 900,560 noenhanced
 set key outside right
@@ -262,13 +270,13 @@ set grid
 set output 'loss_curves.png'
 set title 'Task training loss (smoothed), every seed'
 set xlabel 'step'; set ylabel 'loss'; set logscale y
-plot for [m in 'full lora pissa milora'] 'curves.csv' using ($2==0 && strcol(1) eq m ? $3 : 1/0):5 with lines lw 2 title m.' seed 0', \
-     for [m in 'full lora pissa milora'] 'curves.csv' using ($2!=0 && strcol(1) eq m ? $3 : 1/0):5 with lines lw 1 dt 3 notitle
+plot for [m in methods] 'curves.csv' using ($2==0 && strcol(1) eq m ? $3 : 1/0):5 with lines lw 2 title m.' seed 0', \
+     for [m in methods] 'curves.csv' using ($2!=0 && strcol(1) eq m ? $3 : 1/0):5 with lines lw 1 dt 3 notitle
 unset logscale y
 set output 'learning_vs_forgetting.png'
 set title 'Learning vs forgetting (one point per run)'
 set xlabel 'corpus perplexity after fine-tuning (lower = less forgetting)'; set ylabel 'task held-out loss (lower = learned more)'
-plot for [m in 'full lora pissa milora'] 'results.csv' using (strcol(1) eq m ? $10 : 1/0):7 with points pt 7 ps 1.5 title m
+plot for [m in methods] 'results.csv' using (strcol(1) eq m ? $10 : 1/0):7 with points pt 7 ps 1.5 title m
 set output 'subspace_energy.png'
 set title 'Where the update lies: share of ||dW||^2 in the top-r / bottom-r singular subspace of W'
 set xlabel ''; set ylabel 'share of energy'; set style data histograms; set style histogram clustered gap 1
@@ -302,6 +310,9 @@ plot 'energy.csv' using 2:xtic(1) title 'top-r', '' using 3 title 'bottom-r'
 }
 
 void run(const Options& o) {
+  for (const auto& m : milora::tools::split_list(o.methods))  // before minutes of pre-training, not after
+    if (!o.lr.count(m))
+      throw milora::value_error("unknown method '" + m + "' in --methods (full, lora, pissa, milora, olora, orthogonal)");
   const fs::path out = o.out;
   fs::create_directories(out);
   // the pre-training corpus: 90 % to train, the last 10 % held out for forgetting
@@ -355,7 +366,7 @@ void run(const Options& o) {
   }
   curves.close();
   write_reports(o, rows, out);
-  write_plots(out);
+  write_plots(out, methods);
   std::cout << "\n" << llama::read_file(out / "summary.md") << "\nwritten: " << (out / "summary.md").string() << ", "
             << (out / "results.csv").string() << ", " << (out / "curves.csv").string() << ", *.png in " << out.string()
             << std::endl;
@@ -371,7 +382,7 @@ int main(int argc, char** argv) {
   app.add_option("--corpus", o.corpus, "pre-training text (file or folder) whose held-out tail measures forgetting")->capture_default_str();
   app.add_option("--task", o.task, "fine-tuning data: a text file or folder (the last 10 % held out), or `reversal` (four letters "
                                    "backwards, with exact-match accuracy)")->capture_default_str();
-  app.add_option("--methods", o.methods, "comma-separated: full, lora, pissa, milora")->capture_default_str();
+  app.add_option("--methods", o.methods, "comma-separated: full, lora, pissa, milora, olora, orthogonal")->capture_default_str();
   app.add_option("--targets", o.targets, "projections to adapt")->capture_default_str();
   app.add_option("--rank", o.rank, "adapter rank (alpha = rank)")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--steps", o.steps, "fine-tuning steps per run")->capture_default_str()->check(CLI::PositiveNumber);
@@ -382,7 +393,7 @@ int main(int argc, char** argv) {
   app.add_option("--pretrain-hidden", o.pretrain_hidden, "pre-trained model width")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--pretrain-layers", o.pretrain_layers, "pre-trained model depth")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--eval-batches", o.eval_batches, "corpus held-out batches (8 x 128) for perplexity")->capture_default_str();
-  for (const char* m : {"full", "lora", "pissa", "milora"})
+  for (const char* m : {"full", "lora", "pissa", "milora", "olora", "orthogonal"})
     app.add_option(std::string("--lr-") + m, o.lr[m], std::string("learning rate of ") + m)->capture_default_str();
   return milora::tools::run_tool("compare_inits", app, argc, argv, [&] { run(o); });
 }

@@ -1,4 +1,5 @@
-// milora-finetune: fine-tune a Hugging Face LLaMA folder with LoRA, PiSSA or MiLoRA adapters on the CPU.
+// milora-finetune: fine-tune a Hugging Face LLaMA folder with LoRA, PiSSA, MiLoRA, OLoRA or orthogonal
+// adapters on the CPU.
 //
 //   milora-finetune --model DIR --data train.txt --method milora --rank 16 --steps 200 --out run
 //
@@ -95,6 +96,8 @@ void run(const Options& o) {
     throw milora::io_error(concat("output '", o.out, "' already exists; choose another --out or --resume a checkpoint in it"));
   const bool fast = o.solver == "fast";
   if (o.method == "lora") finetune<milora::KaimingUniform>(o);
+  else if (o.method == "olora") finetune<milora::LeadingQR>(o);
+  else if (o.method == "orthogonal") finetune<milora::OrthogonalInit>(o);
   else if (o.method == "pissa") fast ? finetune<milora::PrincipalSVD<milora::RandomizedSVD>>(o) : finetune<milora::PrincipalSVD<>>(o);
   else fast ? finetune<milora::MinorSVD<milora::CholeskyKrylovSVD>>(o) : finetune<milora::MinorSVD<>>(o);
 }
@@ -109,7 +112,9 @@ int main(int argc, char** argv) {
   app.add_option("--data", o.data, "training data: text, or little-endian uint32 token ids in a .u32 file")->required()->check(CLI::ExistingFile);
   app.add_option("--val-data", o.val_data, "held-out data (default: the last --val-fraction of --data)")->check(CLI::ExistingFile);
   app.add_option("--val-fraction", o.val_fraction, "share of --data held out when no --val-data is given")->capture_default_str()->check(CLI::Range(0.0, 0.5));
-  app.add_option("--method", o.method, "lora | pissa | milora")->capture_default_str()->check(CLI::IsMember({"lora", "pissa", "milora"}));
+  app.add_option("--method", o.method, "lora | pissa | milora | olora | orthogonal")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"lora", "pissa", "milora", "olora", "orthogonal"}));
   app.add_option("--solver", o.solver, "exact (LAPACK) | fast (randomized SVD / Cholesky-Krylov)")->capture_default_str()->check(CLI::IsMember({"exact", "fast"}));
   app.add_option("--rank", o.rank, "adapter rank r")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--alpha", o.alpha, "lora_alpha (default 2 * rank)")->check(CLI::PositiveNumber);

@@ -156,6 +156,22 @@ TEST_CASE("compare_inits in miniature: every output, well-formed; the cached mod
               (dir / "task_heldout.txt").string() + " --seq 24 --batch 8 > " + (dir / "eval2.txt").string() + " 2>/dev/null") == 0);
   const auto eval2 = nlohmann::json::parse(milora_test::read_file(dir / "eval2.txt"));
   CHECK(std::stod(text[1][5]) == doctest::Approx(eval2["loss"].get<double>()).epsilon(1e-5));
+  // the opt-in policies run through the same pipeline; an unknown method is refused before pre-training
+  REQUIRE(run(common + " --model " + (out / "pretrained").string() + " --task " + (dir / "task.txt").string() +
+              " --methods olora,orthogonal --seeds 1 --out " + (dir / "more").string() + " > /dev/null 2> " +
+              (dir / "stderr5.txt").string()) == 0);
+  const auto more = read_csv(dir / "more" / "results.csv");
+  REQUIRE(more.size() == 3);
+  CHECK(more[1][0] == "olora");
+  CHECK(more[2][0] == "orthogonal");
+  for (std::size_t i = 1; i < 3; ++i) {
+    CHECK(std::stod(more[i][6]) < std::stod(more[i][5]));  // learned something of the task
+    CHECK(std::stod(more[i][11]) + std::stod(more[i][12]) <= 1 + 1e-9);
+  }
+  REQUIRE(run(common + " --methods lora,dora --seeds 1 --out " + (dir / "bad").string() + " > /dev/null 2> " +
+              (dir / "stderr6.txt").string()) != 0);
+  CHECK(milora_test::read_file(dir / "stderr6.txt").find("unknown method 'dora'") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir / "bad" / "pretrained"));  // refused before pre-training
   const std::string missing = dir.path.string() + "/no-such-task";
   REQUIRE(run(common + " --seeds 1 --task " + missing + " --out " + (dir / "text").string() + " > /dev/null 2> " + (dir / "stderr4.txt").string()) != 0);
   CHECK(milora_test::read_file(dir / "stderr4.txt").find("task '" + missing + "' does not exist") != std::string::npos);

@@ -88,6 +88,32 @@ TEST_CASE("milora-finetune / -eval / -generate: train, checkpoint, resume bit fo
   CHECK(run("milora-generate", gen, dir).out == r.out);
 }
 
+// The checkpoint's plain_lora export exists exactly for the methods whose init changed the base
+// (OLoRA does, orthogonal does not), and milora-eval of the checkpoint on the original model gives
+// the trainer's held-out loss for both: the export is right whichever way the init went.
+TEST_CASE("milora-finetune --method olora / orthogonal: train, checkpoint, evaluate on the original model") {
+  milora_test::ScratchDir dir;
+  milora_test::write_file(dir / "train.txt", text(600));
+  const std::string train = milora_test::read_file(dir / "train.txt");
+  milora_test::write_file(dir / "val.txt", train.substr(train.size() - std::size_t(double(train.size()) * 0.1)));
+  for (const char* method : {"olora", "orthogonal"}) {
+    CAPTURE(method);
+    const auto out = dir / method;
+    auto r = run("milora-finetune", "--model " + kModel.string() + " --data " + (dir / "train.txt").string() + " --method " +
+                                        method + " --rank 4 --steps 6 --lr 5e-3 --batch 2 --seq 32 --save-every 6 --quiet --out " +
+                                        out.string(),
+                 dir);
+    REQUIRE_MESSAGE(r.status == 0, r.err);
+    const auto result = r.last_json();
+    CHECK(std::filesystem::exists(out / "checkpoint-6" / "plain_lora") == (std::string(method) == "olora"));
+    r = run("milora-eval", "--model " + kModel.string() + " --adapter " + (out / "checkpoint-6").string() + " --data " +
+                               (dir / "val.txt").string() + " --seq 32 --batch 2",
+            dir);
+    REQUIRE_MESSAGE(r.status == 0, r.err);
+    CHECK(r.last_json()["loss"].get<double>() == doctest::Approx(result["val_loss"].get<double>()).epsilon(1e-5));
+  }
+}
+
 TEST_CASE("milora-finetune / -eval: bad input is one error line and a non-zero exit") {
   milora_test::ScratchDir dir;
   milora_test::write_file(dir / "short.txt", "too short");
