@@ -76,3 +76,52 @@ if(MILORA_USE_IO AND NOT TARGET milora::io)
     message(STATUS "milora: nlohmann_json not found: no milora::io")
   endif()
 endif()
+
+#   milora::cuda           the CUDA toolkit's cudart, cuBLAS and cuSOLVER when found and
+#                          MILORA_USE_CUDA is on: defines MILORA_HAS_CUDA, for
+#                          milora/backend/cuda.hpp. The kernels are one source file a program
+#                          compiles with nvcc: milora_add_cuda_kernels(<target>) adds it (the project
+#                          must have enabled the CUDA language). Not created otherwise. A machine
+#                          without a GPU still builds and links everything; CudaBackend throws
+#                          device_error at run time.
+if(NOT DEFINED MILORA_USE_CUDA)
+  set(MILORA_USE_CUDA ON)
+endif()
+if(MILORA_USE_CUDA AND NOT TARGET milora::cuda)
+  find_package(CUDAToolkit QUIET)
+  if(CUDAToolkit_FOUND)
+    add_library(milora::cuda INTERFACE IMPORTED GLOBAL)
+    set_target_properties(milora::cuda PROPERTIES
+      INTERFACE_LINK_LIBRARIES "milora::milora;CUDA::cudart;CUDA::cublas;CUDA::cusolver"
+      INTERFACE_COMPILE_DEFINITIONS MILORA_HAS_CUDA)
+    if(NOT milora_FIND_QUIETLY)
+      message(STATUS "milora: CUDA toolkit ${CUDAToolkit_VERSION} found: CudaBackend available")
+    endif()
+  else()
+    message(STATUS "milora: CUDA toolkit not found: no CudaBackend")
+  endif()
+endif()
+# The kernels' source: next to the headers, in the source tree and once installed.
+find_file(MILORA_CUDA_KERNELS_SOURCE milora/backend/cuda/kernels.cu
+          PATHS ${CMAKE_CURRENT_LIST_DIR}/../include ${CMAKE_CURRENT_LIST_DIR}/../../../include
+                ${CMAKE_CURRENT_LIST_DIR}/../../../../include
+          NO_DEFAULT_PATH)
+function(milora_add_cuda_kernels target)
+  if(NOT MILORA_CUDA_KERNELS_SOURCE)
+    message(FATAL_ERROR "milora_add_cuda_kernels: milora/backend/cuda/kernels.cu not found next to milora's headers")
+  endif()
+  target_sources(${target} PRIVATE ${MILORA_CUDA_KERNELS_SOURCE})
+  # A target made before enable_language(CUDA) has no CUDA_ARCHITECTURES; give it the project's,
+  # else A100 and H100 / H200.
+  get_target_property(_milora_archs ${target} CUDA_ARCHITECTURES)
+  if(NOT _milora_archs)
+    if(CMAKE_CUDA_ARCHITECTURES)
+      set_property(TARGET ${target} PROPERTY CUDA_ARCHITECTURES ${CMAKE_CUDA_ARCHITECTURES})
+    else()
+      set_property(TARGET ${target} PROPERTY CUDA_ARCHITECTURES 80 90)
+    endif()
+  endif()
+  # The headers are C++20; set by flag because CMake up to 3.25 cannot map CUDA_STANDARD 20 to nvcc 13.
+  target_compile_options(${target} PRIVATE $<$<COMPILE_LANGUAGE:CUDA>:-std=c++20>)
+  target_link_libraries(${target} PRIVATE milora::cuda)
+endfunction()

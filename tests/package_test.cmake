@@ -1,5 +1,5 @@
 # cmake -DMODE=install|subdirectory -DSOURCE=<milora source> -DBUILD=<milora build> -DWORK=<dir>
-#       -DEXPECT_XTENSOR=ON|OFF -DEXPECT_IO=ON|OFF -P package_test.cmake
+#       -DEXPECT_XTENSOR=ON|OFF -DEXPECT_IO=ON|OFF -DEXPECT_CUDA=ON|OFF -P package_test.cmake
 file(REMOVE_RECURSE ${WORK})
 set(consumer_args)
 if(MODE STREQUAL "install")
@@ -14,6 +14,7 @@ else()
 endif()
 execute_process(COMMAND ${CMAKE_COMMAND} -S ${SOURCE}/tests/consumer -B ${WORK}/build ${consumer_args}
                         -DMILORA_EXPECT_XTENSOR=${EXPECT_XTENSOR} -DMILORA_EXPECT_IO=${EXPECT_IO}
+                        -DMILORA_EXPECT_CUDA=${EXPECT_CUDA}
                 RESULT_VARIABLE rc)
 if(rc)
   message(FATAL_ERROR "configuring the consumer (${MODE}) failed")

@@ -50,7 +50,7 @@ TEST_CASE_TEMPLATE("AdamW: matrices follow the documented rule element by elemen
   CHECK(host<B>(g).norm() == 0.0);
 }
 
-TEST_CASE_TEMPLATE("AdamW: trains an adapter's parameters; bad hyperparameters are refused", B, MILORA_TEST_BACKENDS) {
+TEST_CASE_TEMPLATE("AdamW: trains an adapter's parameters, bad hyperparameters are refused", B, MILORA_TEST_BACKENDS) {
   milora::Linear<B> layer(device<B>(random_normal(6, 5, 95)));
   milora::MiLoRA<B> ad(layer, {.rank = 2, .alpha = 2});
   milora::AdamW<B> opt;

@@ -96,7 +96,7 @@ TEST_CASE_TEMPLATE("bad bias, or a layer whose sizes disagree with its weight", 
   CHECK(contains(msg, "6x5"));
 }
 
-TEST_CASE_TEMPLATE("PiSSA / MiLoRA on an all-zero W: value_error naming the init, layer untouched; LoRA's init is fine", B,
+TEST_CASE_TEMPLATE("PiSSA / MiLoRA on an all-zero W: value_error naming the init, layer untouched, LoRA's init is fine", B,
                    MILORA_TEST_BACKENDS) {
   milora::Linear<B> layer(device<B>(HostMatrix::Zero(6, 4)));
   auto msg = message_of<milora::value_error>([&] { milora::MiLoRA<B> a(layer, {.rank = 2}); });
@@ -137,7 +137,7 @@ TEST_CASE("PiSSA / MiLoRA on a rank-deficient W (rank 3 of 12 x 16, double): W' 
 
 // The two-step construction a model uses (every init first, then every adapter) gives the same
 // adapter as the one-step constructor, and factors that do not fit are refused before W changes.
-TEST_CASE_TEMPLATE("initial_factors + the factors constructor: the one-step adapter; wrong factors: shape_error, layer untouched", B,
+TEST_CASE_TEMPLATE("initial_factors + the factors constructor: the one-step adapter, wrong factors: shape_error, layer untouched", B,
                    MILORA_TEST_BACKENDS) {
   const HostMatrix w0 = random_normal(7, 5, 103);
   milora::Linear<B> one(device<B>(w0)), two(device<B>(w0));

@@ -17,7 +17,7 @@ constexpr double factor_tol = is_float<B> ? 2e-5 : 1e-12;
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("OLoRA: B = Q[:, :r] orthonormal, A = R[:r, :], B*A = W projected on its first r columns; W' + s*B*A = W",
+TEST_CASE_TEMPLATE("OLoRA: B = Q[:, :r] orthonormal, A = R[:r, :], B*A = W projected on its first r columns, W' + s*B*A = W",
                    B, MILORA_TEST_BACKENDS) {
   for (auto [out, in] : kShapes) {
     CAPTURE(out);

@@ -14,9 +14,17 @@
 #if defined(MILORA_HAS_XTENSOR)
 #include "milora/backend/xtensor.hpp"
 #endif
+#if defined(MILORA_TEST_CUDA_BACKENDS)
+#include "milora/backend/cuda.hpp"
+#endif
 
 // Every backend-generic test runs on each of these; a new backend joins by being added here.
-#if defined(MILORA_HAS_XTENSOR)
+// The CUDA suite (milora_cuda_tests, tests/cuda) compiles the same files with
+// MILORA_TEST_CUDA_BACKENDS, so that each case runs on CudaBackend instead.
+#if defined(MILORA_TEST_CUDA_BACKENDS)
+#define MILORA_TEST_BACKENDS milora::CudaBackend<float>, milora::CudaBackend<double>
+#define MILORA_TEST_DOUBLE_BACKENDS milora::CudaBackend<double>
+#elif defined(MILORA_HAS_XTENSOR)
 #define MILORA_TEST_BACKENDS                                                                    \
   milora::EigenBackend<float>, milora::EigenBackend<double>, milora::XtensorBackend<float>,      \
       milora::XtensorBackend<double>

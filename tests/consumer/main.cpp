@@ -2,6 +2,9 @@
 #if defined(MILORA_HAS_XTENSOR)
 #include <milora/backend/xtensor.hpp>
 #endif
+#if defined(CONSUMER_USES_CUDA)
+#include <milora/backend/cuda.hpp>
+#endif
 #if defined(MILORA_HAS_IO)
 #include <cstdio>
 #include <milora/io.hpp>
@@ -32,6 +35,17 @@ int main() {
     w.write("consumer.safetensors");
     ok = ok && milora::io::SafetensorsFile("consumer.safetensors").load<float>("x").data == std::vector<float>{1.5f, -2.0f};
     std::remove("consumer.safetensors");
+  }
+#endif
+#if defined(CONSUMER_USES_CUDA)  // with a GPU the contract; without one, the documented device_error
+  if (milora::cuda::device_count() > 0) {
+    ok = ok && contract_holds<milora::CudaBackend<float>>();
+  } else {
+    try {
+      (void)milora::CudaBackend<float>::zeros(2, 2);
+      ok = false;
+    } catch (const milora::device_error&) {
+    }
   }
 #endif
   return ok ? 0 : 1;

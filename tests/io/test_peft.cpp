@@ -50,7 +50,7 @@ double max_rel_diff(const std::vector<T>& a, const std::vector<T>& b) {
 
 }  // namespace
 
-TEST_CASE("PEFT adapter folder: PEFT's key names, shapes, config fields and types; round trip") {
+TEST_CASE("PEFT adapter folder: PEFT's key names, shapes, config fields and types, round trip") {
   ScratchDir dir;
   const auto a = small_adapter();
   save_peft_adapter(a, dir.path);

@@ -192,7 +192,7 @@ TEST_CASE("milora-init (MiLoRA) -> train -> milora-convert -> milora-merge, end 
   CHECK(no_partial_left(dir.path));
 }
 
-TEST_CASE("milora-init PiSSA (fast solver) on a BF16 model keeps dtypes; LoRA writes no residual") {
+TEST_CASE("milora-init PiSSA (fast solver) on a BF16 model keeps dtypes, LoRA writes no residual") {
   ScratchDir dir;
   make_model(dir / "base", DType::BF16);
   auto r = run_tool("milora-init", "--model " + (dir / "base").string() +
@@ -221,7 +221,7 @@ TEST_CASE("milora-init PiSSA (fast solver) on a BF16 model keeps dtypes; LoRA wr
   CHECK(q0.A.data != q1.A.data);  // each module its own stream
 }
 
-TEST_CASE("milora-init OLoRA writes a residual model with W' + s*B*A = W and orthonormal B; orthogonal none, with B*A = 0") {
+TEST_CASE("milora-init OLoRA writes a residual model with W' + s*B*A = W and orthonormal B, orthogonal none, with B*A = 0") {
   ScratchDir dir;
   make_model(dir / "base", DType::F32);
   auto r = run_tool("milora-init", "--model " + (dir / "base").string() + " --method olora --rank 3 --alpha 6 --out " +

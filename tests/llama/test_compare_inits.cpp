@@ -85,7 +85,7 @@ int run(const std::string& cmd) {
 
 }  // namespace
 
-TEST_CASE("compare_inits in miniature: every output, well-formed; the cached model is reused; perplexity agrees with milora-eval") {
+TEST_CASE("compare_inits in miniature: every output, well-formed, the cached model is reused, perplexity agrees with milora-eval") {
   milora_test::ScratchDir dir;
   std::string corpus;
   for (int i = 0; i < 120; ++i) corpus += "A fortune a day keeps the bugs away. Number " + std::to_string(i * 37 % 101) + ".\n%\n";

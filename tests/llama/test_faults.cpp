@@ -179,7 +179,7 @@ TEST_CASE("a run killed at random moments (often mid-checkpoint) never leaves a 
         milora::io::read_json_file(dir / "ref" / "checkpoint-40" / "trainer_state.json")["last_loss"]);
 }
 
-TEST_CASE("latest_checkpoint: the highest complete checkpoint-<N>; folders being written and unreadable ones are skipped") {
+TEST_CASE("latest_checkpoint: the highest complete checkpoint-<N>, folders being written and unreadable ones are skipped") {
   milora_test::ScratchDir dir;
   CHECK(llama::latest_checkpoint(dir / "none").empty());
   for (int n : {2, 10, 9}) {
@@ -253,7 +253,7 @@ milora::view_t<BE> weight_of(Model& m, const std::string& name) {  // a base wei
 
 }  // namespace
 
-TEST_CASE("NaN / Inf stop training: the error names the step and where the first one is; parameters and the last checkpoint are kept") {
+TEST_CASE("NaN / Inf stop training: the error names the step and where the first one is, parameters and the last checkpoint are kept") {
   SUBCASE("a NaN in a frozen base weight") {
     SmallRun r;
     const auto msg = r.fail_after_three([&] { weight_of(*r.model, "model.layers.1.mlp.up_proj.weight")(2, 5) = NAN; });

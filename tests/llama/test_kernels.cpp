@@ -97,7 +97,7 @@ TEST_CASE("rope: rotate-half layout, inverse with sign -1, backward = inverse ro
   check_gradient(dx, numeric_gradient(loss, x), "rope dx");
 }
 
-TEST_CASE("attention: causal grouped-query forward against a direct formula; backward against finite differences") {
+TEST_CASE("attention: causal grouped-query forward against a direct formula, backward against finite differences") {
   const llama::AttentionShape s{2, 4, 4, 2, 3};  // batch 2, seq 4, 4 query heads sharing 2 kv heads
   const Index n = s.batch * s.seq, cq = s.heads * s.head_dim, ckv = s.kv_heads * s.head_dim;
   const M q = randn(n, cq, 6), k = randn(n, ckv, 7), v = randn(n, ckv, 8), R = randn(n, cq, 9);
@@ -174,7 +174,7 @@ TEST_CASE("cross_entropy: mean over non-ignored targets, gradient, bad targets r
   CHECK(dlogits.cwiseAbs().maxCoeff() == 0.0);
 }
 
-TEST_CASE("embed: rows of the table; a token outside the vocabulary is named") {
+TEST_CASE("embed: rows of the table, a token outside the vocabulary is named") {
   const M table = randn(5, 3, 14);
   M out(3, 3);
   const std::vector<Token> tokens = {4, 0, 4};

@@ -85,7 +85,7 @@ TEST_CASE("Llama<double>: every adapter gradient (all 7 targets, GQA, tied and u
   }
 }
 
-TEST_CASE("Llama<double>: PiSSA and MiLoRA starts leave the logits unchanged; LoRA (B = 0) too") {
+TEST_CASE("Llama<double>: PiSSA and MiLoRA starts leave the logits unchanged, LoRA (B = 0) too") {
   using BE = milora::EigenBackend<double>;
   const auto cfg = llama_test::tiny_config();
   const Index batch = 1, seq = 6;

@@ -38,7 +38,7 @@ fs::path fresh_dir(const std::string& name) {
 
 }  // namespace
 
-TEST_CASE("lr_factor is transformers' cosine schedule with warm-up; clipping is clip_grad_norm_") {
+TEST_CASE("lr_factor is transformers' cosine schedule with warm-up, clipping is clip_grad_norm_") {
   CHECK(llama::lr_factor(0, 10, 100) == 0.0);  // transformers starts warm-up at 0
   CHECK(llama::lr_factor(5, 10, 100) == doctest::Approx(0.5));
   CHECK(llama::lr_factor(10, 10, 100) == doctest::Approx(1.0));
@@ -82,7 +82,7 @@ TEST_CASE("a tiny LLaMA's adapters (MiLoRA, all projections) overfit a short tex
   CHECK(best == tokens[20]);
 }
 
-TEST_CASE("checkpoint + resume continues bit for bit; the checkpoint is a PEFT folder (+ plain_lora for residual methods)") {
+TEST_CASE("checkpoint + resume continues bit for bit, the checkpoint is a PEFT folder (+ plain_lora for residual methods)") {
   using Model = llama::Llama<BE, milora::PrincipalSVD<>>;
   const auto tokens = text_tokens("The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs. ");
   const std::vector<std::string> targets = {"q_proj", "v_proj", "up_proj"};
@@ -135,7 +135,7 @@ TEST_CASE("checkpoint + resume continues bit for bit; the checkpoint is a PEFT f
   fs::remove_all(out);
 }
 
-TEST_CASE("data: u32 token files are validated; too little data for a batch is named") {
+TEST_CASE("data: u32 token files are validated, too little data for a batch is named") {
   const auto dir = fresh_dir("data");
   fs::create_directories(dir);
   const auto tok = llama::Tokenizer::for_model(dir, 256);

@@ -37,6 +37,12 @@ struct numerical_error : std::runtime_error {
   using std::runtime_error::runtime_error;
 };
 
+/// An accelerator or its libraries refused: the CUDA runtime, cuBLAS, cuSOLVER (no device, out
+/// of device memory, a kernel that failed to launch). The message names the call.
+struct device_error : std::runtime_error {
+  using std::runtime_error::runtime_error;
+};
+
 /// A file from outside broke a rule of its format (safetensors, config.json, a PEFT adapter).
 /// The message names the file, the entry and the rule.
 struct format_error : std::runtime_error {

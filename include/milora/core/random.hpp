@@ -12,11 +12,7 @@
 #include <cstdint>
 #include <numbers>
 
-#if defined(__CUDACC__)
-#define MILORA_HOST_DEVICE __host__ __device__
-#else
-#define MILORA_HOST_DEVICE
-#endif
+#include "milora/core/host_device.hpp"
 
 namespace milora::random {
 

@@ -1,0 +1,89 @@
+// The per-thread CUDA context of CudaBackend: one stream and the cuBLAS and cuSOLVER handles bound
+// to it, created on first use on the thread's current device (cudaSetDevice before the first call
+// picks another one).
+//
+// Why per thread: CudaBackend has static members only (the Backend concept), so the handles cannot
+// live in an object the caller passes. cuBLAS and cuSOLVER handles must not be shared between
+// threads without locking, and a stream per thread lets two threads' adapters overlap. All work of
+// one thread is ordered on its stream; results reach the host only through to_host (and the few
+// scalars all_finite / squared_norm / a solver's info return), which synchronise that stream.
+#pragma once
+
+#include <string>
+
+#include "milora/backend/cuda/status.hpp"
+
+namespace milora::cuda {
+
+/// Number of CUDA devices; 0 when there is no driver or no device (never throws).
+inline int device_count() noexcept {
+  int n = 0;
+  if (cudaGetDeviceCount(&n) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear the sticky "no device" error for later calls
+    return 0;
+  }
+  return n;
+}
+
+/// Why there is no usable device, for skip messages and errors; empty when there is one.
+inline std::string no_device_reason() {
+  int n = 0;
+  const cudaError_t status = cudaGetDeviceCount(&n);
+  if (status != cudaSuccess) {
+    (void)cudaGetLastError();
+    return detail::concat("cudaGetDeviceCount: ", cudaGetErrorName(status), " (", cudaGetErrorString(status), ")");
+  }
+  return n == 0 ? std::string("cudaGetDeviceCount: 0 devices") : std::string();
+}
+
+class Context {
+ public:
+  Context() {
+    if (const std::string why = no_device_reason(); !why.empty())
+      throw device_error("CudaBackend needs a CUDA device: " + why);
+    check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
+    try {
+      check(cublasCreate(&blas_), "cublasCreate");
+      check(cublasSetStream(blas_, stream_), "cublasSetStream");
+      check(cusolverDnCreate(&solver_), "cusolverDnCreate");
+      check(cusolverDnSetStream(solver_, stream_), "cusolverDnSetStream");
+    } catch (...) {
+      release();
+      throw;
+    }
+  }
+  ~Context() { release(); }
+  Context(const Context&) = delete;
+  Context& operator=(const Context&) = delete;
+
+  cudaStream_t stream() const { return stream_; }
+  cublasHandle_t blas() const { return blas_; }
+  cusolverDnHandle_t solver() const { return solver_; }
+
+  /// Waits for the thread's queued work; a failure of an earlier asynchronous kernel surfaces here.
+  void synchronize(const char* after) const {
+    check(cudaStreamSynchronize(stream_), after);
+  }
+
+ private:
+  void release() noexcept {
+    if (solver_ != nullptr) cusolverDnDestroy(solver_);
+    if (blas_ != nullptr) cublasDestroy(blas_);
+    if (stream_ != nullptr) cudaStreamDestroy(stream_);
+    solver_ = nullptr;
+    blas_ = nullptr;
+    stream_ = nullptr;
+  }
+
+  cudaStream_t stream_ = nullptr;
+  cublasHandle_t blas_ = nullptr;
+  cusolverDnHandle_t solver_ = nullptr;
+};
+
+/// The calling thread's context, created on first use.
+inline Context& context() {
+  thread_local Context ctx;
+  return ctx;
+}
+
+}  // namespace milora::cuda
