@@ -1,4 +1,4 @@
-// The literature's other starts as policies (OLoRA, PEFT's orthogonal): the property each paper
+// The literature's other starts as policies (OLoRA, PEFT's orthogonal, MiCA): the property each paper
 // states, checked against an independent computation in double (Eigen's own QR / a normal-equation
 // projection / a Jacobi SVD, none of which is the code under test), plus the adapter-level
 // contract (W' + s*B*A = W, output unchanged), merge / unmerge and bad input, on every backend.
@@ -110,7 +110,58 @@ TEST_CASE_TEMPLATE("orthogonal: PEFT's scale (entries of A have mean square 1/20
   CHECK(host<B>(l4.weight()) == before);
 }
 
-TEST_CASE_TEMPLATE("OLoRA and orthogonal: merge then unmerge restores the base, merged forward equals unmerged", B,
+TEST_CASE_TEMPLATE("MiCA: B = the r minor left singular vectors (frozen), A = 0, base and output unchanged, only A trains, "
+                   "every update stays in the minor subspace",
+                   B, MILORA_TEST_BACKENDS) {
+  const Index r = 3;
+  for (auto [out, in] : kShapes) {
+    CAPTURE(out);
+    CAPTURE(in);
+    // A clear gap above the r smallest singular values, so the minor subspace is well defined.
+    const HostMatrix w0 = host<B>(device<B>(with_spectrum(out, in, gapped_spectrum(std::min(out, in), r), 241)));
+    milora::Linear<B> layer(device<B>(w0));
+    milora::MiCA<B> ad(layer, {.rank = r, .alpha = 6});
+    CHECK(ad.frozen_B());
+    CHECK_FALSE(ad.residual());
+    CHECK(host<B>(layer.weight()) == w0);  // the base is not touched at all
+    CHECK(host<B>(ad.A()).norm() == 0.0);
+
+    // B against an independent Jacobi SVD in double: orthonormal columns spanning U's last r.
+    const ReferenceSVD ref(w0);
+    const Eigen::MatrixXd u_minor = ref.U.rightCols(r);
+    const HostMatrix b = host<B>(ad.B());
+    CHECK((b.transpose() * b - HostMatrix::Identity(r, r)).norm() <= factor_tol<B>);
+    // 1 - overlap ~ (eps * sigma_max / gap)^2: 1e-13 in float here, so 1e-6 is a wide margin.
+    CHECK((u_minor.transpose() * b).squaredNorm() / double(r) >= 1 - (is_float<B> ? 1e-6 : 1e-12));
+
+    // Output unchanged at init; only A is a parameter; r * in numbers train.
+    const HostMatrix x = random_normal(6, in, 242), g = random_normal(6, out, 243);
+    CHECK(rel_err(host<B>(ad.forward(device<B>(x))), x * w0.transpose()) <= contract_tol<B>);
+    auto params = ad.parameters();
+    REQUIRE(params.size() == 1);
+    CHECK(params[0].name == "lora_A");
+    CHECK(ad.num_trainable() == r * in);
+
+    // Three AdamW steps: A moves, B does not change by a bit, and s*B*A lies in span(U_minor).
+    milora::AdamW<B> opt({.lr = 1e-2});
+    opt.add_all(ad.parameters());
+    for (int step = 0; step < 3; ++step) {
+      auto y = B::zeros(6, out), h = B::zeros(6, r), dx = B::zeros(6, in);
+      ad.forward(device<B>(x), y, h);
+      opt.zero_grad();
+      ad.backward(device<B>(x), h, device<B>(g), dx);
+      opt.step();
+    }
+    CHECK(host<B>(ad.B()) == b);
+    CHECK(host<B>(ad.grad_B()).norm() == 0.0);
+    const HostMatrix delta = ad.scale() * b * host<B>(ad.A());
+    CHECK(delta.norm() > 0);
+    const HostMatrix outside = delta - u_minor * (u_minor.transpose() * delta);
+    CHECK(outside.norm() <= (is_float<B> ? 1e-5 : 1e-10) * delta.norm());
+  }
+}
+
+TEST_CASE_TEMPLATE("OLoRA, orthogonal and MiCA: merge then unmerge restores the base, merged forward equals unmerged", B,
                    MILORA_TEST_BACKENDS) {
   auto check = [](auto init) {
     using Init = decltype(init);
@@ -129,4 +180,5 @@ TEST_CASE_TEMPLATE("OLoRA and orthogonal: merge then unmerge restores the base, 
   };
   check(milora::LeadingQR{});
   check(milora::OrthogonalInit{});
+  check(milora::MinorLeftSingular<>{});
 }

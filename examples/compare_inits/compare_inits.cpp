@@ -27,6 +27,7 @@
 #include <tuple>
 
 #include "../tools/tool_common.hpp"
+#include "calibration.hpp"
 #include "kernels_cpu.hpp"
 #include "subspace.hpp"
 #include "task.hpp"
@@ -40,16 +41,21 @@ using compare::Index;
 using llama::Token;
 using milora::detail::concat;
 
+// Every method compare_inits can run, in the order the help lists them.
+constexpr const char* kMethods = "full,lora,pissa,milora,olora,orthogonal,mica,corda-kpm,corda-ipm,eva,lora-ga";
+
 struct Options {
   std::string out = "compare_inits_out", model, corpus = "/usr/share/games/fortunes", task = "/usr/share/games/fortunes/de";
   std::string methods = "full,lora,pissa,milora", targets = "q_proj,k_proj,v_proj,up_proj,down_proj";
   Index rank = 8, steps = 600, seeds = 3, batch = 8, seq = 96;
   Index pretrain_steps = 1500, pretrain_hidden = 128, pretrain_layers = 4;
   // each method's best of three on the task (docs/demo.md)
-  // full, lora, pissa, milora: each the best of three on the German task (docs/demo.md); olora and
-  // orthogonal (opt-in through --methods): not tuned, PiSSA's and LoRA's values.
-  std::map<std::string, double> lr = {{"full", 1e-3},  {"lora", 1e-2},  {"pissa", 3e-3},
-                                      {"milora", 1e-2}, {"olora", 3e-3}, {"orthogonal", 1e-2}};
+  // full, lora, pissa, milora: each the best of three on the German task (docs/demo.md); olora,
+  // orthogonal, mica, corda-kpm, corda-ipm, eva and lora-ga (opt-in through --methods): not tuned,
+  // the values of their closest relatives (PiSSA, LoRA, MiLoRA, MiLoRA, PiSSA, LoRA, LoRA).
+  std::map<std::string, double> lr = {{"full", 1e-3},  {"lora", 1e-2},  {"pissa", 3e-3},     {"milora", 1e-2},
+                                      {"olora", 3e-3}, {"orthogonal", 1e-2}, {"mica", 1e-2},
+                                      {"corda-kpm", 1e-2}, {"corda-ipm", 3e-3}, {"eva", 1e-2}, {"lora-ga", 1e-2}};
   Index eval_batches = 24;  // corpus held-out batches of 8 x 128 for perplexity
 };
 
@@ -144,7 +150,9 @@ Row run_one(const Options& o, const std::string& method, unsigned seed, const fs
   const auto targets = milora::tools::split_list(o.targets);
   const auto t0 = std::chrono::steady_clock::now();
   if (method == "full") model->enable_full_training();
-  else model->add_adapters(targets, {.rank = o.rank, .alpha = double(o.rank), .seed = seed});
+  else  // CorDA / EVA / LoRA-GA: calibrated on the first 8 batches of the task's training data
+    llama::add_adapters_calibrated(*model, targets, {.rank = o.rank, .alpha = double(o.rank), .seed = seed}, d.task_train,
+                                   o.batch, o.seq, 8);
   Row row;
   row.method = method;
   row.seed = seed;
@@ -199,8 +207,14 @@ Row run_method(const Options& o, const std::string& m, unsigned seed, const fs::
   if (m == "milora") return run_one<milora::MinorSVD<>>(o, m, seed, dir, d, task, ppl, c);
   if (m == "olora") return run_one<milora::LeadingQR>(o, m, seed, dir, d, task, ppl, c);
   if (m == "orthogonal") return run_one<milora::OrthogonalInit>(o, m, seed, dir, d, task, ppl, c);
+  if (m == "mica") return run_one<milora::MinorLeftSingular<>>(o, m, seed, dir, d, task, ppl, c);
+  if (m == "corda-kpm") return run_one<milora::ContextOrientedSVD<BE>>(o, m, seed, dir, d, task, ppl, c);
+  if (m == "corda-ipm")
+    return run_one<milora::ContextOrientedSVD<BE, milora::CordaMode::instruction_previewed>>(o, m, seed, dir, d, task, ppl, c);
+  if (m == "eva") return run_one<milora::ActivationPCA<BE>>(o, m, seed, dir, d, task, ppl, c);
+  if (m == "lora-ga") return run_one<milora::GradientApproximation<BE>>(o, m, seed, dir, d, task, ppl, c);
   if (m == "lora" || m == "full") return run_one<milora::KaimingUniform>(o, m, seed, dir, d, task, ppl, c);
-  throw milora::value_error("unknown method '" + m + "' (full, lora, pissa, milora, olora, orthogonal)");
+  throw milora::value_error("unknown method '" + m + "' (" + kMethods + ")");
 }
 
 // ---- reports ------------------------------------------------------------------------------------
@@ -312,7 +326,7 @@ plot 'energy.csv' using 2:xtic(1) title 'top-r', '' using 3 title 'bottom-r'
 void run(const Options& o) {
   for (const auto& m : milora::tools::split_list(o.methods))  // before minutes of pre-training, not after
     if (!o.lr.count(m))
-      throw milora::value_error("unknown method '" + m + "' in --methods (full, lora, pissa, milora, olora, orthogonal)");
+      throw milora::value_error("unknown method '" + m + "' in --methods (" + kMethods + ")");
   const fs::path out = o.out;
   fs::create_directories(out);
   // the pre-training corpus: 90 % to train, the last 10 % held out for forgetting
@@ -382,7 +396,7 @@ int main(int argc, char** argv) {
   app.add_option("--corpus", o.corpus, "pre-training text (file or folder) whose held-out tail measures forgetting")->capture_default_str();
   app.add_option("--task", o.task, "fine-tuning data: a text file or folder (the last 10 % held out), or `reversal` (four letters "
                                    "backwards, with exact-match accuracy)")->capture_default_str();
-  app.add_option("--methods", o.methods, "comma-separated: full, lora, pissa, milora, olora, orthogonal")->capture_default_str();
+  app.add_option("--methods", o.methods, std::string("comma-separated: ") + kMethods)->capture_default_str();
   app.add_option("--targets", o.targets, "projections to adapt")->capture_default_str();
   app.add_option("--rank", o.rank, "adapter rank (alpha = rank)")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--steps", o.steps, "fine-tuning steps per run")->capture_default_str()->check(CLI::PositiveNumber);
@@ -393,7 +407,7 @@ int main(int argc, char** argv) {
   app.add_option("--pretrain-hidden", o.pretrain_hidden, "pre-trained model width")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--pretrain-layers", o.pretrain_layers, "pre-trained model depth")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--eval-batches", o.eval_batches, "corpus held-out batches (8 x 128) for perplexity")->capture_default_str();
-  for (const char* m : {"full", "lora", "pissa", "milora", "olora", "orthogonal"})
+  for (const auto& m : milora::tools::split_list(kMethods))
     app.add_option(std::string("--lr-") + m, o.lr[m], std::string("learning rate of ") + m)->capture_default_str();
   return milora::tools::run_tool("compare_inits", app, argc, argv, [&] { run(o); });
 }

@@ -1,5 +1,5 @@
-// milora-finetune: fine-tune a Hugging Face LLaMA folder with LoRA, PiSSA, MiLoRA, OLoRA or orthogonal
-// adapters on the CPU.
+// milora-finetune: fine-tune a Hugging Face LLaMA folder with LoRA, PiSSA, MiLoRA, OLoRA, orthogonal, MiCA,
+// CorDA or EVA adapters on the CPU.
 //
 //   milora-finetune --model DIR --data train.txt --method milora --rank 16 --steps 200 --out run
 //
@@ -13,6 +13,7 @@
 #include "../tools/tool_common.hpp"
 #include "milora/spectral/cholesky_krylov.hpp"
 #include "milora/spectral/randomized.hpp"
+#include "calibration.hpp"
 #include "kernels_cpu.hpp"
 #include "trainer.hpp"
 
@@ -26,6 +27,7 @@ struct Options {
   std::string model, data, val_data, method = "milora", solver = "exact", out, resume;
   std::string targets = "q_proj,k_proj,v_proj,up_proj,down_proj";  // MiLoRA's and PiSSA's experiments
   Index rank = 16;
+  Index calibration_batches = 8;  // corda-kpm / corda-ipm / eva / lora-ga: batches of --data they see
   double alpha = 0;  // 0: alpha = 2 * rank
   double val_fraction = 0.1;
   std::uint64_t seed = 0;
@@ -33,9 +35,11 @@ struct Options {
   llama::TrainConfig train;
 };
 
+using BE = milora::EigenBackend<float>;
+
 template <class Init>
 void finetune(const Options& o) {
-  using Model = llama::Llama<milora::EigenBackend<float>, Init>;
+  using Model = llama::Llama<BE, Init>;
   const milora::io::HFModel hf(o.model);
   auto model = llama::from_pretrained<Model>(hf);
   const auto& cfg = model->config();
@@ -58,16 +62,20 @@ void finetune(const Options& o) {
   std::cerr << "milora-finetune: " << cfg.num_hidden_layers << " layers, hidden " << cfg.hidden_size << ", vocab "
             << cfg.vocab_size << "; " << n_train << " training tokens, " << n_val << " held out\n";
   auto t0 = std::chrono::steady_clock::now();
-  model->add_adapters(targets, {.rank = o.rank, .alpha = alpha, .seed = o.seed});
+  const milora::AdapterConfig adapter_config{.rank = o.rank, .alpha = alpha, .seed = o.seed};
+  // CorDA / EVA / LoRA-GA first see --calibration-batches batches of the training data through the base model
+  const Index calibration_tokens = llama::add_adapters_calibrated(*model, targets, adapter_config, loader.tokens(), o.train.batch,
+                                                                  o.train.seq, o.calibration_batches);
   std::cerr << "milora-finetune: " << o.method << " r = " << o.rank << " on " << model->num_adapters() << " projections ("
             << model->num_trainable() << " trainable of " << model->num_frozen() << " frozen parameters), initialised in "
             << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() << " s\n";
-  const nlohmann::json run = {{"model", fs::weakly_canonical(o.model).string()}, {"data", fs::weakly_canonical(o.data).string()},
+  nlohmann::json run = {{"model", fs::weakly_canonical(o.model).string()}, {"data", fs::weakly_canonical(o.data).string()},
                               {"method", o.method}, {"solver", o.solver}, {"rank", o.rank}, {"alpha", alpha},
                               {"targets", targets}, {"seed", o.seed}, {"batch", o.train.batch}, {"seq", o.train.seq},
                               {"accumulation", o.train.accumulation}, {"lr", o.train.lr}, {"warmup", o.train.warmup},
                               {"steps", o.train.steps}, {"weight_decay", o.train.weight_decay},
                               {"grad_clip", o.train.grad_clip}, {"train_tokens", n_train}};
+  if (calibration_tokens > 0) run["calibration_batches"] = o.calibration_batches;
   llama::TrainConfig tc = o.train;
   tc.out = o.out;
   tc.progress = !o.quiet;
@@ -98,6 +106,19 @@ void run(const Options& o) {
   if (o.method == "lora") finetune<milora::KaimingUniform>(o);
   else if (o.method == "olora") finetune<milora::LeadingQR>(o);
   else if (o.method == "orthogonal") finetune<milora::OrthogonalInit>(o);
+  else if (o.method == "mica") fast ? finetune<milora::MinorLeftSingular<milora::CholeskyKrylovSVD>>(o) : finetune<milora::MinorLeftSingular<>>(o);
+  else if (o.method == "corda-kpm") {
+    using enum milora::CordaMode;
+    fast ? finetune<milora::ContextOrientedSVD<BE, knowledge_preserved, milora::CholeskyKrylovSVD>>(o)
+         : finetune<milora::ContextOrientedSVD<BE, knowledge_preserved>>(o);
+  } else if (o.method == "corda-ipm") {
+    using enum milora::CordaMode;
+    fast ? finetune<milora::ContextOrientedSVD<BE, instruction_previewed, milora::RandomizedSVD>>(o)
+         : finetune<milora::ContextOrientedSVD<BE, instruction_previewed>>(o);
+  }
+  else if (o.method == "eva") finetune<milora::ActivationPCA<BE>>(o);
+  else if (o.method == "lora-ga")
+    fast ? finetune<milora::GradientApproximation<BE, milora::RandomizedSVD>>(o) : finetune<milora::GradientApproximation<BE>>(o);
   else if (o.method == "pissa") fast ? finetune<milora::PrincipalSVD<milora::RandomizedSVD>>(o) : finetune<milora::PrincipalSVD<>>(o);
   else fast ? finetune<milora::MinorSVD<milora::CholeskyKrylovSVD>>(o) : finetune<milora::MinorSVD<>>(o);
 }
@@ -112,9 +133,14 @@ int main(int argc, char** argv) {
   app.add_option("--data", o.data, "training data: text, or little-endian uint32 token ids in a .u32 file")->required()->check(CLI::ExistingFile);
   app.add_option("--val-data", o.val_data, "held-out data (default: the last --val-fraction of --data)")->check(CLI::ExistingFile);
   app.add_option("--val-fraction", o.val_fraction, "share of --data held out when no --val-data is given")->capture_default_str()->check(CLI::Range(0.0, 0.5));
-  app.add_option("--method", o.method, "lora | pissa | milora | olora | orthogonal")
+  app.add_option("--method", o.method, "lora | pissa | milora | olora | orthogonal | mica (B frozen: only A trains) | "
+                                      "corda-kpm | corda-ipm | eva (calibrated on the first --calibration-batches of --data) | "
+                                      "lora-ga (from the mean weight gradient over those batches)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"lora", "pissa", "milora", "olora", "orthogonal"}));
+      ->check(CLI::IsMember({"lora", "pissa", "milora", "olora", "orthogonal", "mica", "corda-kpm", "corda-ipm", "eva", "lora-ga"}));
+  app.add_option("--calibration-batches", o.calibration_batches, "batches of --data that CorDA / EVA collect input statistics from, LoRA-GA gradients")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
   app.add_option("--solver", o.solver, "exact (LAPACK) | fast (randomized SVD / Cholesky-Krylov)")->capture_default_str()->check(CLI::IsMember({"exact", "fast"}));
   app.add_option("--rank", o.rank, "adapter rank r")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--alpha", o.alpha, "lora_alpha (default 2 * rank)")->check(CLI::PositiveNumber);

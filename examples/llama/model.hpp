@@ -18,14 +18,17 @@
 #include <array>
 #include <cmath>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "kernels.hpp"
 #include "milora/adapters.hpp"
+#include "milora/calibration/input_statistics.hpp"
 #include "milora/core/checks.hpp"
 #include "milora/io/hf_model.hpp"
 #include "milora/io/host_matrix.hpp"
@@ -67,9 +70,12 @@ class Llama {
     milora::Linear<BE> linear{0, 0};
     std::optional<AdapterT> adapter;
     matrix h;     // x A^T of the last forward (tokens x rank), which the adapter's backward needs
-    matrix grad;  // dL/dW in full training (enable_full_training), else empty
+    matrix grad;  // dL/dW in full training (enable_full_training) or collect_weight_gradients, else empty
+    // Set only while collect_input_statistics runs: every input this layer sees is added to it.
+    std::shared_ptr<milora::InputStatistics<BE>> observer;
 
     void forward(const_view x, view y) {
+      if (observer) observer->observe(x);
       if (adapter) adapter->forward(x, y, h);
       else linear.forward(x, y);
     }
@@ -146,6 +152,7 @@ class Llama {
       for (Projection* p : b->projections()) p->grad = zeros_like(p->linear.weight());
     }
     full_ = true;
+    act_ = Activations{};  // buffers sized before full training lack the gradients' (prepare)
   }
   bool full_training() const { return full_; }
 
@@ -176,13 +183,17 @@ class Llama {
   /// unknown name or when adapters were already added, before touching any weight.
   void add_adapters(const std::vector<std::string>& targets, const milora::AdapterConfig& config,
                     const Init& init = Init{}) {
+    add_adapters_with(targets, config, [&](const std::string&) { return init; });
+  }
+
+  /// The same with a policy per projection: init_for(module path) -> Init, e.g. a data-driven
+  /// policy holding that projection's calibration statistics (collect_input_statistics).
+  template <class InitFor>
+    requires std::is_invocable_r_v<Init, InitFor&, const std::string&>
+  void add_adapters_with(const std::vector<std::string>& targets, const milora::AdapterConfig& config, InitFor&& init_for) {
     if (num_adapters() != 0) throw milora::state_error("Llama::add_adapters: the model already has adapters");
     if (full_) throw milora::state_error("Llama::add_adapters: the model is in full training");
-    if (targets.empty()) throw milora::value_error("Llama::add_adapters: no target modules");
-    for (const auto& t : targets)
-      if (std::find(kProjectionNames.begin(), kProjectionNames.end(), t) == kProjectionNames.end())
-        throw milora::value_error("Llama::add_adapters: '" + t +
-                                  "' is not a LLaMA projection (q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)");
+    check_targets(targets, "Llama::add_adapters");
     for (auto& b : blocks_) {
       for (Projection* p : b->projections()) config.validate(p->linear.out_features(), p->linear.in_features());
     }
@@ -191,24 +202,92 @@ class Llama {
     using Adapter = milora::Adapter<BE, Init>;
     std::vector<std::pair<Projection*, milora::AdapterConfig>> chosen;
     std::vector<milora::AdapterFactors<BE>> factors;
+    std::vector<Init> inits;
     std::uint64_t seed = config.seed;
     for (auto& b : blocks_)
       for (Projection* p : b->projections()) {
-        const std::string_view name = std::string_view(p->module).substr(p->module.rfind('.') + 1);
-        if (std::find(targets.begin(), targets.end(), name) == targets.end()) continue;
+        if (!targeted(*p, targets)) continue;
         milora::AdapterConfig c = config;
         c.seed = seed++;
         try {
-          factors.push_back(Adapter::initial_factors(p->linear, c, init));
+          inits.push_back(init_for(p->module));
+          factors.push_back(Adapter::initial_factors(p->linear, c, inits.back()));
         } catch (const std::exception& e) {
           rethrow_with_context(e, p->module);
         }
         chosen.emplace_back(p, c);
       }
     for (std::size_t i = 0; i < chosen.size(); ++i)
-      chosen[i].first->adapter.emplace(chosen[i].first->linear, chosen[i].second, std::move(factors[i]), init);
+      chosen[i].first->adapter.emplace(chosen[i].first->linear, chosen[i].second, std::move(factors[i]), inits[i]);
+    act_ = Activations{};  // a forward before (calibration) sized buffers for a model without adapters
     adapter_config_ = config;
     targets_ = targets;
+  }
+
+  /// dL/dW of every projection named in `targets`, accumulated over the forward_backward calls
+  /// that `run` makes (each adds grad_scale * its batch's gradient; grad_scale = 1/batches gives
+  /// the mean): module path -> gradient, for LoRA-GA. Only those weights get a gradient (not the
+  /// embedding, norms or the head); the model is left as it was, without adapters and gradients.
+  /// Call it before add_adapters.
+  template <class Run>
+  std::map<std::string, std::shared_ptr<const matrix>> collect_weight_gradients(const std::vector<std::string>& targets,
+                                                                                Run&& run) {
+    if (num_adapters() != 0) throw milora::state_error("Llama::collect_weight_gradients: the model has adapters");
+    if (full_) throw milora::state_error("Llama::collect_weight_gradients: the model is in full training");
+    check_targets(targets, "Llama::collect_weight_gradients");
+    struct Release {  // the gradients and their buffers go, whether run returns or throws
+      Llama& m;
+      ~Release() {
+        for (auto& b : m.blocks_)
+          for (Projection* p : b->projections()) p->grad = BE::zeros(0, 0);
+        m.probing_ = false;
+        m.act_ = Activations{};
+      }
+    } release{*this};
+    for (auto& b : blocks_)
+      for (Projection* p : b->projections())
+        if (targeted(*p, targets)) p->grad = BE::zeros(p->linear.out_features(), p->linear.in_features());
+    probing_ = true;
+    act_ = Activations{};  // prepare() allocates the backward's buffers while probing
+    run();
+    std::map<std::string, std::shared_ptr<const matrix>> out;
+    for (auto& b : blocks_)
+      for (Projection* p : b->projections())
+        if (BE::rows(p->grad) != 0) out[p->module] = std::make_shared<const matrix>(std::move(p->grad));
+    return out;
+  }
+
+  /// The inputs of every projection named in `targets`, over the forward passes that `run` makes
+  /// (e.g. a few batches of the fine-tuning data through forward()): module path -> statistics,
+  /// for the data-driven init policies (CorDA, EVA). Projections that read the same input (q, k
+  /// and v; gate and up) share one InputStatistics, observed once per forward. Call it before
+  /// add_adapters: it calibrates the model as it is.
+  template <class Run>
+  std::map<std::string, std::shared_ptr<milora::InputStatistics<BE>>> collect_input_statistics(
+      const std::vector<std::string>& targets, Run&& run) {
+    check_targets(targets, "Llama::collect_input_statistics");
+    std::map<std::string, std::shared_ptr<milora::InputStatistics<BE>>> out;
+    for (auto& b : blocks_)
+      for (const auto& group : {std::vector<Projection*>{&b->q, &b->k, &b->v}, {&b->o}, {&b->gate, &b->up}, {&b->down}}) {
+        std::shared_ptr<milora::InputStatistics<BE>> stats;
+        for (Projection* p : group) {
+          if (!targeted(*p, targets)) continue;
+          if (!stats) {
+            stats = std::make_shared<milora::InputStatistics<BE>>(p->linear.in_features());
+            p->observer = stats;  // the first of the group in forward order sees the shared input
+          }
+          out[p->module] = stats;
+        }
+      }
+    struct Detach {  // the observers go, whether run returns or throws
+      Llama& m;
+      ~Detach() {
+        for (auto& b : m.blocks_)
+          for (Projection* p : b->projections()) p->observer.reset();
+      }
+    } detach{*this};
+    run();
+    return out;
   }
 
   // ---- what the model is -----------------------------------------------------------------------
@@ -245,7 +324,7 @@ class Llama {
     return out;
   }
   Index num_adapters() { return Index(adapted().size()); }
-  /// Trainable parameters: r * (in + out) per adapter.
+  /// Trainable parameters: r * (in + out) per adapter (r * in where B is frozen).
   Index num_trainable() {
     Index n = 0;
     for (Projection* p : adapted()) n += p->adapter->num_trainable();
@@ -354,7 +433,7 @@ class Llama {
   /// grad_scale * d(mean loss)/d(parameter) (grad_scale = 1/accumulation steps). Returns the loss.
   double forward_backward(std::span<const Token> tokens, std::span<const Token> targets, Index batch, Index seq,
                           double grad_scale = 1.0) {
-    if (num_adapters() == 0 && !full_)
+    if (num_adapters() == 0 && !full_ && !probing_)
       throw milora::state_error("Llama::forward_backward: the model has no adapters to train");
     if (targets.size() != tokens.size())
       throw milora::shape_error(milora::detail::concat("Llama::forward_backward: ", targets.size(), " targets for ",
@@ -401,6 +480,19 @@ class Llama {
   }
 
  private:
+  static void check_targets(const std::vector<std::string>& targets, const char* who) {
+    if (targets.empty()) throw milora::value_error(std::string(who) + ": no target modules");
+    for (const auto& t : targets)
+      if (std::find(kProjectionNames.begin(), kProjectionNames.end(), t) == kProjectionNames.end())
+        throw milora::value_error(std::string(who) + ": '" + t +
+                                  "' is not a LLaMA projection (q_proj k_proj v_proj o_proj gate_proj up_proj down_proj)");
+  }
+  // Whether the projection's name (q_proj, ...) is one of `targets`.
+  static bool targeted(const Projection& p, const std::vector<std::string>& targets) {
+    const std::string_view name = std::string_view(p.module).substr(p.module.rfind('.') + 1);
+    return std::find(targets.begin(), targets.end(), name) != targets.end();
+  }
+
   // The same exception type, its message prefixed with the module it came from.
   [[noreturn]] static void rethrow_with_context(const std::exception& e, const std::string& module) {
     const std::string what = module + ": " + e.what();
@@ -459,7 +551,7 @@ class Llama {
     a.xn_final = z(n, c);
     a.rstd_final = z(1, n);
     a.logits = z(n, vocab);
-    if (num_adapters() != 0 || full_)
+    if (num_adapters() != 0 || full_ || probing_)
       grads_ = {z(n, vocab), z(n, c), z(n, c), z(n, c), z(n, cq), z(n, cq), z(n, ckv), z(n, ckv), z(n, inter), z(n, inter),
                 z(n, inter)};
     for (Projection* p : adapted()) p->h = z(n, p->adapter->rank());
@@ -488,6 +580,7 @@ class Llama {
   std::vector<std::unique_ptr<Block>> blocks_;
   matrix d_embed_, d_final_norm_, d_lm_head_;  // full training only
   bool full_ = false;
+  bool probing_ = false;  // collect_weight_gradients is running: targeted weights get dL/dW
   std::vector<std::string> weight_names_;     // config.weights() order: the names parameters() uses
   milora::AdapterConfig adapter_config_{};
   std::vector<std::string> targets_;

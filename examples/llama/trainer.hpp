@@ -248,8 +248,7 @@ class Trainer {
       const auto trained = export_adapters(model_, base_name());
       milora::io::save_peft_adapter(trained, tmp);
       if (residual()) milora::io::save_peft_adapter(milora::io::to_plain_lora(initial_, trained), tmp / "plain_lora");
-      for (auto* p : model_.adapted())
-        for (char f : {'A', 'B'}) keys.push_back(milora::io::peft_key(p->module, f));
+      keys = adapter_parameter_keys();
     }
     milora::io::SafetensorsWriter w;
     for (std::size_t i = 0; i < keys.size(); ++i) {
@@ -291,11 +290,8 @@ class Trainer {
     const auto adapter = milora::io::load_peft_adapter<T>(dir);
     const milora::io::SafetensorsFile moments(dir / "optimizer.safetensors");
     std::vector<std::pair<milora::io::HostMatrix<T>, milora::io::HostMatrix<T>>> mv;
-    for (auto* p : model_.adapted())  // load and check everything before changing anything
-      for (char f : {'A', 'B'}) {
-        const std::string key = milora::io::peft_key(p->module, f);
-        mv.emplace_back(moments.template load<T>(key + ".exp_avg"), moments.template load<T>(key + ".exp_avg_sq"));
-      }
+    for (const auto& key : adapter_parameter_keys())  // load and check everything before changing anything
+      mv.emplace_back(moments.template load<T>(key + ".exp_avg"), moments.template load<T>(key + ".exp_avg_sq"));
     train_.set_cursor(state["data_cursor"].get<std::size_t>());
     import_adapters(model_, adapter, dir.string());
     for (std::size_t i = 0; i < mv.size(); ++i)
@@ -310,6 +306,15 @@ class Trainer {
                                                                                         : fallback;
   }
   std::string base_name() const { return info("model", ""); }
+  // The PEFT key of every trained adapter factor, in the optimizer's order (model.parameters()):
+  // lora_A and lora_B of each module, lora_A only where the init froze B (MiCA).
+  std::vector<std::string> adapter_parameter_keys() const {
+    std::vector<std::string> keys;
+    for (auto* p : model_.adapted())
+      for (const auto& param : p->adapter->parameters())
+        keys.push_back(milora::io::peft_key(p->module, param.name == "lora_A" ? 'A' : 'B'));
+    return keys;
+  }
   // The adapters took s*B0*A0 out of the base (PiSSA, MiLoRA, OLoRA): checkpoints also get the
   // plain-LoRA export for the original model. Asked of the adapters, not of the method's name.
   bool residual() const {

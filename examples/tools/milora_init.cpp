@@ -1,4 +1,4 @@
-// milora-init: initialise a LoRA, PiSSA, MiLoRA, OLoRA or orthogonal adapter for a Hugging Face model folder.
+// milora-init: initialise a LoRA, PiSSA, MiLoRA, OLoRA, orthogonal or MiCA adapter for a Hugging Face model folder.
 //
 //   milora-init --model DIR --method milora --rank 16 --alpha 16 --out OUT
 //
@@ -48,16 +48,18 @@ io::LoraFactors<float> init_one(io::HostMatrix<float>& w, const milora::AdapterC
   return io::factors_of(adapter);
 }
 
-// PiSSA, MiLoRA and OLoRA replace W by W - s*B*A (a residual model is written); LoRA and
-// orthogonal leave the base alone. Only the SVD methods use --solver.
+// PiSSA, MiLoRA and OLoRA replace W by W - s*B*A (a residual model is written); LoRA,
+// orthogonal and MiCA leave the base alone. Only the SVD methods use --solver.
 bool changes_base(const std::string& method) { return method == "pissa" || method == "milora" || method == "olora"; }
-bool uses_svd(const std::string& method) { return method == "pissa" || method == "milora"; }
+bool uses_svd(const std::string& method) { return method == "pissa" || method == "milora" || method == "mica"; }
 
 io::LoraFactors<float> init_module(const Options& o, io::HostMatrix<float>& w, const milora::AdapterConfig& cfg) {
   const bool fast = o.solver == "fast";
   if (o.method == "lora") return init_one<milora::LoRA<Backend>>(w, cfg);
   if (o.method == "olora") return init_one<milora::OLoRA<Backend>>(w, cfg);
   if (o.method == "orthogonal") return init_one<milora::OrthogonalLoRA<Backend>>(w, cfg);
+  if (o.method == "mica")
+    return fast ? init_one<milora::MiCA<Backend, milora::CholeskyKrylovSVD>>(w, cfg) : init_one<milora::MiCA<Backend>>(w, cfg);
   if (o.method == "pissa")
     return fast ? init_one<milora::PiSSA<Backend, milora::RandomizedSVD>>(w, cfg) : init_one<milora::PiSSA<Backend>>(w, cfg);
   return fast ? init_one<milora::MiLoRA<Backend, milora::CholeskyKrylovSVD>>(w, cfg) : init_one<milora::MiLoRA<Backend>>(w, cfg);
@@ -129,12 +131,12 @@ void run(const Options& o) {
 
 int main(int argc, char** argv) {
   Options o;
-  CLI::App app{"milora-init: initialise a LoRA / PiSSA / MiLoRA / OLoRA / orthogonal adapter (PEFT format) for a Hugging Face\n"
+  CLI::App app{"milora-init: initialise a LoRA / PiSSA / MiLoRA / OLoRA / orthogonal / MiCA adapter (PEFT format) for a Hugging Face\n"
                "model folder. PiSSA, MiLoRA and OLoRA also write OUT/residual, the model with W - s*B*A in place of each adapted weight."};
   app.add_option("--model", o.model, "Hugging Face model folder (config.json + model.safetensors or a sharded index)")
       ->required()->check(CLI::ExistingDirectory);
-  app.add_option("--method", o.method, "lora | pissa | milora | olora | orthogonal (PEFT's init_lora_weights names)")
-      ->check(CLI::IsMember({"lora", "pissa", "milora", "olora", "orthogonal"}))
+  app.add_option("--method", o.method, "lora | pissa | milora | olora | orthogonal (PEFT's init_lora_weights names) | mica")
+      ->check(CLI::IsMember({"lora", "pissa", "milora", "olora", "orthogonal", "mica"}))
       ->capture_default_str();
   app.add_option("--rank", o.rank, "adapter rank r")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--alpha", o.alpha, "lora_alpha (default: the rank, so s = 1)")->check(CLI::PositiveNumber);

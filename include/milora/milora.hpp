@@ -4,6 +4,7 @@
 
 #include "milora/adapters.hpp"
 #include "milora/backend/eigen.hpp"
+#include "milora/calibration/input_statistics.hpp"
 #include "milora/core/adapter.hpp"
 #include "milora/core/backend.hpp"
 #include "milora/core/config.hpp"

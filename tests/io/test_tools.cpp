@@ -221,7 +221,7 @@ TEST_CASE("milora-init PiSSA (fast solver) on a BF16 model keeps dtypes, LoRA wr
   CHECK(q0.A.data != q1.A.data);  // each module its own stream
 }
 
-TEST_CASE("milora-init OLoRA writes a residual model with W' + s*B*A = W and orthonormal B, orthogonal none, with B*A = 0") {
+TEST_CASE("milora-init OLoRA writes a residual model with W' + s*B*A = W and orthonormal B, orthogonal none, with B*A = 0, MiCA none, with A = 0") {
   ScratchDir dir;
   make_model(dir / "base", DType::F32);
   auto r = run_tool("milora-init", "--model " + (dir / "base").string() + " --method olora --rank 3 --alpha 6 --out " +
@@ -260,6 +260,24 @@ TEST_CASE("milora-init OLoRA writes a residual model with W' + s*B*A = W and ort
   CHECK(r.status != 0);
   CHECK(r.err.find("even rank") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(dir / "odd"));
+
+  // MiCA: no residual model, A = 0, B orthonormal (the minor left singular vectors, frozen later).
+  r = run_tool("milora-init", "--model " + (dir / "base").string() + " --method mica --rank 3 --out " + (dir / "mica").string(),
+               dir.path);
+  INFO(r.err);
+  REQUIRE(r.status == 0);
+  CHECK_FALSE(std::filesystem::exists(dir / "mica" / "residual"));
+  const auto mica = load_peft_adapter<float>(dir / "mica");
+  CHECK(mica.metadata.at("milora.method") == "mica");
+  for (const auto& [module, f] : mica.modules) {
+    CAPTURE(module);
+    CHECK(BE::squared_norm(to_backend<BE>(f.A)) == 0.0);
+    const auto b = to_backend<BE>(f.B);
+    auto gram = BE::zeros(3, 3);
+    BE::gemm(1, b, Trans::yes, b, Trans::no, 0, gram);
+    BE::add_diagonal(gram, -1);
+    CHECK(BE::squared_norm(gram) <= 1e-10);  // B^T B = I
+  }
 }
 
 TEST_CASE("the tools fail with one clear line, a non-zero exit and nothing written") {

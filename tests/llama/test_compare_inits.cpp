@@ -158,13 +158,16 @@ TEST_CASE("compare_inits in miniature: every output, well-formed, the cached mod
   CHECK(std::stod(text[1][5]) == doctest::Approx(eval2["loss"].get<double>()).epsilon(1e-5));
   // the opt-in policies run through the same pipeline; an unknown method is refused before pre-training
   REQUIRE(run(common + " --model " + (out / "pretrained").string() + " --task " + (dir / "task.txt").string() +
-              " --methods olora,orthogonal --seeds 1 --out " + (dir / "more").string() + " > /dev/null 2> " +
+              " --methods olora,orthogonal,corda-kpm,eva,lora-ga --seeds 1 --out " + (dir / "more").string() + " > /dev/null 2> " +
               (dir / "stderr5.txt").string()) == 0);
   const auto more = read_csv(dir / "more" / "results.csv");
-  REQUIRE(more.size() == 3);
+  REQUIRE(more.size() == 6);
   CHECK(more[1][0] == "olora");
   CHECK(more[2][0] == "orthogonal");
-  for (std::size_t i = 1; i < 3; ++i) {
+  CHECK(more[3][0] == "corda-kpm");  // calibrated on the task's training data
+  CHECK(more[4][0] == "eva");
+  CHECK(more[5][0] == "lora-ga");  // from the task's mean gradient
+  for (std::size_t i = 1; i < 6; ++i) {
     CHECK(std::stod(more[i][6]) < std::stod(more[i][5]));  // learned something of the task
     CHECK(std::stod(more[i][11]) + std::stod(more[i][12]) <= 1 + 1e-9);
   }

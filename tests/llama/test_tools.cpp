@@ -9,9 +9,11 @@
 #include <cstdlib>
 #include <string>
 
+#include <Eigen/Dense>
 #include <nlohmann/json.hpp>
 
 #include "../io/io_test_util.hpp"
+#include "milora/io/peft.hpp"
 
 namespace {
 
@@ -89,28 +91,44 @@ TEST_CASE("milora-finetune / -eval / -generate: train, checkpoint, resume bit fo
 }
 
 // The checkpoint's plain_lora export exists exactly for the methods whose init changed the base
-// (OLoRA does, orthogonal does not), and milora-eval of the checkpoint on the original model gives
+// (OLoRA does, orthogonal and MiCA do not), and milora-eval of the checkpoint on the original model gives
 // the trainer's held-out loss for both: the export is right whichever way the init went.
-TEST_CASE("milora-finetune --method olora / orthogonal: train, checkpoint, evaluate on the original model") {
+TEST_CASE("milora-finetune --method olora / orthogonal / mica / corda-kpm / corda-ipm / eva / lora-ga: train, checkpoint, resume, "
+          "evaluate on "
+          "the original model") {
   milora_test::ScratchDir dir;
   milora_test::write_file(dir / "train.txt", text(600));
   const std::string train = milora_test::read_file(dir / "train.txt");
   milora_test::write_file(dir / "val.txt", train.substr(train.size() - std::size_t(double(train.size()) * 0.1)));
-  for (const char* method : {"olora", "orthogonal"}) {
+  for (const char* method : {"olora", "orthogonal", "mica", "corda-kpm", "corda-ipm", "eva", "lora-ga"}) {
     CAPTURE(method);
     const auto out = dir / method;
-    auto r = run("milora-finetune", "--model " + kModel.string() + " --data " + (dir / "train.txt").string() + " --method " +
-                                        method + " --rank 4 --steps 6 --lr 5e-3 --batch 2 --seq 32 --save-every 6 --quiet --out " +
-                                        out.string(),
-                 dir);
+    const std::string common = "--model " + kModel.string() + " --data " + (dir / "train.txt").string() + " --method " +
+                               method + " --rank 4 --steps 6 --lr 5e-3 --batch 2 --seq 32 --save-every 3 --quiet --out " +
+                               out.string();
+    auto r = run("milora-finetune", common, dir);
     REQUIRE_MESSAGE(r.status == 0, r.err);
     const auto result = r.last_json();
-    CHECK(std::filesystem::exists(out / "checkpoint-6" / "plain_lora") == (std::string(method) == "olora"));
+    // resuming from step 3 ends on the same numbers (MiCA's optimizer state holds lora_A only)
+    r = run("milora-finetune", common + " --resume " + (out / "checkpoint-3").string(), dir);
+    REQUIRE_MESSAGE(r.status == 0, r.err);
+    CHECK(r.last_json()["val_loss"] == result["val_loss"]);
+    const bool residual = std::string(method) == "olora" || std::string(method) == "lora-ga" || std::string(method).starts_with("corda");
+    CHECK(std::filesystem::exists(out / "checkpoint-6" / "plain_lora") == residual);
     r = run("milora-eval", "--model " + kModel.string() + " --adapter " + (out / "checkpoint-6").string() + " --data " +
                                (dir / "val.txt").string() + " --seq 32 --batch 2",
             dir);
     REQUIRE_MESSAGE(r.status == 0, r.err);
     CHECK(r.last_json()["loss"].get<double>() == doctest::Approx(result["val_loss"].get<double>()).epsilon(1e-5));
+    if (std::string(method) == "mica") {  // B was frozen: after 6 AdamW steps still orthonormal, A trained
+      const auto a = milora::io::load_peft_adapter<float>(out / "checkpoint-6");
+      for (const auto& [module, f] : a.modules) {
+        CAPTURE(module);
+        Eigen::Map<const Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>> b(f.B.data.data(), f.B.rows, f.B.cols);
+        CHECK((b.transpose() * b - Eigen::MatrixXf::Identity(f.B.cols, f.B.cols)).norm() <= 1e-5f);
+        CHECK(Eigen::Map<const Eigen::VectorXf>(f.A.data.data(), Eigen::Index(f.A.data.size())).norm() > 0);
+      }
+    }
   }
 }
 

@@ -15,6 +15,7 @@
 #include <cmath>
 #include <optional>
 #include <utility>
+#include <vector>
 
 #include "milora/core/backend.hpp"
 #include "milora/core/checks.hpp"
@@ -88,10 +89,17 @@ class Adapter {
   matrix& B() { return B_; }
   const matrix& grad_A() const { return dA_; }
   const matrix& grad_B() const { return dB_; }
-  /// {lora_A, lora_B} with their gradients, for an optimizer.
-  std::array<Parameter<backend>, 2> parameters() { return {{{"lora_A", A_, dA_}, {"lora_B", B_, dB_}}}; }
-  /// r * (in + out): what a LoRA of this rank trains.
-  Index num_trainable() const { return rank() * (in_features() + out_features()); }
+  /// Whether B is fixed by the init policy (MiCA): only A trains, and grad_B stays zero.
+  bool frozen_B() const { return frozen_B_; }
+  /// The trainable factors with their gradients, for an optimizer: {lora_A, lora_B}, or {lora_A}
+  /// when B is frozen.
+  std::vector<Parameter<backend>> parameters() {
+    std::vector<Parameter<backend>> p{{"lora_A", A_, dA_}};
+    if (!frozen_B_) p.push_back({"lora_B", B_, dB_});
+    return p;
+  }
+  /// r * (in + out): what a LoRA of this rank trains; r * in with B frozen.
+  Index num_trainable() const { return rank() * (in_features() + (frozen_B_ ? 0 : out_features())); }
   void zero_grad() {
     BE::scale(dA_, scalar(0));
     BE::scale(dB_, scalar(0));
@@ -120,8 +128,9 @@ class Adapter {
     return y;
   }
 
-  /// Accumulates dA += dh^T x and dB += s dy^T h (dh = s dy B), as PyTorch accumulates .grad,
-  /// and writes dx = dy W' + dh A. x and h are what forward saw and wrote; dy is dL/dy.
+  /// Accumulates dA += dh^T x and dB += s dy^T h (dh = s dy B; not dB when B is frozen), as
+  /// PyTorch accumulates .grad, and writes dx = dy W' + dh A. x and h are what forward saw and
+  /// wrote; dy is dL/dy.
   void backward(const_view x, const_view h, const_view dy, view dx) {
     const Index t = check_backward(x, h, dy);
     detail::require_shape<BE>(dx, t, in_features(), "backward: input gradient dx");
@@ -188,9 +197,16 @@ class Adapter {
     return std::nullopt;
   }
 
+  // What the adapter keeps of its policy: a policy that holds calibration data (CorDA, EVA: an
+  // in x in matrix per layer) offers retained(), a copy without it, so the data can be freed.
+  static Init retained_copy(const Init& init) {
+    if constexpr (requires { { init.retained() } -> std::same_as<Init>; }) return init.retained();
+    else return init;
+  }
+
   Adapter(Prepared p, std::optional<const_view> bias, const AdapterConfig& config, const Init& init)
       : config_(config),
-        init_(init),
+        init_(retained_copy(init)),
         scale_(config.scale()),
         weight_(p.weight),
         bias_(std::move(bias)),
@@ -198,7 +214,8 @@ class Adapter {
         B_(std::move(p.factors.B)),
         dA_(BE::zeros(config.rank, BE::cols(p.weight))),
         dB_(BE::zeros(BE::rows(p.weight), config.rank)),
-        residual_(p.factors.residual) {
+        residual_(p.factors.residual),
+        frozen_B_(p.factors.frozen_B) {
     // The only write to the layer: W' = W - s*B*A from the factors actually produced, so that
     // W' + s*B*A = W up to one rounding, however accurate the init policy's triplets were.
     if (p.factors.residual) BE::gemm(scalar(-scale_), B_, Trans::no, A_, Trans::no, 1, weight_);
@@ -219,10 +236,10 @@ class Adapter {
     return t;
   }
 
-  // dB += s dy^T h; dh = s dy B; dA += dh^T x. Returns dh for dx.
+  // dB += s dy^T h (unless B is frozen); dh = s dy B; dA += dh^T x. Returns dh for dx.
   matrix backward_params(const_view x, const_view h, const_view dy) {
     const auto s = scalar(scale_);
-    BE::gemm(s, dy, Trans::yes, h, Trans::no, 1, dB_);
+    if (!frozen_B_) BE::gemm(s, dy, Trans::yes, h, Trans::no, 1, dB_);
     matrix dh = BE::zeros(BE::rows(x), rank());
     BE::gemm(s, dy, Trans::no, B_, Trans::no, 0, dh);
     BE::gemm(1, dh, Trans::yes, x, Trans::no, 1, dA_);
@@ -236,6 +253,7 @@ class Adapter {
   std::optional<const_view> bias_;
   matrix A_, B_, dA_, dB_;
   bool residual_;
+  bool frozen_B_;
   bool merged_ = false;
 };
 

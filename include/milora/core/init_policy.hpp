@@ -8,7 +8,12 @@
 // `initialize` only reads w (out x in). It returns A (r x in), B (out x r) and `residual`: when
 // true, the adapter replaces W by W' = W - s*B*A itself, from the factors actually returned, so the
 // layer's output at initialisation is unchanged by construction (../docs/math.md, "contract").
+// `frozen_B`: the policy fixes B (a subspace) and only A is trained; the adapter then lists A alone
+// as a parameter and computes no gradient for B.
 // Policies never write to W; the adapter checks the factors' shapes and values before touching it.
+// Optional `retained()`: a copy of the policy for the adapter to keep (its init() accessor) when the
+// policy itself holds data it only needs at initialisation (CorDA's and EVA's calibration
+// statistics); without it, the adapter keeps a plain copy.
 #pragma once
 
 #include <concepts>
@@ -24,6 +29,7 @@ struct AdapterFactors {
   matrix_t<BE> A;         ///< r x in
   matrix_t<BE> B;         ///< out x r
   bool residual = false;  ///< true: the base becomes W - s*B*A (PiSSA, MiLoRA)
+  bool frozen_B = false;  ///< true: B stays as initialised and only A trains (MiCA)
 };
 
 template <class I, class B>
