@@ -1,9 +1,11 @@
-// milora-init: initialise a LoRA, PiSSA, MiLoRA, OLoRA, orthogonal or MiCA adapter for a Hugging Face model folder.
+// milora-init: initialise a LoRA, PiSSA, MiLoRA, OLoRA, orthogonal or MiCA adapter for a Hugging Face model folder,
+// or (a LLaMA folder, built with the reference LLaMA) a CorDA, EVA or LoRA-GA one from calibration data.
 //
 //   milora-init --model DIR --method milora --rank 16 --alpha 16 --out OUT
+//   milora-init --model DIR --method corda-kpm --calibration-data train.txt --rank 16 --out OUT
 //
 // writes OUT/adapter_config.json + OUT/adapter_model.safetensors (a PEFT adapter) and, for PiSSA,
-// MiLoRA and OLoRA, OUT/residual/: the model folder with W' = W - s*B*A in place of every adapted weight
+// MiLoRA, OLoRA, CorDA and LoRA-GA, OUT/residual/: the model folder with W' = W - s*B*A in place of every adapted weight
 // (same shards, dtypes and other files), which is the base model the adapter belongs to. Train
 // with PEFT or milora on OUT/residual; milora-convert turns the result into a plain LoRA for the
 // original model.
@@ -15,6 +17,12 @@
 #include "milora/io.hpp"
 #include "milora/milora.hpp"
 #include "tool_common.hpp"
+#if defined(MILORA_INIT_WITH_LLAMA)  // the data-driven methods run the reference LLaMA (examples/llama)
+#include "calibration.hpp"
+#include "data.hpp"
+#include "kernels_cpu.hpp"
+#include "model.hpp"
+#endif
 
 namespace {
 
@@ -30,7 +38,15 @@ struct Options {
   double alpha = 0;  // 0: alpha = rank, MiLoRA's and PiSSA's choice
   bool rslora = false;
   std::uint64_t seed = 0;
+  // the data-driven methods: batches of --calibration-data through the model
+  std::string calibration_data;
+  Index calibration_batches = 8, batch = 4, seq = 128;
 };
+
+// CorDA, EVA and LoRA-GA read what calibration data does to the model (inputs, gradients).
+bool data_driven(const std::string& method) {
+  return method == "corda-kpm" || method == "corda-ipm" || method == "eva" || method == "lora-ga";
+}
 
 // One stream per module, from its name, so adding a target does not reseed the others.
 std::uint64_t module_seed(std::uint64_t seed, const std::string& module) {
@@ -50,8 +66,12 @@ io::LoraFactors<float> init_one(io::HostMatrix<float>& w, const milora::AdapterC
 
 // PiSSA, MiLoRA and OLoRA replace W by W - s*B*A (a residual model is written); LoRA,
 // orthogonal and MiCA leave the base alone. Only the SVD methods use --solver.
-bool changes_base(const std::string& method) { return method == "pissa" || method == "milora" || method == "olora"; }
-bool uses_svd(const std::string& method) { return method == "pissa" || method == "milora" || method == "mica"; }
+bool changes_base(const std::string& method) {
+  return method == "pissa" || method == "milora" || method == "olora" || method.starts_with("corda") || method == "lora-ga";
+}
+bool uses_svd(const std::string& method) {
+  return method == "pissa" || method == "milora" || method == "mica" || method.starts_with("corda") || method == "lora-ga";
+}
 
 io::LoraFactors<float> init_module(const Options& o, io::HostMatrix<float>& w, const milora::AdapterConfig& cfg) {
   const bool fast = o.solver == "fast";
@@ -65,7 +85,49 @@ io::LoraFactors<float> init_module(const Options& o, io::HostMatrix<float>& w, c
   return fast ? init_one<milora::MiLoRA<Backend, milora::CholeskyKrylovSVD>>(w, cfg) : init_one<milora::MiLoRA<Backend>>(w, cfg);
 }
 
+#if defined(MILORA_INIT_WITH_LLAMA)
+// The data-driven methods: the folder as the reference LLaMA, calibrated on the first
+// --calibration-batches batches of --calibration-data (as milora-finetune does), then every
+// adapter's factors and, where the base changes, its W' (module path -> host matrix).
+template <class Init>
+std::map<std::string, std::pair<io::LoraFactors<float>, io::HostMatrix<float>>> calibrated_factors(
+    const Options& o, const io::HFModel& hf, const std::vector<std::string>& targets, const milora::AdapterConfig& cfg) {
+  using Model = llama::Llama<Backend, Init>;
+  auto model = llama::from_pretrained<Model>(hf);
+  const auto tokenizer = llama::Tokenizer::for_model(o.model, model->config().vocab_size);
+  const auto tokens = llama::load_tokens(o.calibration_data, tokenizer, model->config().vocab_size);
+  llama::add_adapters_calibrated(*model, targets, cfg, tokens, o.batch, o.seq, o.calibration_batches);
+  std::map<std::string, std::pair<io::LoraFactors<float>, io::HostMatrix<float>>> out;
+  for (auto* p : model->adapted())
+    out.emplace(p->module, std::pair{io::factors_of(*p->adapter), io::to_host_matrix<Backend>(p->linear.weight())});
+  return out;
+}
+
+std::map<std::string, std::pair<io::LoraFactors<float>, io::HostMatrix<float>>> calibrated(
+    const Options& o, const io::HFModel& hf, const std::vector<std::string>& targets, const milora::AdapterConfig& cfg) {
+  const bool fast = o.solver == "fast";
+  using enum milora::CordaMode;
+  if (o.method == "corda-kpm")
+    return fast ? calibrated_factors<milora::ContextOrientedSVD<Backend, knowledge_preserved, milora::CholeskyKrylovSVD>>(o, hf, targets, cfg)
+                : calibrated_factors<milora::ContextOrientedSVD<Backend, knowledge_preserved>>(o, hf, targets, cfg);
+  if (o.method == "corda-ipm")
+    return fast ? calibrated_factors<milora::ContextOrientedSVD<Backend, instruction_previewed, milora::RandomizedSVD>>(o, hf, targets, cfg)
+                : calibrated_factors<milora::ContextOrientedSVD<Backend, instruction_previewed>>(o, hf, targets, cfg);
+  if (o.method == "eva") return calibrated_factors<milora::ActivationPCA<Backend>>(o, hf, targets, cfg);
+  return fast ? calibrated_factors<milora::GradientApproximation<Backend, milora::RandomizedSVD>>(o, hf, targets, cfg)
+              : calibrated_factors<milora::GradientApproximation<Backend>>(o, hf, targets, cfg);
+}
+#endif
+
 void run(const Options& o) {
+  if (data_driven(o.method) != !o.calibration_data.empty())
+    throw milora::value_error(data_driven(o.method)
+                                  ? concat("--method ", o.method, " needs --calibration-data (text or .u32 tokens)")
+                                  : concat("--calibration-data is for corda-kpm, corda-ipm, eva and lora-ga, not ", o.method));
+#if !defined(MILORA_INIT_WITH_LLAMA)
+  if (data_driven(o.method))
+    throw milora::value_error(concat("--method ", o.method, " needs the reference LLaMA, which this build of milora-init lacks"));
+#endif
   const io::HFModel model(o.model);
   const auto targets = milora::tools::split_list(o.targets);
   if (targets.empty()) throw milora::value_error("--targets is empty");
@@ -102,14 +164,32 @@ void run(const Options& o) {
                       {"milora.seed", std::to_string(o.seed)}};
   milora::AdapterConfig base_cfg = adapter.config.adapter_config();
 
+  // Data-driven: every adapter at once, from the model's forward (and backward) passes first.
+  std::map<std::string, std::pair<io::LoraFactors<float>, io::HostMatrix<float>>> precomputed;
+#if defined(MILORA_INIT_WITH_LLAMA)
+  if (data_driven(o.method)) {
+    precomputed = calibrated(o, model, targets, base_cfg);
+    adapter.metadata["milora.calibration"] =
+        concat(o.calibration_batches, " batches of ", o.batch, " x ", o.seq, " tokens of ", o.calibration_data);
+  }
+#endif
+
   milora::tools::StagedOutput staged(o.out);
   milora::tools::Progress progress(selected.size());
   auto adapt = [&](const std::string& name, io::HostMatrix<float>& w) {
     progress.start();
     const std::string module = io::module_of_weight(name);
-    milora::AdapterConfig cfg = base_cfg;
-    cfg.seed = module_seed(o.seed, module);
-    adapter.modules[module] = init_module(o, w, cfg);
+    if (data_driven(o.method)) {
+      auto& [factors, residual] = precomputed.at(module);
+      if (residual.rows != w.rows || residual.cols != w.cols)
+        throw milora::shape_error(concat("'", name, "' is ", w.rows, "x", w.cols, ", the model's ", residual.rows, "x", residual.cols));
+      w = std::move(residual);
+      adapter.modules[module] = std::move(factors);
+    } else {
+      milora::AdapterConfig cfg = base_cfg;
+      cfg.seed = module_seed(o.seed, module);
+      adapter.modules[module] = init_module(o, w, cfg);
+    }
     progress.done(module, w.rows, w.cols);
   };
   if (!changes_base(o.method)) {  // the base is unchanged: no residual folder
@@ -132,12 +212,21 @@ void run(const Options& o) {
 int main(int argc, char** argv) {
   Options o;
   CLI::App app{"milora-init: initialise a LoRA / PiSSA / MiLoRA / OLoRA / orthogonal / MiCA adapter (PEFT format) for a Hugging Face\n"
-               "model folder. PiSSA, MiLoRA and OLoRA also write OUT/residual, the model with W - s*B*A in place of each adapted weight."};
+               "model folder, or a CorDA / EVA / LoRA-GA one for a LLaMA folder from --calibration-data. PiSSA, MiLoRA, OLoRA,\n"
+               "CorDA and LoRA-GA also write OUT/residual, the model with W - s*B*A in place of each adapted weight."};
   app.add_option("--model", o.model, "Hugging Face model folder (config.json + model.safetensors or a sharded index)")
       ->required()->check(CLI::ExistingDirectory);
-  app.add_option("--method", o.method, "lora | pissa | milora | olora | orthogonal (PEFT's init_lora_weights names) | mica")
-      ->check(CLI::IsMember({"lora", "pissa", "milora", "olora", "orthogonal", "mica"}))
+  app.add_option("--method", o.method, "lora | pissa | milora | olora | orthogonal (PEFT's init_lora_weights names) | mica | "
+                                      "corda-kpm | corda-ipm | eva | lora-ga (LLaMA folders, with --calibration-data)")
+      ->check(CLI::IsMember({"lora", "pissa", "milora", "olora", "orthogonal", "mica", "corda-kpm", "corda-ipm", "eva", "lora-ga"}))
       ->capture_default_str();
+  app.add_option("--calibration-data", o.calibration_data,
+                 "CorDA / EVA / LoRA-GA: text, or little-endian uint32 token ids in a .u32 file, run through the model")
+      ->check(CLI::ExistingFile);
+  app.add_option("--calibration-batches", o.calibration_batches, "batches of --calibration-data")
+      ->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--batch", o.batch, "sequences per calibration batch")->check(CLI::PositiveNumber)->capture_default_str();
+  app.add_option("--seq", o.seq, "tokens per calibration sequence")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--rank", o.rank, "adapter rank r")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--alpha", o.alpha, "lora_alpha (default: the rank, so s = 1)")->check(CLI::PositiveNumber);
   app.add_flag("--rslora", o.rslora, "scale alpha / sqrt(r) instead of alpha / r");

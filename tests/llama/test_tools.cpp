@@ -13,7 +13,12 @@
 #include <nlohmann/json.hpp>
 
 #include "../io/io_test_util.hpp"
+#include "calibration.hpp"
+#include "data.hpp"
+#include "kernels_cpu.hpp"
+#include "milora/io/hf_model.hpp"
 #include "milora/io/peft.hpp"
+#include "model.hpp"
 
 namespace {
 
@@ -130,6 +135,61 @@ TEST_CASE("milora-finetune --method olora / orthogonal / mica / corda-kpm / cord
       }
     }
   }
+}
+
+TEST_CASE("milora-init --method corda-kpm / eva / lora-ga with --calibration-data on a LLaMA folder: the factors the model "
+          "computes, W' + s*B*A = W in the files, and --calibration-data required / refused with one error line") {
+  using BE = milora::EigenBackend<float>;
+  using Mat = Eigen::Matrix<float, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  auto mat = [](const milora::io::HostMatrix<float>& m) { return Mat(Eigen::Map<const Mat>(m.data.data(), m.rows, m.cols)); };
+  milora_test::ScratchDir dir;
+  milora_test::write_file(dir / "cal.txt", text(400));
+  const milora::io::HFModel base(kModel);
+  for (const char* method : {"corda-kpm", "eva", "lora-ga"}) {
+    CAPTURE(method);
+    const auto out = dir / method;
+    auto r = run("milora-init", "--model " + kModel.string() + " --method " + method + " --rank 2 --alpha 4 --targets q_proj,down_proj" +
+                                    " --calibration-data " + (dir / "cal.txt").string() + " --calibration-batches 2 --batch 2 --seq 16 --out " +
+                                    out.string(),
+                 dir);
+    REQUIRE_MESSAGE(r.status == 0, r.err);
+    const auto adapter = milora::io::load_peft_adapter<float>(out);
+    CHECK(adapter.metadata.at("milora.method") == method);
+    CHECK(adapter.metadata.at("milora.calibration").find("2 batches of 2 x 16 tokens") != std::string::npos);
+    REQUIRE(adapter.modules.size() == 2 * std::size_t(base.config()["num_hidden_layers"].get<int>()));
+    const bool residual = std::string(method) != "eva";
+    CHECK(std::filesystem::exists(out / "residual") == residual);
+
+    // The same model, calibrated here on the same tokens, gives the same factors (the tool's wiring:
+    // module names, alpha, batches), and the files keep the contract W' + s*B*A = W.
+    auto check_against = [&](auto model) {
+      const auto tokens = llama::load_tokens(dir / "cal.txt", llama::Tokenizer::for_model(kModel, model->config().vocab_size),
+                                             model->config().vocab_size);
+      llama::add_adapters_calibrated(*model, {"q_proj", "down_proj"}, {.rank = 2, .alpha = 4}, tokens, 2, 16, 2);
+      for (auto* p : model->adapted()) {
+        CAPTURE(p->module);
+        const auto& f = adapter.modules.at(p->module);
+        CHECK((mat(f.A) - p->adapter->A()).norm() <= 1e-6f * std::max(1.0f, p->adapter->A().norm()));
+        CHECK((mat(f.B) - p->adapter->B()).norm() <= 1e-6f * std::max(1.0f, p->adapter->B().norm()));
+        const Mat w = mat(base.load<float>(p->module + ".weight"));
+        const Mat w1 = residual ? mat(milora::io::HFModel(out / "residual").load<float>(p->module + ".weight")) : w;
+        CHECK((w1 + 2.0f * mat(f.B) * mat(f.A) - w).norm() <= 1e-5f * w.norm());  // s = alpha / r = 2
+      }
+    };
+    const milora::io::HFModel hf(kModel);
+    if (std::string(method) == "corda-kpm") check_against(llama::from_pretrained<llama::Llama<BE, milora::ContextOrientedSVD<BE>>>(hf));
+    else if (std::string(method) == "eva") check_against(llama::from_pretrained<llama::Llama<BE, milora::ActivationPCA<BE>>>(hf));
+    else check_against(llama::from_pretrained<llama::Llama<BE, milora::GradientApproximation<BE>>>(hf));
+  }
+  auto r = run("milora-init", "--model " + kModel.string() + " --method eva --rank 2 --out " + (dir / "none").string(), dir);
+  CHECK(r.status != 0);
+  CHECK(r.err.find("--method eva needs --calibration-data") != std::string::npos);
+  r = run("milora-init", "--model " + kModel.string() + " --method milora --rank 2 --calibration-data " + (dir / "cal.txt").string() +
+                             " --out " + (dir / "none").string(),
+          dir);
+  CHECK(r.status != 0);
+  CHECK(r.err.find("not milora") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir / "none"));
 }
 
 TEST_CASE("milora-finetune / -eval: bad input is one error line and a non-zero exit") {
