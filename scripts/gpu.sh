@@ -21,11 +21,11 @@ build() {
   fi
   cmake -S "$root" -B "$out" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${MILORA_CUDA_ARCH:-90}" \
     -DMILORA_BUILD_TESTS=ON -DMILORA_BUILD_EXAMPLES=OFF -DMILORA_BUILD_BENCHMARKS=ON \
-    -DMILORA_USE_LAPACKE=OFF -DMILORA_USE_XTENSOR=OFF -DMILORA_USE_IO=OFF >/dev/null  # small enough to carry
-  cmake --build "$out" -j"$(nproc)" --target milora_cuda_tests cuda_bench
+    -DMILORA_USE_LAPACKE=OFF -DMILORA_USE_XTENSOR=OFF >/dev/null  # small enough to carry
+  cmake --build "$out" -j"$(nproc)" --target milora_cuda_tests milora_cuda_llama_tests cuda_bench
   # Debian's libraries the programs need that a CUDA image may lack (not glibc, not CUDA's own).
   mkdir -p "$out/lib"
-  for exe in "$out/tests/milora_cuda_tests" "$out/benchmarks/cuda_bench"; do
+  for exe in "$out/tests/milora_cuda_tests" "$out/tests/milora_cuda_llama_tests" "$out/benchmarks/cuda_bench"; do
     ldd "$exe" | awk '/=> \// {print $3}' |
       grep -Ev '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*|libcuda|libcudart|libcublas|libcublasLt|libcusolver|libcusparse|libnvJitLink)\.so' |
       xargs -r -I{} cp -L {} "$out/lib/"
@@ -51,6 +51,9 @@ PY
   set +e
   "$out/tests/milora_cuda_tests" 2>&1 | tee "$log/cuda_tests.log" | tail -n 30
   local tests_rc=${PIPESTATUS[0]}
+  # the reference LLaMA on CudaBackend against the CPU (the tiny golden model of this checkout)
+  MILORA_TEST_DATA="$root/tests/data" "$out/tests/milora_cuda_llama_tests" 2>&1 | tee "$log/cuda_llama_tests.log" | tail -n 10
+  [ "${PIPESTATUS[0]}" = 0 ] || tests_rc=1
   "$out/benchmarks/cuda_bench" --benchmark_repetitions=3 2>&1 | tee "$log/cuda_bench.log" | tail -n 5
   local bench_rc=${PIPESTATUS[0]}
   python3 - <<'PY' 2>&1 | tee "$log/torch_svd.log"

@@ -1,5 +1,7 @@
 // milora-finetune: fine-tune a Hugging Face LLaMA folder with LoRA, PiSSA, MiLoRA, OLoRA, orthogonal, MiCA,
-// CorDA or EVA adapters on the CPU.
+// CorDA, EVA or LoRA-GA adapters, on the CPU or (--device cuda, when built with the CUDA toolkit)
+// on a GPU: the same model code on CudaBackend, the same files, so a run started on one can be
+// resumed on the other.
 //
 //   milora-finetune --model DIR --data train.txt --method milora --rank 16 --steps 200 --out run
 //
@@ -16,6 +18,9 @@
 #include "calibration.hpp"
 #include "kernels_cpu.hpp"
 #include "trainer.hpp"
+#if defined(MILORA_LLAMA_CUDA)
+#include "kernels_cuda.hpp"
+#endif
 
 namespace {
 
@@ -24,7 +29,7 @@ using milora::detail::concat;
 namespace fs = std::filesystem;
 
 struct Options {
-  std::string model, data, val_data, method = "milora", solver = "exact", out, resume;
+  std::string model, data, val_data, method = "milora", solver = "exact", out, resume, device = "cpu";
   std::string targets = "q_proj,k_proj,v_proj,up_proj,down_proj";  // MiLoRA's and PiSSA's experiments
   Index rank = 16;
   Index calibration_batches = 8;  // corda-kpm / corda-ipm / eva / lora-ga: batches of --data they see
@@ -35,9 +40,7 @@ struct Options {
   llama::TrainConfig train;
 };
 
-using BE = milora::EigenBackend<float>;
-
-template <class Init>
+template <class BE, class Init>
 void finetune(const Options& o) {
   using Model = llama::Llama<BE, Init>;
   const milora::io::HFModel hf(o.model);
@@ -60,7 +63,7 @@ void finetune(const Options& o) {
   const Index n_train = Index(tokens.size()), n_val = Index(val.size());
   llama::DataLoader loader(std::move(tokens), o.train.batch, o.train.seq, "'" + o.data + "'");
   std::cerr << "milora-finetune: " << cfg.num_hidden_layers << " layers, hidden " << cfg.hidden_size << ", vocab "
-            << cfg.vocab_size << "; " << n_train << " training tokens, " << n_val << " held out\n";
+            << cfg.vocab_size << "; " << n_train << " training tokens, " << n_val << " held out; on the " << o.device << "\n";
   auto t0 = std::chrono::steady_clock::now();
   const milora::AdapterConfig adapter_config{.rank = o.rank, .alpha = alpha, .seed = o.seed};
   // CorDA / EVA / LoRA-GA first see --calibration-batches batches of the training data through the base model
@@ -99,28 +102,40 @@ void finetune(const Options& o) {
   std::cout << result.dump() << std::endl;
 }
 
+template <class BE>
+void run_on(const Options& o) {
+  const bool fast = o.solver == "fast";
+  if (o.method == "lora") finetune<BE, milora::KaimingUniform>(o);
+  else if (o.method == "olora") finetune<BE, milora::LeadingQR>(o);
+  else if (o.method == "orthogonal") finetune<BE, milora::OrthogonalInit>(o);
+  else if (o.method == "mica") fast ? finetune<BE, milora::MinorLeftSingular<milora::CholeskyKrylovSVD>>(o) : finetune<BE, milora::MinorLeftSingular<>>(o);
+  else if (o.method == "corda-kpm") {
+    using enum milora::CordaMode;
+    fast ? finetune<BE, milora::ContextOrientedSVD<BE, knowledge_preserved, milora::CholeskyKrylovSVD>>(o)
+         : finetune<BE, milora::ContextOrientedSVD<BE, knowledge_preserved>>(o);
+  } else if (o.method == "corda-ipm") {
+    using enum milora::CordaMode;
+    fast ? finetune<BE, milora::ContextOrientedSVD<BE, instruction_previewed, milora::RandomizedSVD>>(o)
+         : finetune<BE, milora::ContextOrientedSVD<BE, instruction_previewed>>(o);
+  }
+  else if (o.method == "eva") finetune<BE, milora::ActivationPCA<BE>>(o);
+  else if (o.method == "lora-ga")
+    fast ? finetune<BE, milora::GradientApproximation<BE, milora::RandomizedSVD>>(o) : finetune<BE, milora::GradientApproximation<BE>>(o);
+  else if (o.method == "pissa") fast ? finetune<BE, milora::PrincipalSVD<milora::RandomizedSVD>>(o) : finetune<BE, milora::PrincipalSVD<>>(o);
+  else fast ? finetune<BE, milora::MinorSVD<milora::CholeskyKrylovSVD>>(o) : finetune<BE, milora::MinorSVD<>>(o);
+}
+
 void run(const Options& o) {
   if (o.resume.empty() && fs::exists(o.out) && !fs::is_empty(o.out))
     throw milora::io_error(concat("output '", o.out, "' already exists; choose another --out or --resume a checkpoint in it"));
-  const bool fast = o.solver == "fast";
-  if (o.method == "lora") finetune<milora::KaimingUniform>(o);
-  else if (o.method == "olora") finetune<milora::LeadingQR>(o);
-  else if (o.method == "orthogonal") finetune<milora::OrthogonalInit>(o);
-  else if (o.method == "mica") fast ? finetune<milora::MinorLeftSingular<milora::CholeskyKrylovSVD>>(o) : finetune<milora::MinorLeftSingular<>>(o);
-  else if (o.method == "corda-kpm") {
-    using enum milora::CordaMode;
-    fast ? finetune<milora::ContextOrientedSVD<BE, knowledge_preserved, milora::CholeskyKrylovSVD>>(o)
-         : finetune<milora::ContextOrientedSVD<BE, knowledge_preserved>>(o);
-  } else if (o.method == "corda-ipm") {
-    using enum milora::CordaMode;
-    fast ? finetune<milora::ContextOrientedSVD<BE, instruction_previewed, milora::RandomizedSVD>>(o)
-         : finetune<milora::ContextOrientedSVD<BE, instruction_previewed>>(o);
-  }
-  else if (o.method == "eva") finetune<milora::ActivationPCA<BE>>(o);
-  else if (o.method == "lora-ga")
-    fast ? finetune<milora::GradientApproximation<BE, milora::RandomizedSVD>>(o) : finetune<milora::GradientApproximation<BE>>(o);
-  else if (o.method == "pissa") fast ? finetune<milora::PrincipalSVD<milora::RandomizedSVD>>(o) : finetune<milora::PrincipalSVD<>>(o);
-  else fast ? finetune<milora::MinorSVD<milora::CholeskyKrylovSVD>>(o) : finetune<milora::MinorSVD<>>(o);
+  if (o.device == "cpu") return run_on<milora::EigenBackend<float>>(o);
+#if defined(MILORA_LLAMA_CUDA)
+  if (const std::string why = milora::cuda::no_device_reason(); !why.empty())
+    throw milora::device_error("--device cuda: no usable CUDA device (" + why + ")");
+  run_on<milora::CudaBackend<float>>(o);
+#else
+  throw milora::value_error("--device cuda: this milora-finetune was built without the CUDA toolkit");
+#endif
 }
 
 }  // namespace
@@ -128,7 +143,7 @@ void run(const Options& o) {
 int main(int argc, char** argv) {
   Options o;
   auto& t = o.train;
-  CLI::App app{"milora-finetune: fine-tune a Hugging Face LLaMA folder with LoRA / PiSSA / MiLoRA adapters (CPU, float32)."};
+  CLI::App app{"milora-finetune: fine-tune a Hugging Face LLaMA folder with LoRA / PiSSA / MiLoRA / ... adapters (float32, CPU or CUDA)."};
   app.add_option("--model", o.model, "Hugging Face LLaMA folder (config.json, safetensors, tokenizer.model)")->required()->check(CLI::ExistingDirectory);
   app.add_option("--data", o.data, "training data: text, or little-endian uint32 token ids in a .u32 file")->required()->check(CLI::ExistingFile);
   app.add_option("--val-data", o.val_data, "held-out data (default: the last --val-fraction of --data)")->check(CLI::ExistingFile);
@@ -141,6 +156,9 @@ int main(int argc, char** argv) {
   app.add_option("--calibration-batches", o.calibration_batches, "batches of --data that CorDA / EVA collect input statistics from, LoRA-GA gradients")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
+  app.add_option("--device", o.device, "cpu | cuda (CudaBackend; the same checkpoints, so a run may move between them)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--solver", o.solver, "exact (LAPACK) | fast (randomized SVD / Cholesky-Krylov)")->capture_default_str()->check(CLI::IsMember({"exact", "fast"}));
   app.add_option("--rank", o.rank, "adapter rank r")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--alpha", o.alpha, "lora_alpha (default 2 * rank)")->check(CLI::PositiveNumber);

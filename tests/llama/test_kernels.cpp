@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "kernels_cpu.hpp"
+#include "kernels_rows.hpp"
 #include "llama_test_util.hpp"
 
 using BE = milora::EigenBackend<double>;
@@ -184,4 +185,82 @@ TEST_CASE("embed: rows of the table, a token outside the vocabulary is named") {
   const std::vector<Token> bad = {1, 5, 0};
   CHECK_THROWS_WITH_AS(K::embed(table, bad, out), "token 5 at position 1 is outside the vocabulary of 5",
                        milora::value_error);
+}
+
+// The CUDA kernels (kernels_cuda.cuh) run the row math of kernels_rows.hpp, one thread per row;
+// here, on the CPU, that same math is checked against the CPU kernels above (written separately,
+// with Eigen), so CI, which has no GPU, tests what the GPU computes. Double throughout, both sides
+// reduce in double: agreement to 1e-13 relative.
+TEST_CASE("kernels_rows (the CUDA kernels' math) equals the CPU kernels: rmsnorm, rope, causal softmax, swiglu, "
+          "cross-entropy, forward and backward") {
+  namespace rows = llama::rows;
+  constexpr double tol = 1e-13;
+  auto same = [](const M& a, const M& b) { return (a - b).cwiseAbs().maxCoeff() <= tol * std::max(1.0, b.cwiseAbs().maxCoeff()); };
+  const Index n = 6, c = 10;
+  const M x = randn(n, c, 31), w = randn(1, c, 32), dy = randn(n, c, 33);
+
+  // rmsnorm forward / backward (the backward accumulates into dx)
+  M y(n, c), rstd(1, n), y2(n, c), rstd2(1, n);
+  K::rmsnorm_forward(x, w, 1e-5, y, rstd);
+  for (Index i = 0; i < n; ++i) rstd2(0, i) = rows::rmsnorm_forward(&x(i, 0), w.data(), c, 1e-5, &y2(i, 0));
+  CHECK(same(y2, y));
+  CHECK(same(rstd2, rstd));
+  M dx = randn(n, c, 34), dx2 = dx;
+  K::rmsnorm_backward(dy, x, w, rstd, dx);
+  for (Index i = 0; i < n; ++i) rows::rmsnorm_backward(&dy(i, 0), &x(i, 0), w.data(), rstd(0, i), c, &dx2(i, 0));
+  CHECK(same(dx2, dx));
+
+  // rope, both directions, 3 heads of 4 at positions row % seq
+  const Index seq = 3, hd = 4, heads = 3;
+  const M cosines = randn(seq, hd / 2, 35), sines = randn(seq, hd / 2, 36);
+  for (double sign : {1.0, -1.0}) {
+    M r1 = randn(n, heads * hd, 37), r2 = r1;
+    K::rope(r1, cosines, sines, seq, hd, sign);
+    for (Index r = 0; r < n; ++r)
+      for (Index h = 0; h < heads; ++h) rows::rope_head(&r2(r, h * hd), &cosines(r % seq, 0), &sines(r % seq, 0), hd / 2, sign);
+    CHECK(same(r2, r1));
+  }
+
+  // causal softmax and its backward, through the CPU attention (one sequence, one head): its probs
+  // are the softmax rows, and dq = dS K / sqrt(d) recovers dS where K = sqrt(d) I
+  const llama::AttentionShape s{1, 5, 1, 1, 5};
+  const M q = randn(5, 5, 38), k = M::Identity(5, 5) * std::sqrt(5.0), v = randn(5, 5, 39), dout = randn(5, 5, 40);
+  M out(5, 5), probs(5, 5);
+  K::attention_forward(q, k, v, s, out, probs);
+  M p2 = q;  // S = Q K^T / sqrt(d) = Q here
+  for (Index i = 0; i < 5; ++i) rows::softmax_causal(&p2(i, 0), i, 5);
+  CHECK(same(p2, probs));
+  M dq(5, 5), dk(5, 5), dv(5, 5);
+  K::attention_backward(dout, q, k, v, probs, s, dq, dk, dv);
+  M ds = dout * v.transpose();  // dP
+  for (Index i = 0; i < 5; ++i) rows::softmax_causal_backward(&probs(i, 0), &ds(i, 0), i, 5);
+  CHECK(same(ds, dq));  // dq = dS K / sqrt(d) = dS
+
+  // swiglu
+  const M gate = randn(n, c, 41, 2.0), up = randn(n, c, 42);
+  M o1(n, c), o2(n, c), dg1(n, c), du1(n, c), dg2(n, c), du2(n, c);
+  K::swiglu_forward(gate, up, o1);
+  K::swiglu_backward(dy, gate, up, dg1, du1);
+  for (Index i = 0; i < n; ++i)
+    for (Index j = 0; j < c; ++j) {
+      o2(i, j) = rows::swiglu_forward(gate(i, j), up(i, j));
+      rows::swiglu_backward(dy(i, j), gate(i, j), up(i, j), &dg2(i, j), &du2(i, j));
+    }
+  CHECK(same(o2, o1));
+  CHECK(same(dg2, dg1));
+  CHECK(same(du2, du1));
+
+  // cross-entropy with an ignored row: the mean loss and dlogits (k = grad_scale / count)
+  const M logits = randn(4, 7, 43, 3.0);
+  const std::vector<Token> targets = {3, llama::kIgnoreIndex, 0, 6};
+  M d1(4, 7), d2 = M::Zero(4, 7);
+  const double loss = K::cross_entropy(logits, targets, 0.5, d1);
+  double total = 0;
+  for (Index i = 0; i < 4; ++i)
+    if (targets[std::size_t(i)] != llama::kIgnoreIndex)
+      total += rows::cross_entropy(&logits(i, 0), 7, targets[std::size_t(i)], 0.5 / 3, &d2(i, 0));
+  CHECK(std::abs(total / 3 - loss) <= tol * std::abs(loss));
+  CHECK(same(d2, d1));
+  CHECK(rows::cross_entropy(&logits(0, 0), 7, 3, 1.0, static_cast<double*>(nullptr)) ==
+        doctest::Approx(rows::cross_entropy(&logits(0, 0), 7, 3, 1.0, &d2(0, 0))).epsilon(1e-15));
 }

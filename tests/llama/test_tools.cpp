@@ -6,6 +6,7 @@
 
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cstdlib>
 #include <string>
 
@@ -190,6 +191,33 @@ TEST_CASE("milora-init --method corda-kpm / eva / lora-ga with --calibration-dat
   CHECK(r.status != 0);
   CHECK(r.err.find("not milora") != std::string::npos);
   CHECK_FALSE(std::filesystem::exists(dir / "none"));
+}
+
+TEST_CASE("milora-finetune --device cuda: on a GPU the CPU run's numbers (float, 1e-4), a resume across devices; "
+          "without one, one error line saying why, and nothing written") {
+  milora_test::ScratchDir dir;
+  milora_test::write_file(dir / "train.txt", text(600));
+  const std::string common = "--model " + kModel.string() + " --data " + (dir / "train.txt").string() +
+                             " --method milora --rank 4 --steps 4 --lr 5e-3 --batch 2 --seq 32 --save-every 2 --quiet";
+  auto cpu = run("milora-finetune", common + " --out " + (dir / "cpu").string(), dir);
+  REQUIRE_MESSAGE(cpu.status == 0, cpu.err);
+  auto gpu = run("milora-finetune", common + " --device cuda --out " + (dir / "gpu").string(), dir);
+  if (gpu.status != 0) {  // CI: nvcc but no GPU, or a build without the CUDA toolkit
+    CHECK((gpu.err.find("--device cuda: no usable CUDA device") != std::string::npos ||
+           gpu.err.find("built without the CUDA toolkit") != std::string::npos));
+    CHECK(std::count(gpu.err.begin(), gpu.err.end(), '\n') == 1);
+    CHECK_FALSE(std::filesystem::exists(dir / "gpu"));
+    MESSAGE("no CUDA device here: checked the refusal only (", gpu.err.substr(0, gpu.err.size() - 1), ")");
+    return;
+  }
+  const double want = cpu.last_json()["val_loss"].get<double>();
+  CHECK(gpu.last_json()["val_loss"].get<double>() == doctest::Approx(want).epsilon(1e-4));
+  // the checkpoint of the CPU run, resumed on the GPU, ends on the same numbers
+  const auto moved = run("milora-finetune", common + " --device cuda --out " + (dir / "cpu").string() + " --resume " +
+                                                (dir / "cpu" / "checkpoint-2").string(),
+                         dir);
+  REQUIRE_MESSAGE(moved.status == 0, moved.err);
+  CHECK(moved.last_json()["val_loss"].get<double>() == doctest::Approx(want).epsilon(1e-4));
 }
 
 TEST_CASE("milora-finetune / -eval: bad input is one error line and a non-zero exit") {

@@ -1,0 +1,169 @@
+// Definitions of the LLaMA's CUDA kernels (declared in kernels_cuda_launch.hpp), for nvcc only: compile
+// kernels_cuda.cu once into a program that runs the model on CudaBackend.
+//
+// Every kernel is a grid-stride loop that hands one row (or one element) to the shared math of
+// kernels_rows.hpp. One thread per row is the plain choice (a row of 4096 floats is read by one
+// thread); block-per-row reductions are the obvious next step once a GPU can measure them.
+#pragma once
+
+#if !defined(__CUDACC__)
+#error "kernels_cuda.cuh needs nvcc: compile kernels_cuda.cu, include kernels_cuda.hpp elsewhere"
+#endif
+
+#include <algorithm>
+
+#include "kernels_cuda_launch.hpp"
+#include "kernels_rows.hpp"
+
+namespace llama::cuda_launch {
+namespace device {
+
+constexpr int threads = 256;
+
+inline int blocks_for(Index n) {
+  return static_cast<int>(std::clamp<Index>((n + threads - 1) / threads, 1, 8192));  // grid-stride beyond that
+}
+
+template <class F>
+__global__ void each_index(Index n, F f) {
+  for (Index k = Index(blockIdx.x) * blockDim.x + threadIdx.x; k < n; k += Index(blockDim.x) * gridDim.x) f(k);
+}
+
+template <class F>
+void launch(Index n, F f, cudaStream_t s, const char* name) {
+  if (n <= 0) return;
+  each_index<<<blocks_for(n), threads, 0, s>>>(n, f);
+  milora::cuda::check_launch(name);
+}
+
+template <class T>
+__device__ T* row(DeviceView<T> m, Index i) { return m.data() + i * m.ld(); }
+
+}  // namespace device
+
+template <class T>
+void embed(DeviceView<const T> table, const Token* tokens, DeviceView<T> out, cudaStream_t s) {
+  const Index c = out.cols();
+  device::launch(out.rows() * c, [=] __device__(Index k) {
+    const Index i = k / c, j = k % c;
+    device::row(out, i)[j] = device::row(table, Index(tokens[i]))[j];
+  }, s, "llama embed");
+}
+
+template <class T>
+void embed_backward(DeviceView<const T> dout, const Token* tokens, DeviceView<T> dtable, cudaStream_t s) {
+  const Index c = dout.cols();
+  device::launch(dout.rows() * c, [=] __device__(Index k) {  // a token may repeat: atomic
+    const Index i = k / c, j = k % c;
+    atomicAdd(device::row(dtable, Index(tokens[i])) + j, device::row(dout, i)[j]);
+  }, s, "llama embed_backward");
+}
+
+template <class T>
+void rmsnorm_forward(DeviceView<const T> x, const T* w, double eps, DeviceView<T> y, T* rstd, cudaStream_t s) {
+  const Index c = x.cols();
+  device::launch(x.rows(), [=] __device__(Index i) {
+    rstd[i] = rows::rmsnorm_forward(device::row(x, i), w, c, eps, device::row(y, i));
+  }, s, "llama rmsnorm_forward");
+}
+
+template <class T>
+void rmsnorm_backward(DeviceView<const T> dy, DeviceView<const T> x, const T* w, const T* rstd, DeviceView<T> dx,
+                      cudaStream_t s) {
+  const Index c = x.cols();
+  device::launch(x.rows(), [=] __device__(Index i) {
+    rows::rmsnorm_backward(device::row(dy, i), device::row(x, i), w, double(rstd[i]), c, device::row(dx, i));
+  }, s, "llama rmsnorm_backward");
+}
+
+template <class T>
+void rmsnorm_backward_weight(DeviceView<const T> dy, DeviceView<const T> x, const T* rstd, T* dw, cudaStream_t s) {
+  const Index n = x.rows();
+  device::launch(x.cols(), [=] __device__(Index j) {  // one thread per feature: a fixed order, no atomics
+    double acc = 0;
+    for (Index i = 0; i < n; ++i) acc += double(device::row(dy, i)[j]) * double(device::row(x, i)[j]) * double(rstd[i]);
+    dw[j] += T(acc);
+  }, s, "llama rmsnorm_backward_weight");
+}
+
+template <class T>
+void rope(DeviceView<T> x, DeviceView<const T> cos, DeviceView<const T> sin, Index seq, Index head_dim, double sign,
+          cudaStream_t s) {
+  const Index heads = x.cols() / head_dim, half = head_dim / 2;
+  device::launch(x.rows() * heads, [=] __device__(Index k) {
+    const Index r = k / heads, h = k % heads, t = r % seq;
+    rows::rope_head(device::row(x, r) + h * head_dim, device::row(cos, t), device::row(sin, t), half, sign);
+  }, s, "llama rope");
+}
+
+template <class T>
+void softmax_causal(DeviceView<T> p, Index seq, cudaStream_t s) {
+  device::launch(p.rows(), [=] __device__(Index r) { rows::softmax_causal(device::row(p, r), r % seq, seq); }, s,
+                 "llama softmax_causal");
+}
+
+template <class T>
+void softmax_causal_backward(DeviceView<const T> p, DeviceView<T> dp, Index seq, cudaStream_t s) {
+  device::launch(dp.rows(), [=] __device__(Index r) {
+    rows::softmax_causal_backward(device::row(p, r), device::row(dp, r), r % seq, seq);
+  }, s, "llama softmax_causal_backward");
+}
+
+template <class T>
+void swiglu_forward(DeviceView<const T> gate, DeviceView<const T> up, DeviceView<T> out, cudaStream_t s) {
+  const Index c = gate.cols();
+  device::launch(gate.rows() * c, [=] __device__(Index k) {
+    const Index i = k / c, j = k % c;
+    device::row(out, i)[j] = rows::swiglu_forward(device::row(gate, i)[j], device::row(up, i)[j]);
+  }, s, "llama swiglu_forward");
+}
+
+template <class T>
+void swiglu_backward(DeviceView<const T> dout, DeviceView<const T> gate, DeviceView<const T> up, DeviceView<T> dgate,
+                     DeviceView<T> dup, cudaStream_t s) {
+  const Index c = gate.cols();
+  device::launch(gate.rows() * c, [=] __device__(Index k) {
+    const Index i = k / c, j = k % c;
+    rows::swiglu_backward(device::row(dout, i)[j], device::row(gate, i)[j], device::row(up, i)[j], device::row(dgate, i) + j,
+                          device::row(dup, i) + j);
+  }, s, "llama swiglu_backward");
+}
+
+template <class T>
+void cross_entropy(DeviceView<const T> logits, const Token* targets, double k, DeviceView<T> dlogits, double* row_loss,
+                   cudaStream_t s) {
+  const Index vocab = logits.cols();
+  const bool grad = dlogits.data() != nullptr;
+  device::launch(logits.rows(), [=] __device__(Index i) {
+    const Token t = targets[i];
+    T* d = grad ? device::row(dlogits, i) : nullptr;
+    if (t == kIgnoreIndex) {
+      row_loss[i] = 0;
+      if (d != nullptr)
+        for (Index j = 0; j < vocab; ++j) d[j] = T(0);
+      return;
+    }
+    row_loss[i] = rows::cross_entropy(device::row(logits, i), vocab, t, k, d);
+  }, s, "llama cross_entropy");
+}
+
+#define LLAMA_CUDA_INSTANTIATE(T)                                                                                        \
+  template void embed<T>(DeviceView<const T>, const Token*, DeviceView<T>, cudaStream_t);                                \
+  template void embed_backward<T>(DeviceView<const T>, const Token*, DeviceView<T>, cudaStream_t);                       \
+  template void rmsnorm_forward<T>(DeviceView<const T>, const T*, double, DeviceView<T>, T*, cudaStream_t);             \
+  template void rmsnorm_backward<T>(DeviceView<const T>, DeviceView<const T>, const T*, const T*, DeviceView<T>,         \
+                                    cudaStream_t);                                                                       \
+  template void rmsnorm_backward_weight<T>(DeviceView<const T>, DeviceView<const T>, const T*, T*, cudaStream_t);       \
+  template void rope<T>(DeviceView<T>, DeviceView<const T>, DeviceView<const T>, Index, Index, double, cudaStream_t);    \
+  template void softmax_causal<T>(DeviceView<T>, Index, cudaStream_t);                                                  \
+  template void softmax_causal_backward<T>(DeviceView<const T>, DeviceView<T>, Index, cudaStream_t);                     \
+  template void swiglu_forward<T>(DeviceView<const T>, DeviceView<const T>, DeviceView<T>, cudaStream_t);                \
+  template void swiglu_backward<T>(DeviceView<const T>, DeviceView<const T>, DeviceView<const T>, DeviceView<T>,        \
+                                   DeviceView<T>, cudaStream_t);                                                         \
+  template void cross_entropy<T>(DeviceView<const T>, const Token*, double, DeviceView<T>, double*, cudaStream_t);
+
+LLAMA_CUDA_INSTANTIATE(float)
+LLAMA_CUDA_INSTANTIATE(double)
+#undef LLAMA_CUDA_INSTANTIATE
+
+}  // namespace llama::cuda_launch

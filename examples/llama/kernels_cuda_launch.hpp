@@ -1,0 +1,42 @@
+// The launchers of the LLaMA's CUDA kernels: declared here for host code (kernels_cuda.hpp),
+// defined in kernels_cuda.cuh for nvcc. Each queues its kernel on the stream and checks the
+// launch; none synchronises. Instantiated for float and double.
+#pragma once
+
+#include "kernels.hpp"
+#include "milora/backend/cuda/memory.hpp"
+#include "milora/backend/cuda/status.hpp"
+
+namespace llama {
+
+namespace cuda_launch {
+using milora::cuda::DeviceView;
+
+template <class T> void embed(DeviceView<const T> table, const Token* tokens, DeviceView<T> out, cudaStream_t s);
+template <class T> void embed_backward(DeviceView<const T> dout, const Token* tokens, DeviceView<T> dtable, cudaStream_t s);
+template <class T>
+void rmsnorm_forward(DeviceView<const T> x, const T* w, double eps, DeviceView<T> y, T* rstd, cudaStream_t s);
+template <class T>
+void rmsnorm_backward(DeviceView<const T> dy, DeviceView<const T> x, const T* w, const T* rstd, DeviceView<T> dx,
+                      cudaStream_t s);
+template <class T>
+void rmsnorm_backward_weight(DeviceView<const T> dy, DeviceView<const T> x, const T* rstd, T* dw, cudaStream_t s);
+template <class T>
+void rope(DeviceView<T> x, DeviceView<const T> cos, DeviceView<const T> sin, Index seq, Index head_dim, double sign,
+          cudaStream_t s);
+/// Every row r of p: softmax_causal over its first r % seq + 1 entries.
+template <class T> void softmax_causal(DeviceView<T> p, Index seq, cudaStream_t s);
+/// Every row r of dp: softmax_causal_backward with p's row r (position r % seq).
+template <class T> void softmax_causal_backward(DeviceView<const T> p, DeviceView<T> dp, Index seq, cudaStream_t s);
+template <class T> void swiglu_forward(DeviceView<const T> gate, DeviceView<const T> up, DeviceView<T> out, cudaStream_t s);
+template <class T>
+void swiglu_backward(DeviceView<const T> dout, DeviceView<const T> gate, DeviceView<const T> up, DeviceView<T> dgate,
+                     DeviceView<T> dup, cudaStream_t s);
+/// row_loss[i] = the row's loss (0 for kIgnoreIndex); dlogits (when its data is not null) as the
+/// CPU kernel writes it, with k = grad_scale / count.
+template <class T>
+void cross_entropy(DeviceView<const T> logits, const Token* targets, double k, DeviceView<T> dlogits, double* row_loss,
+                   cudaStream_t s);
+}  // namespace cuda_launch
+
+}  // namespace llama
