@@ -129,7 +129,7 @@ TEST_CASE_TEMPLATE("CorDA: statistics of another width, all-zero inputs or a ret
   CHECK(host<B>(layer.weight()) == before);
 }
 
-TEST_CASE_TEMPLATE("EVA: A = the r leading principal components of the centred inputs, B = 0, base and output unchanged", B,
+TEST_CASE_TEMPLATE("EVA: A = the r leading principal components of the centred inputs, B = 0, base and output unchanged, merge / unmerge", B,
                    MILORA_TEST_BACKENDS) {
   const Index r = 4, in = 20, out = 12;
   const HostMatrix x = calibration_inputs(90, in, 341);
@@ -158,6 +158,13 @@ TEST_CASE_TEMPLATE("EVA: A = the r leading principal components of the centred i
   // centring matters: the uncentred second moment's leading direction is the mean's, not a component's
   const Eigen::VectorXd mean_dir = xs.colwise().mean().transpose().normalized();
   CHECK(std::abs(a.row(0).dot(mean_dir)) < 0.9);
+
+  // merge / unmerge, with a B as after training (EVA's B = 0 would hide a wrong merge)
+  ad.B() = device<B>(random_normal(out, r, 343));
+  ad.merge();
+  CHECK(rel_err(host<B>(layer.weight()), w0 + ad.scale() * host<B>(ad.B()) * a) <= 10 * contract_tol<B>);
+  ad.unmerge();
+  CHECK(rel_err(host<B>(layer.weight()), w0) <= 10 * contract_tol<B>);
 
   // too few tokens for the rank
   milora::Linear<B> other(device<B>(w0));
