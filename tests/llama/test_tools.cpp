@@ -193,7 +193,7 @@ TEST_CASE("milora-init --method corda-kpm / eva / lora-ga with --calibration-dat
   CHECK_FALSE(std::filesystem::exists(dir / "none"));
 }
 
-TEST_CASE("milora-finetune --device cuda: on a GPU the CPU run's numbers (float, 1e-4), a resume across devices; "
+TEST_CASE("milora-finetune --device cuda: on a GPU the CPU run's numbers (float, 1e-4), a resume across devices, "
           "without one, one error line saying why, and nothing written") {
   milora_test::ScratchDir dir;
   milora_test::write_file(dir / "train.txt", text(600));
