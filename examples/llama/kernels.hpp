@@ -25,6 +25,7 @@
 #include <span>
 
 #include "milora/core/backend.hpp"
+#include "milora/core/errors.hpp"
 
 namespace llama {
 
@@ -38,6 +39,29 @@ inline constexpr Token kIgnoreIndex = -100;
 /// Specialised per backend (kernels_cpu.hpp: EigenBackend<float|double>).
 template <class Backend>
 struct LlamaKernels;
+
+/// The checks every backend's embed and cross_entropy make on the host before any work, so that
+/// bad ids get the same message on every backend: value_error naming the first token outside
+/// [0, vocab) and its position.
+inline void check_tokens(std::span<const Token> tokens, Index vocab) {
+  for (std::size_t i = 0; i < tokens.size(); ++i)
+    if (tokens[i] < 0 || tokens[i] >= vocab)
+      throw milora::value_error(milora::detail::concat("token ", tokens[i], " at position ", i,
+                                                       " is outside the vocabulary of ", vocab));
+}
+/// The number of targets the loss averages over (those that are not kIgnoreIndex); value_error
+/// naming the first one outside [0, vocab) and its row.
+inline Index count_targets(std::span<const Token> targets, Index vocab) {
+  Index count = 0;
+  for (std::size_t i = 0; i < targets.size(); ++i) {
+    const Token t = targets[i];
+    if (t == kIgnoreIndex) continue;
+    if (t < 0 || t >= vocab)
+      throw milora::value_error(milora::detail::concat("target ", t, " at row ", i, " is outside the vocabulary of ", vocab));
+    ++count;
+  }
+  return count;
+}
 
 /// The shape of one attention call.
 struct AttentionShape {

@@ -26,13 +26,8 @@ struct LlamaKernels<milora::EigenBackend<T>> {
   /// out[i, :] = table[tokens[i], :]. Throws value_error for a token outside the table.
   static void embed(const_view table, std::span<const Token> tokens, view out) {
     require(out.rows() == Index(tokens.size()) && out.cols() == table.cols(), "embed: output shape");
-    for (std::size_t i = 0; i < tokens.size(); ++i) {
-      const Token t = tokens[i];
-      if (t < 0 || t >= table.rows())
-        throw milora::value_error(milora::detail::concat("token ", t, " at position ", i,
-                                                         " is outside the vocabulary of ", table.rows()));
-      out.row(Index(i)) = table.row(t);
-    }
+    check_tokens(tokens, table.rows());  // all of them before the first row is written
+    for (std::size_t i = 0; i < tokens.size(); ++i) out.row(Index(i)) = table.row(tokens[i]);
   }
 
   /// dtable[tokens[i], :] += dout[i, :]: the embedding's gradient (full training only).
@@ -171,15 +166,7 @@ struct LlamaKernels<milora::EigenBackend<T>> {
     require(Index(targets.size()) == n, "cross_entropy: one target per row");
     const bool grad = dlogits.size() != 0;
     if (grad) require(dlogits.rows() == n && dlogits.cols() == vocab, "cross_entropy: dlogits shape");
-    Index count = 0;
-    for (Index i = 0; i < n; ++i) {
-      const Token t = targets[std::size_t(i)];
-      if (t == kIgnoreIndex) continue;
-      if (t < 0 || t >= vocab)
-        throw milora::value_error(milora::detail::concat("target ", t, " at row ", i,
-                                                         " is outside the vocabulary of ", vocab));
-      ++count;
-    }
+    const Index count = count_targets(targets, vocab);
     double total = 0;
     for (Index i = 0; i < n; ++i) {
       const Token t = targets[std::size_t(i)];

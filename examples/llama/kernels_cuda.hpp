@@ -29,10 +29,7 @@ struct LlamaKernels<milora::CudaBackend<T>> {
 
   static void embed(const_view table, std::span<const Token> tokens, view out) {
     require(out.rows() == Index(tokens.size()) && out.cols() == table.cols(), "embed: output shape");
-    for (std::size_t i = 0; i < tokens.size(); ++i)
-      if (tokens[i] < 0 || tokens[i] >= table.rows())
-        throw milora::value_error(milora::detail::concat("token ", tokens[i], " at position ", i,
-                                                         " is outside the vocabulary of ", table.rows()));
+    check_tokens(tokens, table.rows());
     const auto dev = upload(tokens);
     cuda_launch::embed<T>(table, dev.data(), out, stream());
     synchronize_before_free("embed");
@@ -117,14 +114,7 @@ struct LlamaKernels<milora::CudaBackend<T>> {
     require(Index(targets.size()) == n, "cross_entropy: one target per row");
     const bool grad = dlogits.size() != 0;
     if (grad) require(dlogits.rows() == n && dlogits.cols() == vocab, "cross_entropy: dlogits shape");
-    Index count = 0;
-    for (Index i = 0; i < n; ++i) {
-      const Token t = targets[std::size_t(i)];
-      if (t == kIgnoreIndex) continue;
-      if (t < 0 || t >= vocab)
-        throw milora::value_error(milora::detail::concat("target ", t, " at row ", i, " is outside the vocabulary of ", vocab));
-      ++count;
-    }
+    const Index count = count_targets(targets, vocab);
     const auto dev = upload(targets);
     milora::cuda::DeviceBuffer<double> losses(std::size_t(std::max<Index>(n, 1)));
     cuda_launch::cross_entropy<T>(logits, dev.data(), count == 0 ? 0.0 : grad_scale / double(count),
