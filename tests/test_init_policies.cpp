@@ -9,7 +9,7 @@ using namespace test;
 
 namespace {
 
-constexpr std::pair<Index, Index> kShapes[] = {{24, 16}, {16, 24}, {20, 20}};
+constexpr std::pair<Index, Index> kPolicyShapes[] = {{24, 16}, {16, 24}, {20, 20}};
 
 // Float carries ~1e-7 per operation; these products have a few dozen terms.
 template <class B>
@@ -19,7 +19,7 @@ constexpr double factor_tol = is_float<B> ? 2e-5 : 1e-12;
 
 TEST_CASE_TEMPLATE("OLoRA: B = Q[:, :r] orthonormal, A = R[:r, :], B*A = W projected on its first r columns, W' + s*B*A = W",
                    B, MILORA_TEST_BACKENDS) {
-  for (auto [out, in] : kShapes) {
+  for (auto [out, in] : kPolicyShapes) {
     CAPTURE(out);
     CAPTURE(in);
     const Index r = 5;
@@ -56,7 +56,7 @@ TEST_CASE_TEMPLATE("OLoRA: B = Q[:, :r] orthonormal, A = R[:r, :], B*A = W proje
 
 TEST_CASE_TEMPLATE("orthogonal: both factors random and non-zero, B*A = 0 (base and output unchanged), halves orthogonal",
                    B, MILORA_TEST_BACKENDS) {
-  for (auto [out, in] : kShapes) {
+  for (auto [out, in] : kPolicyShapes) {
     CAPTURE(out);
     CAPTURE(in);
     const Index r = 6;
@@ -114,7 +114,7 @@ TEST_CASE_TEMPLATE("MiCA: B = the r minor left singular vectors (frozen), A = 0,
                    "every update stays in the minor subspace",
                    B, MILORA_TEST_BACKENDS) {
   const Index r = 3;
-  for (auto [out, in] : kShapes) {
+  for (auto [out, in] : kPolicyShapes) {
     CAPTURE(out);
     CAPTURE(in);
     // A clear gap above the r smallest singular values, so the minor subspace is well defined.
