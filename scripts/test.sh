@@ -5,9 +5,9 @@
 #  2. the tests whose results depend on the factorisations (backend, init, spectral) again with
 #     MILORA_USE_LAPACKE=OFF, so Eigen's own fallback paths are tested too (the xtensor backend, which
 #     always goes through BLAS/LAPACK, the file layer and the LLaMA, which do not touch LAPACK, and
-#     the package tests are left out of that build). That build is one unity translation unit:
-#     Eigen's own SVD / QR / eigen / GEMM code is then instantiated once, not once per test file
-#     (on CI's 2 cores: 8 min as 5 files, 3.5 min as one);
+#     the package tests are left out of that build). Its five files are one unity translation
+#     unit (tests/CMakeLists.txt): Eigen's own SVD / QR / eigen / GEMM code is then instantiated
+#     once, not once per file (on CI's 2 cores: 8 min as 5 units, 3.5 min as one);
 #  3. the file readers (with the fuzzers' corpora), the LLaMA and its tools and the fault-injection
 #     tests again, built with AddressSanitizer + UndefinedBehaviorSanitizer (-O1, Eigen backend only).
 #     They drive the core adapter code too; the core suite itself is left out of this build to keep
@@ -32,8 +32,7 @@ if { command -v nvcc >/dev/null || [ -n "${CUDACXX:-}" ]; } && [ ! -x "$root/bui
 fi
 
 cmake -S "$root" -B "$root/build/test-nolapacke" -DCMAKE_BUILD_TYPE=Release -DMILORA_USE_LAPACKE=OFF -DMILORA_USE_XTENSOR=OFF -DMILORA_USE_IO=OFF -DMILORA_USE_CUDA=OFF \
-  -DMILORA_TEST_FALLBACKS_ONLY=ON -DMILORA_BUILD_TESTS=ON -DMILORA_BUILD_EXAMPLES=OFF -DMILORA_BUILD_BENCHMARKS=OFF \
-  -DCMAKE_UNITY_BUILD=ON -DCMAKE_UNITY_BUILD_BATCH_SIZE=0 >/dev/null
+  -DMILORA_TEST_FALLBACKS_ONLY=ON -DMILORA_BUILD_TESTS=ON -DMILORA_BUILD_EXAMPLES=OFF -DMILORA_BUILD_BENCHMARKS=OFF >/dev/null
 cmake --build "$root/build/test-nolapacke" -j"$jobs" --target milora_tests
 
 echo "== milora tests without LAPACKE (Eigen fallbacks)"

@@ -6,20 +6,20 @@
 #if defined(MILORA_HAS_XTENSOR)
 
 namespace {
-using EB = milora::EigenBackend<float>;
-using XB = milora::XtensorBackend<float>;
-constexpr double kTol = 1e-5;
-constexpr std::pair<milora::Index, milora::Index> kShapes[] = {{24, 16}, {16, 24}};
+using EigenF = milora::EigenBackend<float>;
+using XtensorF = milora::XtensorBackend<float>;
+constexpr double kCrossTol = 1e-5;
+constexpr std::pair<milora::Index, milora::Index> kCrossShapes[] = {{24, 16}, {16, 24}};
 }  // namespace
 
 TEST_CASE("cross-backend: LoRA is the same on Eigen and xtensor (float, 1e-5)") {
-  for (auto [out, in] : kShapes) test::compare_backends<milora::LoRA<EB>, milora::LoRA<XB>>(out, in, kTol);
+  for (auto [out, in] : kCrossShapes) test::compare_backends<milora::LoRA<EigenF>, milora::LoRA<XtensorF>>(out, in, kCrossTol);
 }
 TEST_CASE("cross-backend: PiSSA is the same on Eigen and xtensor (float, 1e-5)") {
-  for (auto [out, in] : kShapes) test::compare_backends<milora::PiSSA<EB>, milora::PiSSA<XB>>(out, in, kTol);
+  for (auto [out, in] : kCrossShapes) test::compare_backends<milora::PiSSA<EigenF>, milora::PiSSA<XtensorF>>(out, in, kCrossTol);
 }
 TEST_CASE("cross-backend: MiLoRA is the same on Eigen and xtensor (float, 1e-5)") {
-  for (auto [out, in] : kShapes) test::compare_backends<milora::MiLoRA<EB>, milora::MiLoRA<XB>>(out, in, kTol);
+  for (auto [out, in] : kCrossShapes) test::compare_backends<milora::MiLoRA<EigenF>, milora::MiLoRA<XtensorF>>(out, in, kCrossTol);
 }
 
 #endif  // MILORA_HAS_XTENSOR

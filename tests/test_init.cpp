@@ -6,7 +6,7 @@ using namespace test;
 namespace {
 
 // Shapes in both orientations, and square.
-constexpr std::pair<Index, Index> kShapes[] = {{24, 16}, {16, 24}, {20, 20}};
+constexpr std::pair<Index, Index> kInitShapes[] = {{24, 16}, {16, 24}, {20, 20}};
 
 template <class Adapter, class B>
 void check_contract(Index out, Index in, bool rslora) {
@@ -31,7 +31,7 @@ void check_contract(Index out, Index in, bool rslora) {
 }  // namespace
 
 TEST_CASE_TEMPLATE("init contract: PiSSA and MiLoRA keep W' + s*B*A = W and the output", B, MILORA_TEST_BACKENDS) {
-  for (auto [out, in] : kShapes)
+  for (auto [out, in] : kInitShapes)
     for (bool rslora : {false, true}) {
       check_contract<milora::PiSSA<B>, B>(out, in, rslora);
       check_contract<milora::MiLoRA<B>, B>(out, in, rslora);
@@ -40,7 +40,7 @@ TEST_CASE_TEMPLATE("init contract: PiSSA and MiLoRA keep W' + s*B*A = W and the 
 
 TEST_CASE_TEMPLATE("init subspace: MiLoRA takes the minor triplets, PiSSA the principal ones", B, MILORA_TEST_BACKENDS) {
   const Index r = 4;
-  for (auto [out, in] : kShapes) {
+  for (auto [out, in] : kInitShapes) {
     CAPTURE(out);
     CAPTURE(in);
     const Index k = std::min(out, in);
