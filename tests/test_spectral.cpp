@@ -85,10 +85,16 @@ TEST_CASE_TEMPLATE("RandomizedSVD: top-r subspace and sigma match ExactSVD", B, 
 // we allow 1e-4.
 TEST_CASE_TEMPLATE("CholeskyKrylovSVD: bottom-r subspace and sigma match ExactSVD, no fallback", B, MILORA_TEST_BACKENDS) {
   const Index r = 8;
-  const milora::CholeskyKrylovSVD solver{.oversampling = 8, .phase_blocks = 5, .max_blocks = 15};  // blocks of 16
+  // blocks of 16; the defaults for how a phase ends and where the first shift goes, and the
+  // conservative choices (no extension, a first shift of the whole residual) they replaced
+  const milora::CholeskyKrylovSVD solvers[] = {{.oversampling = 8, .phase_blocks = 5, .max_blocks = 15},
+                                                {.oversampling = 8, .phase_blocks = 5, .max_blocks = 15,
+                                                 .extra_blocks = 0, .first_shift = 1.0}};
+  for (const auto& solver : solvers)
   for (const auto& c : kCases) {
     const std::string name = c.name;
     CAPTURE(name);
+    CAPTURE(solver.first_shift);
     const Index k = std::min(c.out, c.in);
     const auto w = device<B>(with_spectrum(c.out, c.in, c.llm ? llm_like(k) : gapped_spectrum(k, r), 53));
     LogCapture log;
@@ -107,6 +113,30 @@ TEST_CASE_TEMPLATE("CholeskyKrylovSVD: bottom-r subspace and sigma match ExactSV
     const HostMatrix s = host<B>(fast.S);
     for (Index i = 1; i < r; ++i) CHECK(s(0, i) <= s(0, i - 1));
   }
+}
+
+// extra_blocks: a phase whose estimate is below 1/2 and halving may run past phase_blocks. With
+// room for only one more block after two phases of 4 (max_blocks = 10), the second phase on this
+// weight ends at an estimated overlap of ~0.99: without the extension that is a fallback to the
+// exact SVD, with it one more block converges.
+TEST_CASE_TEMPLATE("CholeskyKrylovSVD: a phase about to converge runs a block longer instead of giving up", B, MILORA_TEST_BACKENDS) {
+  const Index r = 8;
+  const auto w = device<B>(with_spectrum(400, 300, llm_like(300), 57));
+  const milora::CholeskyKrylovSVD strict{.oversampling = 16, .phase_blocks = 4, .max_blocks = 10, .extra_blocks = 0};
+  milora::CholeskyKrylovSVD extended = strict;
+  extended.extra_blocks = 4;
+  {
+    LogCapture log;
+    (void)strict.bottom<B>(w, r);
+    REQUIRE(log.lines.size() == 1);
+    CHECK(log.lines[0].find("no convergence") != std::string::npos);
+  }
+  LogCapture log;
+  const auto fast = extended.bottom<B>(w, r);
+  CHECK(log.lines.empty());
+  const auto exact = milora::ExactSVD{}.bottom<B>(w, r);
+  CHECK(overlap(host<B>(fast.Vt), host<B>(exact.Vt)) >= 0.999);
+  CHECK(sigma_error(host<B>(fast.S), host<B>(exact.S)) <= 1e-4);
 }
 
 TEST_CASE_TEMPLATE("CholeskyKrylovSVD falls back to ExactSVD, and says so, when it must", B, MILORA_TEST_BACKENDS) {
@@ -133,6 +163,11 @@ TEST_CASE_TEMPLATE("CholeskyKrylovSVD falls back to ExactSVD, and says so, when 
   }
   CHECK_THROWS_AS(milora::CholeskyKrylovSVD{.max_blocks = 1}.bottom<B>(device<B>(random_normal(50, 50, 1)), 2),
                   milora::value_error);
+  CHECK_THROWS_AS(milora::CholeskyKrylovSVD{.extra_blocks = -1}.bottom<B>(device<B>(random_normal(50, 50, 1)), 2),
+                  milora::value_error);
+  for (const double bad : {0.0, 1.5})
+    CHECK_THROWS_AS(milora::CholeskyKrylovSVD{.first_shift = bad}.bottom<B>(device<B>(random_normal(50, 50, 1)), 2),
+                    milora::value_error);
   CHECK_THROWS_AS(milora::RandomizedSVD{.oversampling = -2}.top<B>(device<B>(random_normal(50, 50, 1)), 2),
                   milora::value_error);
 }

@@ -19,10 +19,13 @@
 //   4. The minor tail of a real weight is clustered: relative gaps of 1e-4 at n = 4096 make the
 //      unshifted space (mu = 0) converge in hundreds of blocks. So the first phase (mu = 0,
 //      phase_blocks blocks) only locates the tail; each further phase shifts to just below the
-//      smallest eigenvalue as estimated so far (mu = theta_0 - (theta_r - theta_0) / 2 - 2 ||r_0||),
-//      where the wanted eigenvalues of (G - mu I)^-1 are separated by factors, not by 1e-4, and
-//      restarts from the previous phase's Ritz vectors. A shift above the smallest eigenvalue makes
-//      Cholesky fail; the shift then steps down. Each phase costs one Cholesky factorisation.
+//      smallest eigenvalue as estimated so far (after the unshifted phase mu = theta_0 -
+//      first_shift * ||r_0||, after a shifted one mu = theta_0 - (theta_r - theta_0) / 2), where
+//      the wanted eigenvalues of (G - mu I)^-1 are separated by factors, not by 1e-4, and restarts
+//      from the previous phase's Ritz vectors. A shift above the smallest eigenvalue makes Cholesky
+//      fail; the shift then steps down 4x. Each phase costs one Cholesky factorisation, so a phase
+//      that is about to converge may run up to extra_blocks past phase_blocks instead.
+//      (docs/benchmarks.md, issue 4, counts the phases and blocks on several spectra.)
 //   5. X spans the minor left (or right) singular subspace. The other side is orth(W^T A^-1 X)
 //      (A = G - mu I), which damps rather than amplifies X's error along principal directions;
 //      sigma comes from the SVD of the r x r core X^T W Y (triplets_from_subspace).
@@ -53,6 +56,8 @@ struct CholeskyKrylovSVD {
   Index oversampling = 16;   ///< p: the Krylov block has b = r + p columns
   Index phase_blocks = 8;    ///< Krylov blocks per phase (one shift, one Cholesky factor)
   Index max_blocks = 24;     ///< all phases together
+  Index extra_blocks = 4;    ///< a phase may run this many blocks longer while its estimate halves per block
+  double first_shift = 0.25; ///< the first shift tried after the unshifted phase: theta_0 - first_shift ||r_0||
   double tolerance = 1e-4;   ///< accepted 1 - (estimated subspace overlap)
   std::uint64_t seed = 0x2545F4914F6CDD1DULL;
 
@@ -65,10 +70,12 @@ struct CholeskyKrylovSVD {
     using D = rebind_t<B, double>;
     const Index m = B::rows(w), n = B::cols(w), k = std::min(m, n);
     detail::check_triplet_count(r, m, n, name);
-    if (oversampling < 0 || phase_blocks < 2 || max_blocks < phase_blocks || !(tolerance > 0))
+    if (oversampling < 0 || phase_blocks < 2 || max_blocks < phase_blocks || !(tolerance > 0) ||
+        extra_blocks < 0 || !(first_shift > 0 && first_shift <= 1))
       throw value_error(detail::concat("CholeskyKrylovSVD: oversampling ", oversampling, ", phase_blocks ",
                                        phase_blocks, ", max_blocks ", max_blocks, ", tolerance ", tolerance,
-                                       " (need >= 0, >= 2, >= phase_blocks, > 0)"));
+                                       ", extra_blocks ", extra_blocks, ", first_shift ", first_shift,
+                                       " (need >= 0, >= 2, >= phase_blocks, > 0, >= 0, in (0, 1])"));
     const Index b = r + oversampling;
     if (2 * b > k) return ExactSVD{}.bottom<B>(w, r);  // the Krylov space would be most of R^k
 
@@ -89,22 +96,30 @@ struct CholeskyKrylovSVD {
     auto start = D::zeros(k, b);
     D::fill_normal(start, 0.0, 1.0, seed);
     const Index per_phase = std::min(phase_blocks, k / b);
-    Krylov<D> state = krylov<D>(g, *l, start, r, per_phase);
+    // Blocks a phase may add beyond per_phase: within the Krylov space's limit and max_blocks.
+    const auto extra_for = [&](Index used_before) {
+      return std::max<Index>(0, std::min({extra_blocks, k / b - per_phase, max_blocks - used_before - per_phase}));
+    };
+    Krylov<D> state = krylov<D>(g, *l, start, r, per_phase, extra_for(0));
     double mu = 0, applied = 0;  // shift of the last factor, shift now on g's diagonal
-    Index used = per_phase;
+    Index used = state.blocks;
     while (!state.converged && used + per_phase <= max_blocks) {
       // Ritz values are upper bounds: the smallest eigenvalue is below theta_0, and the wanted
       // ones spread over ~ theta_r - theta_0. If the shift is still above the smallest
       // eigenvalue, Cholesky fails and we step down by 4x the distance. (Adding ||r_0|| to every
       // step, the safe choice, measured 3x more phases on the test spectra.)
       const double theta0 = state.theta[0] + mu;  // back to G's eigenvalues
-      // After the unshifted phase theta_0 is still far off (about ||r_0||): step below it by that
-      // (measured: stepping by half the width there failed two Cholesky attempts out of three).
+      // After the unshifted phase theta_0 is still far off, by up to ||r_0|| (measured: stepping
+      // by half the width there failed two Cholesky attempts out of three). The bound is loose,
+      // though: on the LLM-like spectrum theta_0 was off by 0.19 ||r_0||, and a shift of
+      // ||r_0|| / 4 landed 3 widths below the cluster, where the next phase converges instead of
+      // only locating it; if that shift fails, the next is ||r_0||, the safe one.
       // After a shifted phase theta_0 is accurate and half the width is the right distance.
       const double half_width = 0.5 * (state.theta[std::size_t(r)] - state.theta[0]);
       const double step = mu == 0 ? std::max(half_width, state.residual0) : half_width;
+      const double first_margin = mu == 0 && state.residual0 > half_width ? first_shift : 1.0;
       std::optional<matrix_t<D>> shifted_l;
-      for (double margin = 1; margin <= 64 && !shifted_l; margin *= 4) {
+      for (double margin = first_margin; margin <= 64 && !shifted_l; margin *= 4) {
         const double candidate = theta0 - margin * step;
         if (candidate <= 0) break;  // no better than no shift
         D::add_diagonal(g, applied - candidate);  // g = G - candidate * I
@@ -114,8 +129,8 @@ struct CholeskyKrylovSVD {
       }
       if (!shifted_l) break;
       l = std::move(shifted_l);
-      state = krylov<D>(g, *l, state.ritz_block, r, per_phase);
-      used += per_phase;
+      state = krylov<D>(g, *l, state.ritz_block, r, per_phase, extra_for(used));
+      used += state.blocks;
     }
     if (state.converged) return triplets_from_subspace<B, D>(wd, state.x, *l, left);
     log(detail::concat(name, ": no convergence on a ", detail::shape_str(m, n), " weight at r = ", r,
@@ -128,6 +143,7 @@ struct CholeskyKrylovSVD {
   template <class D>
   struct Krylov {
     bool converged = false;
+    Index blocks = 0;           // Krylov blocks this phase ran
     double defect = 1.0;        // estimated 1 - overlap
     double residual0 = 0;       // ||r_0||, of the smallest Ritz pair
     std::vector<double> theta;  // r + 1 smallest Ritz values, ascending
@@ -145,16 +161,21 @@ struct CholeskyKrylovSVD {
     }
   }
 
-  // Block Krylov on a^-1 = (l l^T)^-1 from `start` (k x b), at most `depth` blocks, with
-  // Rayleigh-Ritz on `a` after each block and the overlap estimate of the header comment.
+  // Block Krylov on a^-1 = (l l^T)^-1 from `start` (k x b), `depth` blocks, with Rayleigh-Ritz
+  // on `a` after each block and the overlap estimate of the header comment. Up to `extra` more
+  // blocks while the estimate is below 1/2 and halves with every block: at that pace a few more
+  // blocks converge, where stopping would cost a new factorisation (~4 blocks' time) and restart.
   template <class D>
   Krylov<D> krylov(const matrix_t<D>& a, const matrix_t<D>& l, const_view_t<D> start, Index r,
-                   Index depth) const {
-    const Index k = D::rows(a), b = D::cols(start);
-    auto basis = D::zeros(k, b * depth);    // Q_0 .. Q_j, orthonormal columns
-    auto a_basis = D::zeros(k, b * depth);  // A Q_0 .. A Q_j
+                   Index depth, Index extra) const {
+    const Index k = D::rows(a), b = D::cols(start), most = depth + extra;
+    auto basis = D::zeros(k, b * most);    // Q_0 .. Q_j, orthonormal columns
+    auto a_basis = D::zeros(k, b * most);  // A Q_0 .. A Q_j
     Krylov<D> out;
-    for (Index j = 0; j < depth; ++j) {
+    double previous_defect = 1.0;
+    for (Index j = 0; j < most; ++j) {
+      if (j >= depth && !(out.defect < 0.5 && out.defect <= 0.5 * previous_defect)) break;
+      out.blocks = j + 1;
       auto y = D::clone(j == 0 ? start : D::cblock(basis, 0, (j - 1) * b, k, b));
       if (j > 0) {  // A^-1 Q_{j-1} = L^-T L^-1 Q_{j-1}, orthogonalised against the basis, twice
         D::trsm(l, Trans::no, y);
@@ -194,6 +215,7 @@ struct CholeskyKrylovSVD {
       // instead of theta_r keeps the estimate honest while theta_r itself is unconverged.
       const double unwanted = out.theta[std::size_t(r)] - rn[std::size_t(r)];
       out.residual0 = rn[0];
+      previous_defect = out.defect;
       out.defect = 0;
       for (Index i = 0; i < r; ++i) {
         const double gap = unwanted - out.theta[std::size_t(i)], ri = rn[std::size_t(i)];
