@@ -116,9 +116,9 @@ TEST_CASE_TEMPLATE("CholeskyKrylovSVD: bottom-r subspace and sigma match ExactSV
 }
 
 // extra_blocks: a phase whose estimate is below 1/2 and halving may run past phase_blocks. With
-// room for only one more block after two phases of 4 (max_blocks = 10), the second phase on this
-// weight ends at an estimated overlap of ~0.99: without the extension that is a fallback to the
-// exact SVD, with it one more block converges.
+// room for at most two more blocks after two phases of 4 (max_blocks = 10), the second phase on
+// this weight ends short of the tolerance: without the extension that is a fallback to the exact
+// SVD (no room for a third phase), with it the phase converges within those two blocks.
 TEST_CASE_TEMPLATE("CholeskyKrylovSVD: a phase about to converge runs a block longer instead of giving up", B, MILORA_TEST_BACKENDS) {
   const Index r = 8;
   const auto w = device<B>(with_spectrum(400, 300, llm_like(300), 57));
