@@ -90,28 +90,29 @@ TEST_CASE_TEMPLATE("CholeskyKrylovSVD: bottom-r subspace and sigma match ExactSV
   const milora::CholeskyKrylovSVD solvers[] = {{.oversampling = 8, .phase_blocks = 5, .max_blocks = 15},
                                                 {.oversampling = 8, .phase_blocks = 5, .max_blocks = 15,
                                                  .extra_blocks = 0, .first_shift = 1.0}};
-  for (const auto& solver : solvers)
-  for (const auto& c : kCases) {
-    const std::string name = c.name;
-    CAPTURE(name);
-    CAPTURE(solver.first_shift);
-    const Index k = std::min(c.out, c.in);
-    const auto w = device<B>(with_spectrum(c.out, c.in, c.llm ? llm_like(k) : gapped_spectrum(k, r), 53));
-    LogCapture log;
-    const auto fast = solver.bottom<B>(w, r);
-    CHECK(log.lines.empty());  // the fast path, not the exact fallback
-    const auto exact = milora::ExactSVD{}.bottom<B>(w, r);
-    REQUIRE(B::rows(fast.U) == c.out);
-    REQUIRE(B::cols(fast.U) == r);
-    REQUIRE(B::cols(fast.S) == r);
-    REQUIRE(B::rows(fast.Vt) == r);
-    REQUIRE(B::cols(fast.Vt) == c.in);
-    CHECK(overlap(host<B>(fast.Vt), host<B>(exact.Vt)) >= 0.999);
-    CHECK(overlap(host<B>(fast.U).transpose(), host<B>(exact.U).transpose()) >= 0.999);
-    CHECK(sigma_error(host<B>(fast.S), host<B>(exact.S)) <= 1e-4);
-    // descending, as ExactSVD::bottom
-    const HostMatrix s = host<B>(fast.S);
-    for (Index i = 1; i < r; ++i) CHECK(s(0, i) <= s(0, i - 1));
+  for (const auto& solver : solvers) {
+    for (const auto& c : kCases) {
+      const std::string name = c.name;
+      CAPTURE(name);
+      CAPTURE(solver.first_shift);
+      const Index k = std::min(c.out, c.in);
+      const auto w = device<B>(with_spectrum(c.out, c.in, c.llm ? llm_like(k) : gapped_spectrum(k, r), 53));
+      LogCapture log;
+      const auto fast = solver.bottom<B>(w, r);
+      CHECK(log.lines.empty());  // the fast path, not the exact fallback
+      const auto exact = milora::ExactSVD{}.bottom<B>(w, r);
+      REQUIRE(B::rows(fast.U) == c.out);
+      REQUIRE(B::cols(fast.U) == r);
+      REQUIRE(B::cols(fast.S) == r);
+      REQUIRE(B::rows(fast.Vt) == r);
+      REQUIRE(B::cols(fast.Vt) == c.in);
+      CHECK(overlap(host<B>(fast.Vt), host<B>(exact.Vt)) >= 0.999);
+      CHECK(overlap(host<B>(fast.U).transpose(), host<B>(exact.U).transpose()) >= 0.999);
+      CHECK(sigma_error(host<B>(fast.S), host<B>(exact.S)) <= 1e-4);
+      // descending, as ExactSVD::bottom
+      const HostMatrix s = host<B>(fast.S);
+      for (Index i = 1; i < r; ++i) CHECK(s(0, i) <= s(0, i - 1));
+    }
   }
 }
 
