@@ -7,6 +7,8 @@
 //   rmsnorm          y = w * x / sqrt(mean(x^2) + eps)                      (per row)
 //   rope             rotate-half rotary embedding, in place                 (per row and head)
 //   attention        causal grouped-query softmax(Q K^T / sqrt(d)) V         (per sequence and head)
+//                    what the forward keeps for the backward ("saved") is the backend's choice:
+//                    the probabilities on the CPU, one logsumexp per query row on CUDA (fused)
 //   swiglu           out = silu(gate) * up
 //   cross_entropy    mean over targets of logsumexp(logits) - logits[target], and dlogits
 //
@@ -69,6 +71,11 @@ struct AttentionShape {
   Index group() const { return heads / kv_heads; }  // query heads per key/value head
 };
 
+/// A matrix's rows and columns (the attention's saved state is sized by the backend).
+struct MatrixShape {
+  Index rows, cols;
+};
+
 /// What model.hpp needs from LlamaKernels<B>; checked where the model is instantiated, so a
 /// backend that forgets one kernel gets one error naming it.
 template <class K, class B>
@@ -80,8 +87,9 @@ concept LlamaKernelSet = requires(milora::view_t<B> v, milora::const_view_t<B> c
   K::rmsnorm_backward_weight(c, c, c, v);
   K::embed_backward(c, tok, v);
   K::rope(v, c, c, i, i, d);
+  { K::attention_saved_shape(shape) } -> std::same_as<MatrixShape>;
   K::attention_forward(c, c, c, shape, v, v);
-  K::attention_backward(c, c, c, c, c, shape, v, v, v);
+  K::attention_backward(c, c, c, c, c, c, shape, v, v, v);
   K::swiglu_forward(c, c, v);
   K::swiglu_backward(c, c, c, v, v);
   { K::cross_entropy(c, tok, d, v) } -> std::convertible_to<double>;

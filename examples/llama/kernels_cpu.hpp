@@ -92,9 +92,14 @@ struct LlamaKernels<milora::EigenBackend<T>> {
     }
   }
 
+  /// The CPU keeps the attention weights: (batch*heads*seq) x seq, zero above the diagonal. Plain
+  /// and fast with BLAS-3 products at the sequence lengths a CPU trains on; the CUDA kernels keep
+  /// one logsumexp per row instead (kernels_rows.hpp, FusedAttention).
+  static MatrixShape attention_saved_shape(const AttentionShape& s) { return {s.batch * s.heads * s.seq, s.seq}; }
+
   /// out = softmax(Q K^T / sqrt(d) + causal mask) V for every (sequence, head); query head h reads
-  /// key/value head h / group (transformers' repeat_kv). probs ((batch*heads*seq) x seq) keeps
-  /// the attention weights for backward, zero above the diagonal.
+  /// key/value head h / group (transformers' repeat_kv). probs (attention_saved_shape) keeps the
+  /// attention weights for backward.
   static void attention_forward(const_view q, const_view k, const_view v, const AttentionShape& s, view out,
                                 view probs) {
     const T scale = T(1 / std::sqrt(double(s.head_dim)));
@@ -115,8 +120,9 @@ struct LlamaKernels<milora::EigenBackend<T>> {
   /// Given dout, writes dq and (summed over the query heads that share them) dk, dv:
   ///   dP = dO V^T,  dS = P * (dP - rowsum(P * dP)),  dQ = dS K / sqrt(d),  dK = dS^T Q / sqrt(d),
   ///   dV = P^T dO.
-  static void attention_backward(const_view dout, const_view q, const_view k, const_view v, const_view probs,
-                                 const AttentionShape& s, view dq, view dk, view dv) {
+  /// (out, the forward's output, is not needed here: P is saved.)
+  static void attention_backward(const_view dout, const_view q, const_view k, const_view v, const_view /*out*/,
+                                 const_view probs, const AttentionShape& s, view dq, view dk, view dv) {
     const T scale = T(1 / std::sqrt(double(s.head_dim)));
     dk.setZero();
     dv.setZero();

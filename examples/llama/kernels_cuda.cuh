@@ -97,16 +97,29 @@ void rope(DeviceView<T> x, DeviceView<const T> cos, DeviceView<const T> sin, Ind
 }
 
 template <class T>
-void softmax_causal(DeviceView<T> p, Index seq, cudaStream_t s) {
-  device::launch(p.rows(), [=] __device__(Index r) { rows::softmax_causal(device::row(p, r), r % seq, seq); }, s,
-                 "llama softmax_causal");
+rows::RowPtr<T> rows_of(DeviceView<T> m) { return {m.data(), m.ld()}; }
+
+// One thread per query row; the threads of a warp are consecutive positions of one (sequence,
+// head), so they read the same key and value rows at about the same time.
+template <class T>
+void attention_forward(const rows::FusedAttention<T>& a, Index batch, DeviceView<T> out, T* lse, cudaStream_t s) {
+  const rows::FusedAttention<T> f = a;  // by value into the kernel
+  const auto o = rows_of(out);
+  device::launch(batch * a.heads * a.seq, [=] __device__(Index r) { lse[r] = f.forward(r, o); }, s,
+                 "llama attention_forward (fused)");
 }
 
 template <class T>
-void softmax_causal_backward(DeviceView<const T> p, DeviceView<T> dp, Index seq, cudaStream_t s) {
-  device::launch(dp.rows(), [=] __device__(Index r) {
-    rows::softmax_causal_backward(device::row(p, r), device::row(dp, r), r % seq, seq);
-  }, s, "llama softmax_causal_backward");
+void attention_backward(const rows::FusedAttention<T>& a, Index batch, DeviceView<const T> dout, DeviceView<const T> out,
+                        const T* lse, T* delta, DeviceView<T> dq, DeviceView<T> dk, DeviceView<T> dv, cudaStream_t s) {
+  const rows::FusedAttention<T> f = a;
+  const auto go = rows_of(dout), o = rows_of(out);
+  const auto gq = rows_of(dq), gk = rows_of(dk), gv = rows_of(dv);
+  const Index query_rows = batch * a.heads * a.seq, key_rows = batch * a.kv_heads * a.seq;
+  device::launch(query_rows, [=] __device__(Index r) { delta[r] = f.delta(r, go, o); }, s, "llama attention delta");
+  device::launch(query_rows, [=] __device__(Index r) { f.dq(r, go, lse, delta, gq); }, s, "llama attention dq (fused)");
+  device::launch(key_rows, [=] __device__(Index r) { f.dkv(r, go, lse, delta, gk, gv); }, s,
+                 "llama attention dk dv (fused)");
 }
 
 template <class T>
@@ -155,8 +168,9 @@ void cross_entropy(DeviceView<const T> logits, const Token* targets, double k, D
                                     cudaStream_t);                                                                       \
   template void rmsnorm_backward_weight<T>(DeviceView<const T>, DeviceView<const T>, const T*, T*, cudaStream_t);       \
   template void rope<T>(DeviceView<T>, DeviceView<const T>, DeviceView<const T>, Index, Index, double, cudaStream_t);    \
-  template void softmax_causal<T>(DeviceView<T>, Index, cudaStream_t);                                                  \
-  template void softmax_causal_backward<T>(DeviceView<const T>, DeviceView<T>, Index, cudaStream_t);                     \
+  template void attention_forward<T>(const rows::FusedAttention<T>&, Index, DeviceView<T>, T*, cudaStream_t);            \
+  template void attention_backward<T>(const rows::FusedAttention<T>&, Index, DeviceView<const T>, DeviceView<const T>,   \
+                                      const T*, T*, DeviceView<T>, DeviceView<T>, DeviceView<T>, cudaStream_t);          \
   template void swiglu_forward<T>(DeviceView<const T>, DeviceView<const T>, DeviceView<T>, cudaStream_t);                \
   template void swiglu_backward<T>(DeviceView<const T>, DeviceView<const T>, DeviceView<const T>, DeviceView<T>,        \
                                    DeviceView<T>, cudaStream_t);                                                         \

@@ -6,12 +6,15 @@
 // kernels.cu). Each kernel runs the row math of kernels_rows.hpp, one thread per row or element:
 // the math is tested on the CPU in CI, where there is no GPU, against the CPU kernels.
 //
-// A first, plain version: the attention keeps the (batch*heads*seq) x seq probabilities like the
-// CPU kernels (the interface's probs), its products go through cuBLAS one (sequence, head) at a
-// time, and the row kernels use one thread per row. A fused (flash-style) attention and bf16
-// storage are the next steps of issue 8; they change this file and kernels_cuda.cuh, not the model.
+// The attention is fused (FusedAttention in kernels_rows.hpp): it keeps one logsumexp per query
+// row instead of the seq x seq probabilities, and its backward recomputes them. Every kernel uses
+// one thread per row (no shared-memory tiles, no tensor cores, no block reductions) and everything
+// is stored in float: tiling and bf16 storage are the next steps of issue 8, to be tuned on a GPU;
+// they change this file and kernels_cuda.cuh, not the model.
 #pragma once
 
+#include <algorithm>
+#include <cmath>
 #include <cstdint>
 #include <span>
 #include <vector>
@@ -58,49 +61,30 @@ struct LlamaKernels<milora::CudaBackend<T>> {
     cuda_launch::rope<T>(x, cos, sin, seq, head_dim, sign, stream());
   }
 
-  /// As the CPU kernel: per (sequence, head) S = Q K^T / sqrt(d) into probs, a causal softmax over
-  /// every row of probs, then out = P V. Query head h reads key/value head h / group.
-  static void attention_forward(const_view q, const_view k, const_view v, const AttentionShape& s, view out, view probs) {
-    const T scale = T(1 / std::sqrt(double(s.head_dim)));
-    for (Index b = 0; b < s.batch; ++b)
-      for (Index h = 0; h < s.heads; ++h) {
-        const Index g = h / s.group();
-        BE::gemm(scale, BE::cblock(q, b * s.seq, h * s.head_dim, s.seq, s.head_dim), milora::Trans::no,
-                 BE::cblock(k, b * s.seq, g * s.head_dim, s.seq, s.head_dim), milora::Trans::yes, 0,
-                 BE::block(probs, (b * s.heads + h) * s.seq, 0, s.seq, s.seq));
-      }
-    cuda_launch::softmax_causal<T>(probs, s.seq, stream());
-    for (Index b = 0; b < s.batch; ++b)
-      for (Index h = 0; h < s.heads; ++h) {
-        const Index g = h / s.group();
-        BE::gemm(1, BE::cblock(probs, (b * s.heads + h) * s.seq, 0, s.seq, s.seq), milora::Trans::no,
-                 BE::cblock(v, b * s.seq, g * s.head_dim, s.seq, s.head_dim), milora::Trans::no, 0,
-                 BE::block(out, b * s.seq, h * s.head_dim, s.seq, s.head_dim));
-      }
+  /// One logsumexp per query row (1 x batch*heads*seq), not the CPU's seq x seq probabilities:
+  /// the attention is fused (kernels_rows.hpp, FusedAttention), so its memory grows with seq, not
+  /// seq^2.
+  static MatrixShape attention_saved_shape(const AttentionShape& s) { return {1, s.batch * s.heads * s.seq}; }
+
+  /// out = softmax(Q K^T / sqrt(d) + causal mask) V, one thread per query row (online softmax);
+  /// lse keeps each row's logsumexp for the backward.
+  static void attention_forward(const_view q, const_view k, const_view v, const AttentionShape& s, view out, view lse) {
+    check_attention(q, k, v, s, out, lse);
+    cuda_launch::attention_forward<T>(fused(q, k, v, s), s.batch, out, lse.data(), stream());
   }
 
-  /// dP = dO V^T, dS = P * (dP - rowsum(P * dP)), dQ = dS K / sqrt(d), dK += dS^T Q / sqrt(d),
-  /// dV += P^T dO (dk, dv summed over the query heads that share them).
-  static void attention_backward(const_view dout, const_view q, const_view k, const_view v, const_view probs,
-                                 const AttentionShape& s, view dq, view dk, view dv) {
-    const T scale = T(1 / std::sqrt(double(s.head_dim)));
-    BE::scale(dk, 0);
-    BE::scale(dv, 0);
-    auto dp = BE::zeros(s.seq, s.seq);  // reused: every use is ordered on the one stream
-    for (Index b = 0; b < s.batch; ++b)
-      for (Index h = 0; h < s.heads; ++h) {
-        const Index g = h / s.group();
-        const Index r0 = b * s.seq, cq = h * s.head_dim, ckv = g * s.head_dim;
-        const auto p = BE::cblock(probs, (b * s.heads + h) * s.seq, 0, s.seq, s.seq);
-        const auto doh = BE::cblock(dout, r0, cq, s.seq, s.head_dim);
-        BE::gemm(1, doh, milora::Trans::no, BE::cblock(v, r0, ckv, s.seq, s.head_dim), milora::Trans::yes, 0, dp);
-        BE::gemm(1, p, milora::Trans::yes, doh, milora::Trans::no, 1, BE::block(dv, r0, ckv, s.seq, s.head_dim));
-        cuda_launch::softmax_causal_backward<T>(p, dp, s.seq, stream());
-        BE::gemm(scale, dp, milora::Trans::no, BE::cblock(k, r0, ckv, s.seq, s.head_dim), milora::Trans::no, 0,
-                 BE::block(dq, r0, cq, s.seq, s.head_dim));
-        BE::gemm(scale, dp, milora::Trans::yes, BE::cblock(q, r0, cq, s.seq, s.head_dim), milora::Trans::no, 1,
-                 BE::block(dk, r0, ckv, s.seq, s.head_dim));
-      }
+  /// dq, and dk, dv summed over the query heads that share them; the probabilities are recomputed
+  /// from q, k and lse (the formulas: FusedAttention in kernels_rows.hpp).
+  static void attention_backward(const_view dout, const_view q, const_view k, const_view v, const_view out,
+                                 const_view lse, const AttentionShape& s, view dq, view dk, view dv) {
+    check_attention(q, k, v, s, out, lse);
+    require(dout.rows() == q.rows() && dout.cols() == q.cols() && dq.rows() == q.rows() && dq.cols() == q.cols() &&
+                dk.rows() == k.rows() && dk.cols() == k.cols() && dv.rows() == v.rows() && dv.cols() == v.cols(),
+            "attention_backward: gradient shapes");
+    milora::cuda::DeviceBuffer<T> delta(std::size_t(std::max<Index>(lse.cols(), 1)));
+    cuda_launch::attention_backward<T>(fused(q, k, v, s), s.batch, dout, out, lse.data(), delta.data(), dq, dk, dv,
+                                       stream());
+    synchronize_before_free("attention_backward");
   }
 
   static void swiglu_forward(const_view gate, const_view up, view out) { cuda_launch::swiglu_forward<T>(gate, up, out, stream()); }
@@ -144,6 +128,21 @@ struct LlamaKernels<milora::CudaBackend<T>> {
   }
   // cudaFree waits anyway; this names the kernel if an asynchronous failure surfaces here.
   static void synchronize_before_free(const char* kernel) { milora::cuda::context().synchronize(kernel); }
+
+  static rows::FusedAttention<T> fused(const_view q, const_view k, const_view v, const AttentionShape& s) {
+    return {s.seq, s.heads, s.kv_heads, s.head_dim, 1 / std::sqrt(double(s.head_dim)),
+            {q.data(), q.ld()}, {k.data(), k.ld()}, {v.data(), v.ld()}};
+  }
+  static void check_attention(const_view q, const_view k, const_view v, const AttentionShape& s, const_view out,
+                              const_view lse) {
+    require(s.batch > 0 && s.seq > 0 && s.kv_heads > 0 && s.heads % s.kv_heads == 0 && s.head_dim > 0,
+            "attention: AttentionShape");
+    const Index n = s.batch * s.seq;
+    require(q.rows() == n && q.cols() == s.heads * s.head_dim && out.rows() == n && out.cols() == q.cols() &&
+                k.rows() == n && k.cols() == s.kv_heads * s.head_dim && v.rows() == n && v.cols() == k.cols(),
+            "attention: q, k, v, out shapes");
+    require(lse.rows() == 1 && lse.cols() == s.batch * s.heads * s.seq, "attention: saved logsumexp shape");
+  }
 
   static void require(bool ok, const char* what) {
     if (!ok) throw milora::shape_error(milora::detail::concat("LlamaKernels<CudaBackend>::", what, " mismatch"));

@@ -4,6 +4,7 @@
 #pragma once
 
 #include "kernels.hpp"
+#include "kernels_rows.hpp"
 #include "milora/backend/cuda/memory.hpp"
 #include "milora/backend/cuda/status.hpp"
 
@@ -24,10 +25,14 @@ void rmsnorm_backward_weight(DeviceView<const T> dy, DeviceView<const T> x, cons
 template <class T>
 void rope(DeviceView<T> x, DeviceView<const T> cos, DeviceView<const T> sin, Index seq, Index head_dim, double sign,
           cudaStream_t s);
-/// Every row r of p: softmax_causal over its first r % seq + 1 entries.
-template <class T> void softmax_causal(DeviceView<T> p, Index seq, cudaStream_t s);
-/// Every row r of dp: softmax_causal_backward with p's row r (position r % seq).
-template <class T> void softmax_causal_backward(DeviceView<const T> p, DeviceView<T> dp, Index seq, cudaStream_t s);
+/// The fused attention's forward: out, and lse[r] for every query row r < batch*heads*seq.
+template <class T>
+void attention_forward(const rows::FusedAttention<T>& a, Index batch, DeviceView<T> out, T* lse, cudaStream_t s);
+/// Its backward: delta (batch*heads*seq, scratch) = rowsum(dO * O), then dq by query rows and dk, dv
+/// by key rows (all overwritten).
+template <class T>
+void attention_backward(const rows::FusedAttention<T>& a, Index batch, DeviceView<const T> dout, DeviceView<const T> out,
+                        const T* lse, T* delta, DeviceView<T> dq, DeviceView<T> dk, DeviceView<T> dv, cudaStream_t s);
 template <class T> void swiglu_forward(DeviceView<const T> gate, DeviceView<const T> up, DeviceView<T> out, cudaStream_t s);
 template <class T>
 void swiglu_backward(DeviceView<const T> dout, DeviceView<const T> gate, DeviceView<const T> up, DeviceView<T> dgate,

@@ -8,6 +8,10 @@
 //
 // Reductions and exponentials run in double, as in the CPU kernels. Pointers address contiguous
 // rows; a 1 x n vector (a norm weight, 1/rms) is a plain array.
+//
+// The attention (FusedAttention, at the end) is the exception to "one row of one matrix": it is a
+// fused causal attention that never forms the seq x seq probabilities (docs/llama.md, "Fused
+// attention"), one query row (or, backward, one key row) per call.
 #pragma once
 
 #include <cmath>
@@ -51,30 +55,6 @@ MILORA_HOST_DEVICE void rope_head(T* p, const T* cos, const T* sin, Index half, 
   }
 }
 
-/// Softmax of p[0..i] in place (the positions query i sees), zero after, up to seq.
-template <class T>
-MILORA_HOST_DEVICE void softmax_causal(T* p, Index i, Index seq) {
-  T mx = p[0];
-  for (Index j = 1; j <= i; ++j) mx = p[j] > mx ? p[j] : mx;
-  double sum = 0;
-  for (Index j = 0; j <= i; ++j) {
-    p[j] = T(exp(double(p[j] - mx)));
-    sum += double(p[j]);
-  }
-  const T inv = T(1 / sum);
-  for (Index j = 0; j <= i; ++j) p[j] *= inv;
-  for (Index j = i + 1; j < seq; ++j) p[j] = T(0);
-}
-
-/// dp <- dS = p * (dp - sum_j p_j dp_j) for row i of a causal softmax (zero after i).
-template <class T>
-MILORA_HOST_DEVICE void softmax_causal_backward(const T* p, T* dp, Index i, Index seq) {
-  double dot = 0;
-  for (Index j = 0; j <= i; ++j) dot += double(p[j]) * double(dp[j]);
-  for (Index j = 0; j <= i; ++j) dp[j] = T(double(p[j]) * (double(dp[j]) - dot));
-  for (Index j = i + 1; j < seq; ++j) dp[j] = T(0);
-}
-
 template <class T>
 MILORA_HOST_DEVICE T sigmoid(T g) {
   return T(1 / (1 + exp(-double(g))));
@@ -108,5 +88,122 @@ MILORA_HOST_DEVICE double cross_entropy(const T* z, Index vocab, std::int32_t t,
   }
   return double(mx) + log(sum) - double(z[t]);
 }
+
+/// Rows of a row-major matrix: row i starts at data + i * ld (a view's data() and ld()).
+template <class P>
+struct RowPtr {
+  P* data;
+  Index ld;
+  MILORA_HOST_DEVICE P* row(Index i) const { return data + i * ld; }
+};
+
+template <class T>
+MILORA_HOST_DEVICE double dot(const T* a, const T* b, Index n) {
+  double s = 0;
+  for (Index d = 0; d < n; ++d) s += double(a[d]) * double(b[d]);
+  return s;
+}
+
+/// Causal grouped-query attention without the seq x seq matrix. q is (batch*seq) x (heads*head_dim),
+/// k and v (batch*seq) x (kv_heads*head_dim); query head h reads key/value head h / group.
+/// Per query row the forward keeps only the row's logsumexp L (online softmax: a running maximum m
+/// and sum l, the output rescaled by exp(m_old - m_new) when the maximum grows); the backward
+/// recomputes every P_ij = exp(s_ij - L_i) from q, k and L:
+///   D_i = dO_i . O_i  (= sum_j P_ij dP_ij),  dS_ij = P_ij (dO_i . v_j - D_i),
+///   dq_i = scale sum_{j<=i} dS_ij k_j,   dk_j = scale sum_{h in group, i>=j} dS_ij q_i,
+///   dv_j = sum_{h in group, i>=j} P_ij dO_i.
+/// dq is one pass over query rows and dk, dv one over key rows, so every output row has a single
+/// writer (no atomics, the same sums in the same order on every run).
+/// Per-query-row arrays (L, D) are indexed r = (b * heads + h) * seq + i, r < batch*heads*seq (the
+/// "query rows"); key rows are r = (b * kv_heads + g) * seq + j, r < batch*kv_heads*seq.
+template <class T>
+struct FusedAttention {
+  Index seq, heads, kv_heads, head_dim;
+  double scale;  // 1 / sqrt(head_dim)
+  RowPtr<const T> q, k, v;
+
+  struct Position {
+    Index b, h, i;  // sequence, head (query or key/value, by the call), position
+  };
+  MILORA_HOST_DEVICE Index group() const { return heads / kv_heads; }
+  MILORA_HOST_DEVICE Position query_row(Index r) const { return {r / (heads * seq), (r / seq) % heads, r % seq}; }
+  MILORA_HOST_DEVICE Position key_row(Index r) const { return {r / (kv_heads * seq), (r / seq) % kv_heads, r % seq}; }
+  MILORA_HOST_DEVICE double score(const T* qi, const T* kj) const { return scale * dot(qi, kj, head_dim); }
+
+  /// out's query row r = softmax over j <= i of the scores, times v; returns L_r = logsumexp.
+  MILORA_HOST_DEVICE T forward(Index r, RowPtr<T> out) const {
+    const Position p = query_row(r);
+    const Index base = p.b * seq, kc = p.h / group() * head_dim, qc = p.h * head_dim;
+    const T* qi = q.row(base + p.i) + qc;
+    T* o = out.row(base + p.i) + qc;
+    double m = score(qi, k.row(base) + kc), l = 1;
+    for (Index d = 0; d < head_dim; ++d) o[d] = v.row(base)[kc + d];
+    for (Index j = 1; j <= p.i; ++j) {
+      const double s = score(qi, k.row(base + j) + kc);
+      double w = 1;  // weight of v_j against the running maximum
+      if (s > m) {   // a new maximum: rescale what is there
+        const double c = exp(m - s);
+        for (Index d = 0; d < head_dim; ++d) o[d] = T(double(o[d]) * c);
+        l *= c;
+        m = s;
+      } else {
+        w = exp(s - m);
+      }
+      l += w;
+      const T* vj = v.row(base + j) + kc;
+      for (Index d = 0; d < head_dim; ++d) o[d] += T(w) * vj[d];
+    }
+    for (Index d = 0; d < head_dim; ++d) o[d] = T(double(o[d]) / l);
+    return T(m + log(l));
+  }
+
+  /// D_r = dO_r . O_r for query row r.
+  MILORA_HOST_DEVICE T delta(Index r, RowPtr<const T> dout, RowPtr<const T> out) const {
+    const Position p = query_row(r);
+    const Index row = p.b * seq + p.i, qc = p.h * head_dim;
+    return T(dot(dout.row(row) + qc, out.row(row) + qc, head_dim));
+  }
+
+  /// dq's query row r (overwritten), from L and D of the forward and delta().
+  MILORA_HOST_DEVICE void dq(Index r, RowPtr<const T> dout, const T* lse, const T* deltas, RowPtr<T> dq_rows) const {
+    const Position p = query_row(r);
+    const Index base = p.b * seq, kc = p.h / group() * head_dim, qc = p.h * head_dim;
+    const T* qi = q.row(base + p.i) + qc;
+    const T* doi = dout.row(base + p.i) + qc;
+    T* g = dq_rows.row(base + p.i) + qc;
+    for (Index d = 0; d < head_dim; ++d) g[d] = T(0);
+    for (Index j = 0; j <= p.i; ++j) {
+      const T* kj = k.row(base + j) + kc;
+      const double pij = exp(score(qi, kj) - double(lse[r]));
+      const double ds = pij * (dot(doi, v.row(base + j) + kc, head_dim) - double(deltas[r]));
+      for (Index d = 0; d < head_dim; ++d) g[d] += T(scale * ds) * kj[d];
+    }
+  }
+
+  /// dk's and dv's key row r (overwritten), summed over the query heads of its group and the
+  /// positions i >= j that see it.
+  MILORA_HOST_DEVICE void dkv(Index r, RowPtr<const T> dout, const T* lse, const T* deltas, RowPtr<T> dk,
+                              RowPtr<T> dv) const {
+    const Position p = key_row(r);
+    const Index base = p.b * seq, kc = p.h * head_dim;
+    const T* kj = k.row(base + p.i) + kc;
+    const T* vj = v.row(base + p.i) + kc;
+    T* gk = dk.row(base + p.i) + kc;
+    T* gv = dv.row(base + p.i) + kc;
+    for (Index d = 0; d < head_dim; ++d) gk[d] = gv[d] = T(0);
+    for (Index h = p.h * group(); h < (p.h + 1) * group(); ++h)
+      for (Index i = p.i; i < seq; ++i) {
+        const Index qr = (p.b * heads + h) * seq + i;
+        const T* qi = q.row(base + i) + h * head_dim;
+        const T* doi = dout.row(base + i) + h * head_dim;
+        const double pij = exp(score(qi, kj) - double(lse[qr]));
+        const double ds = pij * (dot(doi, vj, head_dim) - double(deltas[qr]));
+        for (Index d = 0; d < head_dim; ++d) {
+          gv[d] += T(pij) * doi[d];
+          gk[d] += T(scale * ds) * qi[d];
+        }
+      }
+  }
+};
 
 }  // namespace llama::rows

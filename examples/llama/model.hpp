@@ -405,7 +405,7 @@ class Llama {
       b.v.forward(s.xn1, s.v);
       K::rope(s.q, rope_cos_, rope_sin_, seq, config_.head_dim, +1);
       K::rope(s.k, rope_cos_, rope_sin_, seq, config_.head_dim, +1);
-      K::attention_forward(s.q, s.k, s.v, a.shape, s.att, s.probs);
+      K::attention_forward(s.q, s.k, s.v, a.shape, s.att, s.att_saved);
       b.o.forward(s.att, s.x_mid);
       BE::axpy(1, s.x, s.x_mid);
       // MLP half: x_out = x_mid + (silu(a Wg^T) * a Wu^T) Wd^T
@@ -464,7 +464,7 @@ class Llama {
       K::rmsnorm_backward(g.dxn, s.x_mid, b.post_attention_norm, s.rstd2, g.dres);
       // attention half
       b.o.backward(s.att, g.dres, g.datt);
-      K::attention_backward(g.datt, s.q, s.k, s.v, s.probs, a.shape, g.dq, g.dk, g.dv);
+      K::attention_backward(g.datt, s.q, s.k, s.v, s.att, s.att_saved, a.shape, g.dq, g.dk, g.dv);
       K::rope(g.dq, rope_cos_, rope_sin_, seq, config_.head_dim, -1);
       K::rope(g.dk, rope_cos_, rope_sin_, seq, config_.head_dim, -1);
       b.q.backward(s.xn1, g.dq, g.dxn);
@@ -511,7 +511,7 @@ class Llama {
   }
 
   struct LayerActivations {
-    matrix x, xn1, rstd1, q, k, v, probs, att, x_mid, xn2, rstd2, gate, up, act;
+    matrix x, xn1, rstd1, q, k, v, att_saved, att, x_mid, xn2, rstd2, gate, up, act;
   };
   struct Activations {
     Index batch = -1, seq = -1;
@@ -543,8 +543,9 @@ class Llama {
     a.seq = seq;
     a.shape = {batch, seq, config_.num_attention_heads, config_.num_key_value_heads, hd};
     a.layers.resize(blocks_.size());
+    const MatrixShape saved = K::attention_saved_shape(a.shape);
     for (auto& s : a.layers) {
-      s = {z(n, c), z(n, c), z(1, n), z(n, cq), z(n, ckv), z(n, ckv), z(batch * config_.num_attention_heads * seq, seq),
+      s = {z(n, c), z(n, c), z(1, n), z(n, cq), z(n, ckv), z(n, ckv), z(saved.rows, saved.cols),
            z(n, cq), z(n, c), z(n, c), z(1, n), z(n, inter), z(n, inter), z(n, inter)};
     }
     a.x_final = z(n, c);

@@ -102,7 +102,10 @@ TEST_CASE("attention: causal grouped-query forward against a direct formula, bac
   const llama::AttentionShape s{2, 4, 4, 2, 3};  // batch 2, seq 4, 4 query heads sharing 2 kv heads
   const Index n = s.batch * s.seq, cq = s.heads * s.head_dim, ckv = s.kv_heads * s.head_dim;
   const M q = randn(n, cq, 6), k = randn(n, ckv, 7), v = randn(n, ckv, 8), R = randn(n, cq, 9);
-  M out(n, cq), probs(s.batch * s.heads * s.seq, s.seq);
+  const llama::MatrixShape saved = K::attention_saved_shape(s);
+  CHECK(saved.rows == s.batch * s.heads * s.seq);
+  CHECK(saved.cols == s.seq);
+  M out(n, cq), probs(saved.rows, saved.cols);
   K::attention_forward(q, k, v, s, out, probs);
   for (Index b = 0; b < s.batch; ++b)
     for (Index h = 0; h < s.heads; ++h)
@@ -122,7 +125,7 @@ TEST_CASE("attention: causal grouped-query forward against a direct formula, bac
         }
       }
   M dq(n, cq), dk(n, ckv), dv(n, ckv);
-  K::attention_backward(R, q, k, v, probs, s, dq, dk, dv);
+  K::attention_backward(R, q, k, v, out, probs, s, dq, dk, dv);
   auto loss_of = [&](int which) {
     return [&, which](const M& x) {
       M o(n, cq), p(s.batch * s.heads * s.seq, s.seq);
@@ -191,7 +194,7 @@ TEST_CASE("embed: rows of the table, a token outside the vocabulary is named") {
 // here, on the CPU, that same math is checked against the CPU kernels above (written separately,
 // with Eigen), so CI, which has no GPU, tests what the GPU computes. Double throughout, both sides
 // reduce in double: agreement to 1e-13 relative.
-TEST_CASE("kernels_rows (the CUDA kernels' math) equals the CPU kernels: rmsnorm, rope, causal softmax, swiglu, "
+TEST_CASE("kernels_rows (the CUDA kernels' math) equals the CPU kernels: rmsnorm, rope, swiglu, "
           "cross-entropy, forward and backward") {
   namespace rows = llama::rows;
   constexpr double tol = 1e-13;
@@ -221,21 +224,6 @@ TEST_CASE("kernels_rows (the CUDA kernels' math) equals the CPU kernels: rmsnorm
     CHECK(same(r2, r1));
   }
 
-  // causal softmax and its backward, through the CPU attention (one sequence, one head): its probs
-  // are the softmax rows, and dq = dS K / sqrt(d) recovers dS where K = sqrt(d) I
-  const llama::AttentionShape s{1, 5, 1, 1, 5};
-  const M q = randn(5, 5, 38), k = M::Identity(5, 5) * std::sqrt(5.0), v = randn(5, 5, 39), dout = randn(5, 5, 40);
-  M out(5, 5), probs(5, 5);
-  K::attention_forward(q, k, v, s, out, probs);
-  M p2 = q;  // S = Q K^T / sqrt(d) = Q here
-  for (Index i = 0; i < 5; ++i) rows::softmax_causal(&p2(i, 0), i, 5);
-  CHECK(same(p2, probs));
-  M dq(5, 5), dk(5, 5), dv(5, 5);
-  K::attention_backward(dout, q, k, v, probs, s, dq, dk, dv);
-  M ds = dout * v.transpose();  // dP
-  for (Index i = 0; i < 5; ++i) rows::softmax_causal_backward(&probs(i, 0), &ds(i, 0), i, 5);
-  CHECK(same(ds, dq));  // dq = dS K / sqrt(d) = dS
-
   // swiglu
   const M gate = randn(n, c, 41, 2.0), up = randn(n, c, 42);
   M o1(n, c), o2(n, c), dg1(n, c), du1(n, c), dg2(n, c), du2(n, c);
@@ -263,4 +251,84 @@ TEST_CASE("kernels_rows (the CUDA kernels' math) equals the CPU kernels: rmsnorm
   CHECK(same(d2, d1));
   CHECK(rows::cross_entropy(&logits(0, 0), 7, 3, 1.0, static_cast<double*>(nullptr)) ==
         doctest::Approx(rows::cross_entropy(&logits(0, 0), 7, 3, 1.0, &d2(0, 0))).epsilon(1e-15));
+}
+
+// The fused attention of the CUDA kernels (FusedAttention: online softmax forward keeping one
+// logsumexp per row, backward recomputing the probabilities) against the CPU attention, which
+// forms P with BLAS and is itself checked against finite differences above. The calls below go
+// row by row over the same index ranges as the CUDA launches (query rows, then key rows), with the
+// matrices' real leading dimensions (blocks of wider matrices, as a strided view would be).
+// Tolerances, relative to the largest entry: double 1e-13 (both sides reduce in double; the fused
+// output accumulates in the storage type with rescaling, the CPU's P V is one GEMM; measured
+// <= 4.1e-16); float 5e-6 (float roundings of sums of up to seq = 40 terms; measured <= 4.6e-7).
+template <class T>
+void check_fused_attention(const llama::AttentionShape& s, double tol) {
+  using FB = milora::EigenBackend<T>;
+  using FM = typename FB::matrix;
+  using FK = llama::LlamaKernels<FB>;
+  namespace rows = llama::rows;
+  CAPTURE(s.batch);
+  CAPTURE(s.seq);
+  CAPTURE(s.heads);
+  CAPTURE(s.kv_heads);
+  CAPTURE(s.head_dim);
+  const Index n = s.batch * s.seq, cq = s.heads * s.head_dim, ckv = s.kv_heads * s.head_dim;
+  // Wider storage: the fused math must honour ld; columns beyond cq / ckv hold garbage it must not read.
+  const Index pad = 3;
+  const FM qw = randn(n, cq + pad, 50).template cast<T>(), kw = randn(n, ckv + pad, 51, 2.0).template cast<T>();
+  const FM vw = randn(n, ckv + pad, 52).template cast<T>(), dow = randn(n, cq + pad, 53).template cast<T>();
+  const FM q = qw.leftCols(cq), k = kw.leftCols(ckv), v = vw.leftCols(ckv), dout = dow.leftCols(cq);
+
+  FM out(n, cq), probs(s.batch * s.heads * s.seq, s.seq), dq(n, cq), dk(n, ckv), dv(n, ckv);
+  FK::attention_forward(q, k, v, s, out, probs);
+  FK::attention_backward(dout, q, k, v, out, probs, s, dq, dk, dv);
+
+  const rows::FusedAttention<T> f{s.seq, s.heads, s.kv_heads, s.head_dim, 1 / std::sqrt(double(s.head_dim)),
+                                  {qw.data(), qw.cols()}, {kw.data(), kw.cols()}, {vw.data(), vw.cols()}};
+  FM out2 = FM::Constant(n, cq + pad, T(7)), dq2 = FM::Constant(n, cq + pad, T(7));  // overwritten, not accumulated
+  FM dk2 = FM::Constant(n, ckv + pad, T(7)), dv2 = FM::Constant(n, ckv + pad, T(7));
+  FM lse(1, s.batch * s.heads * s.seq), delta(1, s.batch * s.heads * s.seq);
+  for (Index r = 0; r < lse.cols(); ++r) lse(0, r) = f.forward(r, {out2.data(), out2.cols()});
+  for (Index r = 0; r < lse.cols(); ++r)
+    delta(0, r) = f.delta(r, {dow.data(), dow.cols()}, {static_cast<const T*>(out2.data()), out2.cols()});
+  for (Index r = 0; r < lse.cols(); ++r) f.dq(r, {dow.data(), dow.cols()}, lse.data(), delta.data(), {dq2.data(), dq2.cols()});
+  for (Index r = 0; r < s.batch * s.kv_heads * s.seq; ++r)
+    f.dkv(r, {dow.data(), dow.cols()}, lse.data(), delta.data(), {dk2.data(), dk2.cols()}, {dv2.data(), dv2.cols()});
+
+  auto close = [tol](const FM& a, const FM& b, const char* what) {
+    CAPTURE(std::string(what));
+    const double err = double((a - b).cwiseAbs().maxCoeff()) / std::max(1.0, double(b.cwiseAbs().maxCoeff()));
+    CAPTURE(err);
+    CHECK(err <= tol);
+  };
+  close(out2.leftCols(cq), out, "out");
+  close(dq2.leftCols(cq), dq, "dq");
+  close(dk2.leftCols(ckv), dk, "dk");
+  close(dv2.leftCols(ckv), dv, "dv");
+  // The padding columns are untouched: the fused kernels write only their heads' columns.
+  CHECK((out2.rightCols(pad).array() == T(7)).all());
+  CHECK((dq2.rightCols(pad).array() == T(7)).all());
+  CHECK((dk2.rightCols(pad).array() == T(7)).all());
+  CHECK((dv2.rightCols(pad).array() == T(7)).all());
+
+  // L is the logsumexp of the scaled scores of the row, from the saved probabilities: P_ij = exp(s_ij - L_i).
+  for (Index b = 0; b < s.batch; ++b)
+    for (Index h = 0; h < s.heads; ++h)
+      for (Index i = 0; i < s.seq; ++i) {
+        const Index r = (b * s.heads + h) * s.seq + i, g = h / s.group();
+        const double sij = double(q.row(b * s.seq + i).segment(h * s.head_dim, s.head_dim).template cast<double>().dot(
+                               k.row(b * s.seq).segment(g * s.head_dim, s.head_dim).template cast<double>())) /
+                           std::sqrt(double(s.head_dim));
+        CHECK(std::exp(sij - double(lse(0, r))) == doctest::Approx(double(probs(r, 0))).epsilon(tol * 10));
+      }
+}
+
+TEST_CASE("fused attention (the CUDA kernels' math) equals the CPU attention: out, dq, dk, dv, float and double") {
+  // grouped-query with two sequences; multi-head without grouping; one head of one position (the
+  // first row has no running maximum to rescale); a longer sequence where the maximum moves often
+  for (const llama::AttentionShape& s : {llama::AttentionShape{2, 7, 4, 2, 6}, llama::AttentionShape{1, 5, 3, 3, 4},
+                                         llama::AttentionShape{1, 1, 1, 1, 2}, llama::AttentionShape{1, 40, 2, 1, 8}}) {
+    check_fused_attention<double>(s, 1e-13);
+    check_fused_attention<float>(s, 5e-6);
+  }
 }
