@@ -9,20 +9,18 @@
 #include <string>
 #include <vector>
 
-#include "kernels_cpu.hpp"
 #include "milora/core/random.hpp"
 #include "peft_bridge.hpp"
 
 namespace llama {
 
-using CpuModel = Llama<milora::EigenBackend<float>>;
-
-/// The model in `model_dir`, with the plain-LoRA adapter in `adapter_dir` (if not empty) merged
-/// into its weights. A milora-finetune checkpoint of PiSSA / MiLoRA is applied through its
-/// plain_lora/ folder, the form that fits the original model.
-inline std::unique_ptr<CpuModel> load_for_inference(const std::string& model_dir, const std::string& adapter_dir) {
+/// The model in `model_dir` on backend BE, with the plain-LoRA adapter in `adapter_dir` (if not
+/// empty) merged into its weights. A milora-finetune checkpoint of PiSSA / MiLoRA is applied
+/// through its plain_lora/ folder, the form that fits the original model.
+template <class BE>
+std::unique_ptr<Llama<BE>> load_for_inference(const std::string& model_dir, const std::string& adapter_dir) {
   const milora::io::HFModel hf(model_dir);
-  auto model = from_pretrained<CpuModel>(hf);
+  auto model = from_pretrained<Llama<BE>>(hf);
   if (!adapter_dir.empty()) {
     std::filesystem::path dir = adapter_dir;
     if (std::filesystem::exists(dir / "plain_lora" / milora::io::kAdapterConfigFile)) {

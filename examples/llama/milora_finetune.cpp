@@ -16,11 +16,8 @@
 #include "milora/spectral/cholesky_krylov.hpp"
 #include "milora/spectral/randomized.hpp"
 #include "calibration.hpp"
-#include "kernels_cpu.hpp"
+#include "device.hpp"
 #include "trainer.hpp"
-#if defined(MILORA_LLAMA_CUDA)
-#include "kernels_cuda.hpp"
-#endif
 
 namespace {
 
@@ -128,14 +125,7 @@ void run_on(const Options& o) {
 void run(const Options& o) {
   if (o.resume.empty() && fs::exists(o.out) && !fs::is_empty(o.out))
     throw milora::io_error(concat("output '", o.out, "' already exists; choose another --out or --resume a checkpoint in it"));
-  if (o.device == "cpu") return run_on<milora::EigenBackend<float>>(o);
-#if defined(MILORA_LLAMA_CUDA)
-  if (const std::string why = milora::cuda::no_device_reason(); !why.empty())
-    throw milora::device_error("--device cuda: no usable CUDA device (" + why + ")");
-  run_on<milora::CudaBackend<float>>(o);
-#else
-  throw milora::value_error("--device cuda: this milora-finetune was built without the CUDA toolkit");
-#endif
+  llama::on_device(o.device, "milora-finetune", [&]<class BE>() { run_on<BE>(o); });
 }
 
 }  // namespace
@@ -156,7 +146,7 @@ int main(int argc, char** argv) {
   app.add_option("--calibration-batches", o.calibration_batches, "batches of --data that CorDA / EVA collect input statistics from, LoRA-GA gradients")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  app.add_option("--device", o.device, "cpu | cuda (CudaBackend; the same checkpoints, so a run may move between them)")
+  app.add_option("--device", o.device, std::string(llama::kDeviceHelp) + ": a run may move between them with --resume")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
   app.add_option("--solver", o.solver, "exact (LAPACK) | fast (randomized SVD / Cholesky-Krylov)")->capture_default_str()->check(CLI::IsMember({"exact", "fast"}));

@@ -1,7 +1,7 @@
 // milora-generate: continue a prompt with a LLaMA folder (and an optional PEFT adapter).
 //
 //   milora-generate --model DIR [--adapter DIR] --prompt "Once upon a time" [--max-new-tokens 64]
-//                   [--temperature 0.8 --top-k 40 --seed 1]
+//                   [--temperature 0.8 --top-k 40 --seed 1] [--device cpu|cuda]
 //
 // Temperature 0 is greedy decoding. Each new token re-runs the model on the whole context (no KV
 // cache: this is the reference, written to be read); the context keeps the last
@@ -10,10 +10,11 @@
 
 #include "../tools/tool_common.hpp"
 #include "data.hpp"
+#include "device.hpp"
 #include "inference.hpp"
 
 int main(int argc, char** argv) {
-  std::string model_dir, adapter_dir, prompt;
+  std::string model_dir, adapter_dir, prompt, device = "cpu";
   milora::Index max_new = 64, top_k = 0;
   double temperature = 0;
   std::uint64_t seed = 0;
@@ -25,23 +26,26 @@ int main(int argc, char** argv) {
   app.add_option("--temperature", temperature, "0: greedy; otherwise sample softmax(logits / T)")->capture_default_str()->check(CLI::NonNegativeNumber);
   app.add_option("--top-k", top_k, "sample among the k most likely tokens (0: all)")->capture_default_str()->check(CLI::NonNegativeNumber);
   app.add_option("--seed", seed, "sampling seed")->capture_default_str();
+  app.add_option("--device", device, llama::kDeviceHelp)->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
   return milora::tools::run_tool("milora-generate", app, argc, argv, [&] {
-    auto model = llama::load_for_inference(model_dir, adapter_dir);
-    const auto& cfg = model->config();
-    const auto tokenizer = llama::Tokenizer::for_model(model_dir, cfg.vocab_size);
-    std::vector<llama::Token> context = tokenizer.encode(prompt);
-    if (context.empty()) throw milora::value_error("the prompt encodes to no tokens");
-    std::vector<llama::Token> generated;
-    for (milora::Index i = 0; i < max_new; ++i) {
-      const milora::Index n = std::min<milora::Index>(milora::Index(context.size()), cfg.max_position_embeddings);
-      const std::span<const llama::Token> window(context.data() + context.size() - std::size_t(n), std::size_t(n));
-      model->forward(window, 1, n);
-      const auto& logits = model->logits();
-      const std::span<const float> last(logits.data() + (n - 1) * cfg.vocab_size, std::size_t(cfg.vocab_size));
-      const llama::Token next = llama::sample(last, temperature, top_k, seed, std::uint64_t(i));
-      context.push_back(next);
-      generated.push_back(next);
-    }
-    std::cout << prompt << tokenizer.decode(generated) << std::endl;
+    llama::on_device(device, "milora-generate", [&]<class BE>() {
+      auto model = llama::load_for_inference<BE>(model_dir, adapter_dir);
+      const auto& cfg = model->config();
+      const auto tokenizer = llama::Tokenizer::for_model(model_dir, cfg.vocab_size);
+      std::vector<llama::Token> context = tokenizer.encode(prompt);
+      if (context.empty()) throw milora::value_error("the prompt encodes to no tokens");
+      std::vector<llama::Token> generated;
+      for (milora::Index i = 0; i < max_new; ++i) {
+        const milora::Index n = std::min<milora::Index>(milora::Index(context.size()), cfg.max_position_embeddings);
+        const std::span<const llama::Token> window(context.data() + context.size() - std::size_t(n), std::size_t(n));
+        model->forward(window, 1, n);
+        // Only the last position's logits come to the host (on a GPU the rest stay there).
+        const std::vector<float> last = BE::to_host(BE::cblock(model->logits(), n - 1, 0, 1, cfg.vocab_size));
+        const llama::Token next = llama::sample(last, temperature, top_k, seed, std::uint64_t(i));
+        context.push_back(next);
+        generated.push_back(next);
+      }
+      std::cout << prompt << tokenizer.decode(generated) << std::endl;
+    });
   });
 }

@@ -220,6 +220,34 @@ TEST_CASE("milora-finetune --device cuda: on a GPU the CPU run's numbers (float,
   CHECK(moved.last_json()["val_loss"].get<double>() == doctest::Approx(want).epsilon(1e-4));
 }
 
+TEST_CASE("milora-eval / milora-generate --device cuda: on a GPU the CPU's loss (float, 1e-4) and greedy tokens, "
+          "without one, one error line saying why") {
+  milora_test::ScratchDir dir;
+  milora_test::write_file(dir / "val.txt", text(300));
+  const std::string eval = "--model " + kModel.string() + " --data " + (dir / "val.txt").string() + " --seq 32 --batch 2";
+  const std::string gen = "--model " + kModel.string() + " --prompt 'low rank' --max-new-tokens 6";
+  const auto cpu_eval = run("milora-eval", eval, dir), cpu_gen = run("milora-generate", gen, dir);
+  REQUIRE_MESSAGE(cpu_eval.status == 0, cpu_eval.err);
+  REQUIRE_MESSAGE(cpu_gen.status == 0, cpu_gen.err);
+  const auto gpu_eval = run("milora-eval", eval + " --device cuda", dir), gpu_gen = run("milora-generate", gen + " --device cuda", dir);
+  if (gpu_eval.status != 0 || gpu_gen.status != 0) {  // CI: nvcc but no GPU, or a build without the CUDA toolkit
+    for (const auto* r : {&gpu_eval, &gpu_gen}) {
+      CHECK(r->status == 1);
+      CHECK((r->err.find("--device cuda: no usable CUDA device") != std::string::npos ||
+             r->err.find("built without the CUDA toolkit") != std::string::npos));
+      CHECK(std::count(r->err.begin(), r->err.end(), '\n') == 1);
+      CHECK(r->out.empty());
+    }
+    MESSAGE("no CUDA device here: checked the refusal only (", gpu_eval.err.substr(0, gpu_eval.err.size() - 1), ")");
+    return;
+  }
+  CHECK(gpu_eval.last_json()["loss"].get<double>() == doctest::Approx(cpu_eval.last_json()["loss"].get<double>()).epsilon(1e-4));
+  CHECK(gpu_eval.last_json()["tokens"] == cpu_eval.last_json()["tokens"]);
+  // Greedy decoding on logits equal to 1e-4: the same tokens unless two logits of the tiny model
+  // tie to that precision (six tokens keep the chance of such a tie small).
+  CHECK(gpu_gen.out == cpu_gen.out);
+}
+
 TEST_CASE("milora-finetune / -eval: bad input is one error line and a non-zero exit") {
   milora_test::ScratchDir dir;
   milora_test::write_file(dir / "short.txt", "too short");

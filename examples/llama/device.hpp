@@ -1,0 +1,42 @@
+// --device for the LLaMA tools: run a piece of code on EigenBackend<float> ("cpu") or, in a
+// program built with the LLaMA's CUDA kernels (MILORA_LLAMA_CUDA), on CudaBackend<float> ("cuda").
+//
+// The code is a lambda templated on the backend, written once:
+//
+//   llama::on_device(device, "milora-eval", [&]<class BE>() { ... Llama<BE> ... });
+//
+// Without a usable GPU, or in a build without the CUDA toolkit, "cuda" is refused before the lambda
+// runs (device_error / value_error), with a message that says which, so a tool fails before it
+// writes anything.
+#pragma once
+
+#include <string>
+
+#include "kernels_cpu.hpp"
+#include "milora/core/errors.hpp"
+#if defined(MILORA_LLAMA_CUDA)
+#include "kernels_cuda.hpp"
+#endif
+
+namespace llama {
+
+/// The values --device accepts.
+inline constexpr const char* kDeviceHelp = "cpu | cuda (CudaBackend<float>; the same files as on the CPU)";
+
+template <class Run>
+void on_device(const std::string& device, [[maybe_unused]] const std::string& tool, Run&& run) {
+  if (device == "cpu") {
+    run.template operator()<milora::EigenBackend<float>>();
+    return;
+  }
+  if (device != "cuda") throw milora::value_error("--device '" + device + "': expected cpu or cuda");
+#if defined(MILORA_LLAMA_CUDA)
+  if (const std::string why = milora::cuda::no_device_reason(); !why.empty())
+    throw milora::device_error("--device cuda: no usable CUDA device (" + why + ")");
+  run.template operator()<milora::CudaBackend<float>>();
+#else
+  throw milora::value_error("--device cuda: this " + tool + " was built without the CUDA toolkit");
+#endif
+}
+
+}  // namespace llama
