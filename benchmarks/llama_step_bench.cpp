@@ -4,26 +4,29 @@
 // (tests/reference/llama_reference.py bench) on the same config, threads and batch, and prints the
 // ratio.
 //
-//   llama_step_bench --config CONFIG.json [--batch 4 --seq 256 --rank 16] [google-benchmark flags]
+//   llama_step_bench --config CONFIG.json [--batch 4 --seq 256 --rank 16] [--device cuda] [google-benchmark flags]
 //   llama_step_bench --smoke      (a tiny config, one iteration: CI checks that the program works)
 //
 // Counters: tokens/s (items_per_second), GFLOP/s of the step (matrix products only, counted from
-// the shapes: see flops_per_token), peak resident memory of the process in MiB.
+// the shapes: see flops_per_token), peak resident memory of the process in MiB; with --device cuda
+// (CudaBackend<float>, scripts/gpu.sh), the step and sgemm_peak run on the GPU, each iteration
+// ends with the device idle, and gpu_used_MiB is the device memory in use after the steps
+// (cudaMemGetInfo: the model, its activations and the CUDA context). Without a usable GPU,
+// --device cuda exits with 77 (CTest's skip code) and says why.
 #include <benchmark/benchmark.h>
 
 #include <cstdio>
 #include <cstring>
 #include <fstream>
 #include <string>
+#include <type_traits>
 
-#include "kernels_cpu.hpp"
+#include "device.hpp"
 #include "milora/io/json.hpp"
 #include "trainer.hpp"
 
 namespace {
 
-using BE = milora::EigenBackend<float>;
-using Model = llama::Llama<BE>;
 using llama::Index;
 
 struct Setup {
@@ -36,6 +39,7 @@ struct Setup {
 // backward 2 more (input gradients only); attention 4 T hd per head forward (QK^T, PV; the causal
 // half is computed in full), 8 T hd backward; adapters 2 r (in + out) forward, 6 r (in + out)
 // backward (dA, dB, dx).
+template <class Model>
 double flops_per_token(const Model& m) {
   const auto& c = m.config();
   double lin = 0;
@@ -57,7 +61,30 @@ double peak_rss_mib() {
   return 0;
 }
 
+// Waits for the GPU's queue (on the CPU there is none), so that a timed iteration includes its work.
+template <class BE>
+void finish([[maybe_unused]] const char* what) {
+#if defined(MILORA_LLAMA_CUDA)
+  if constexpr (std::is_same_v<BE, milora::CudaBackend<float>>) milora::cuda::context().synchronize(what);
+#endif
+}
+
+template <class BE>
+void record_device_memory(benchmark::State& state) {
+#if defined(MILORA_LLAMA_CUDA)
+  if constexpr (std::is_same_v<BE, milora::CudaBackend<float>>) {
+    std::size_t free = 0, total = 0;
+    milora::cuda::check(cudaMemGetInfo(&free, &total), "cudaMemGetInfo");
+    state.counters["gpu_used_MiB"] = double(total - free) / (1024.0 * 1024.0);
+  }
+#else
+  (void)state;
+#endif
+}
+
+template <class BE>
 void lora_step(benchmark::State& state) {
+  using Model = llama::Llama<BE>;
   auto model = llama::random_model<Model>(g.config, 1);
   model->add_adapters(g.targets, {.rank = g.rank, .alpha = 2.0 * double(g.rank)});
   std::vector<llama::Token> tokens(std::size_t(g.batch * g.seq + 1));
@@ -69,21 +96,32 @@ void lora_step(benchmark::State& state) {
   tc.lr = 1e-4;
   tc.progress = false;
   llama::Trainer<Model> trainer(*model, tc, llama::DataLoader(tokens, g.batch, g.seq), {}, {});
-  trainer.train_step();  // warm-up: allocations, page faults, OpenBLAS threads
-  for (auto _ : state) benchmark::DoNotOptimize(trainer.train_step());
+  trainer.train_step();  // warm-up: allocations, page faults, OpenBLAS threads, cuBLAS handles
+  finish<BE>("warm-up step");
+  for (auto _ : state) {
+    benchmark::DoNotOptimize(trainer.train_step());
+    finish<BE>("lora_step");
+  }
   const double tokens_per_step = double(g.batch * g.seq);
   state.SetItemsProcessed(state.iterations() * Index(tokens_per_step));
   state.counters["GFLOP/s"] = benchmark::Counter(flops_per_token(*model) * tokens_per_step * 1e-9 * double(state.iterations()),
                                                  benchmark::Counter::kIsRate);
   state.counters["peak_MiB"] = peak_rss_mib();
+  record_device_memory<BE>(state);
 }
 
+template <class BE>
 void sgemm_peak(benchmark::State& state) {
   const Index n = state.range(0);
   auto a = BE::zeros(n, n), b = BE::zeros(n, n), c = BE::zeros(n, n);
   BE::fill_normal(a, 0, 1, 1);
   BE::fill_normal(b, 0, 1, 2);
-  for (auto _ : state) BE::gemm(1, a, milora::Trans::no, b, milora::Trans::no, 0, c);
+  BE::gemm(1, a, milora::Trans::no, b, milora::Trans::no, 0, c);  // warm-up
+  finish<BE>("sgemm warm-up");
+  for (auto _ : state) {
+    BE::gemm(1, a, milora::Trans::no, b, milora::Trans::no, 0, c);
+    finish<BE>("sgemm_peak");
+  }
   state.counters["GFLOP/s"] = benchmark::Counter(2.0 * double(n) * double(n) * double(n) * 1e-9 * double(state.iterations()),
                                                  benchmark::Counter::kIsRate);
 }
@@ -106,8 +144,9 @@ bool take(int& argc, char** argv, const char* flag, std::string* value) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::string config, v;
+  std::string config, v, device = "cpu";
   const bool smoke = take(argc, argv, "--smoke", nullptr);
+  take(argc, argv, "--device", &device);
   if (take(argc, argv, "--config", &config)) g.config = llama::LlamaConfig::from_json(milora::io::read_json_file(config), config);
   if (take(argc, argv, "--batch", &v)) g.batch = std::stol(v);
   if (take(argc, argv, "--seq", &v)) g.seq = std::stol(v);
@@ -122,9 +161,21 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "llama_step_bench: give --config CONFIG.json (or --smoke)\n");
     return 2;
   }
-  benchmark::RegisterBenchmark("lora_step", lora_step)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(smoke ? 1 : 3);
-  benchmark::RegisterBenchmark("sgemm_peak", sgemm_peak)->Arg(smoke ? 64 : 2048)->Unit(benchmark::kMillisecond)->UseRealTime();
-  benchmark::Initialize(&argc, argv);
-  benchmark::RunSpecifiedBenchmarks();
-  benchmark::Shutdown();
+  try {
+    llama::on_device(device, "llama_step_bench", [&]<class BE>() {
+      benchmark::RegisterBenchmark("lora_step", lora_step<BE>)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(smoke ? 1 : 3);
+      // 2048^2 keeps a CPU busy for a while; a GPU needs 8192^2 to reach its rate.
+      const Index n = smoke ? 64 : device == "cuda" ? 8192 : 2048;
+      benchmark::RegisterBenchmark("sgemm_peak", sgemm_peak<BE>)->Arg(n)->Unit(benchmark::kMillisecond)->UseRealTime();
+      benchmark::Initialize(&argc, argv);
+      benchmark::RunSpecifiedBenchmarks();
+      benchmark::Shutdown();
+    });
+  } catch (const milora::device_error& e) {  // --device cuda without a GPU
+    std::fprintf(stderr, "llama_step_bench: skipped: %s\n", e.what());
+    return 77;
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "llama_step_bench: %s\n", e.what());
+    return 1;
+  }
 }

@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# The CUDA backend on a GPU: its test suite, its benchmark and torch.linalg.svd on the same GPU, with
-# a short table printed last (issue 5). Two steps, because the GPU machines lent to this project
+# The CUDA backend on a GPU: its test suite, its benchmark and torch.linalg.svd on the same GPU
+# (issue 5); the reference LLaMA there: the CUDA LLaMA tests, milora-finetune / milora-eval
+# --device cuda against the CPU, PEFT loading milora's adapter, and a LoRA step of a ~1.1B LLaMA
+# against transformers + PEFT (issue 8); a short table printed last. Two steps, because the GPU machines lent to this project
 # (/work/.library/device) have nvcc and PyTorch but not Debian's Eigen, doctest or Google Benchmark,
 # and cannot install anything:
 #
@@ -13,6 +15,8 @@ set -euo pipefail
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="$root/build/gpu"
 step="${1:-all}"
+programs=("$out/tests/milora_cuda_tests" "$out/tests/milora_cuda_llama_tests" "$out/benchmarks/cuda_bench"
+          "$out/benchmarks/llama_step_bench" "$out/examples/milora-finetune" "$out/examples/milora-eval")
 
 build() {
   bash "$root/scripts/deps.sh"
@@ -20,20 +24,99 @@ build() {
     export CUDACXX=/usr/local/cuda/bin/nvcc
   fi
   cmake -S "$root" -B "$out" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CUDA_ARCHITECTURES="${MILORA_CUDA_ARCH:-90}" \
-    -DMILORA_BUILD_TESTS=ON -DMILORA_BUILD_EXAMPLES=OFF -DMILORA_BUILD_BENCHMARKS=ON \
+    -DMILORA_BUILD_TESTS=ON -DMILORA_BUILD_EXAMPLES=ON -DMILORA_BUILD_BENCHMARKS=ON \
     -DMILORA_USE_LAPACKE=OFF -DMILORA_USE_XTENSOR=OFF >/dev/null  # small enough to carry
-  cmake --build "$out" -j"$(nproc)" --target milora_cuda_tests milora_cuda_llama_tests cuda_bench
+  cmake --build "$out" -j"$(nproc)" --target milora_cuda_tests milora_cuda_llama_tests cuda_bench \
+    llama_step_bench milora-finetune milora-eval
   # Debian's libraries the programs need that a CUDA image may lack (not glibc, not CUDA's own).
   mkdir -p "$out/lib"
-  for exe in "$out/tests/milora_cuda_tests" "$out/tests/milora_cuda_llama_tests" "$out/benchmarks/cuda_bench"; do
+  for exe in "${programs[@]}"; do
     ldd "$exe" | awk '/=> \// {print $3}' |
       grep -Ev '/(libc|libm|libdl|libpthread|librt|ld-linux[^/]*|libcuda|libcudart|libcublas|libcublasLt|libcusolver|libcusparse|libnvJitLink)\.so' |
       xargs -r -I{} cp -L {} "$out/lib/"
   done
-  echo "built $out ($(du -sh "$out/tests/milora_cuda_tests" "$out/benchmarks/cuda_bench" "$out/lib" | awk '{print $1}' | paste -sd' '))"
+  # Only the programs and lib/ have to travel: drop the object files (carry is limited in size).
+  find "$out" -name '*.o' -delete
+  echo "built $out ($(du -sh "$out" | awk '{print $1}'))"
+}
+
+# Issue 8 on the GPU. The tiny LLaMA of tests/data: milora-finetune and milora-eval with
+# --device cuda against the CPU (float, 1e-4), and transformers + PEFT on the adapter milora wrote
+# (its plain_lora/ export) against milora-eval (1e-4). Then one LoRA step of a ~1.1B LLaMA
+# (TinyLlama-1.1B's shape), batch 4 x seq 1024, rank 16 on all seven projections: milora on
+# CudaBackend<float> against transformers + PEFT in float32 and in bf16.
+llama_checks() {
+  local log="$1" tools="$out/examples" tiny="$root/tests/data/llama_tiny/model" tmp rc=0
+  tmp="$(mktemp -d)"
+  python3 - "$tmp" <<'PY'
+import array, random, sys
+random.seed(0)
+words = ["low", "rank", "adapter", "minor", "singular", "subspace", "fine", "tuning", "of", "the", "model"]
+open(sys.argv[1] + "/train.txt", "w").write(" ".join(random.choice(words) for _ in range(600)))
+open(sys.argv[1] + "/val.u32", "wb").write(array.array("I", [random.randrange(256) for _ in range(32 * 8 + 1)]).tobytes())
+PY
+  local common="--model $tiny --data $tmp/train.txt --method milora --rank 4 --steps 4 --lr 5e-3 --batch 2 --seq 32 --quiet"
+  local evaluate="--model $tiny --adapter $tmp/cpu/checkpoint-4 --data $tmp/val.u32 --seq 32 --batch 2"
+  "$tools/milora-finetune" $common --out "$tmp/cpu" | tail -n 1 > "$tmp/finetune_cpu.json" || rc=1
+  "$tools/milora-finetune" $common --out "$tmp/gpu" --device cuda | tail -n 1 > "$tmp/finetune_gpu.json" || rc=1
+  "$tools/milora-eval" $evaluate | tail -n 1 > "$tmp/eval_cpu.json" || rc=1
+  "$tools/milora-eval" $evaluate --device cuda | tail -n 1 > "$tmp/eval_gpu.json" || rc=1
+  python3 "$root/tests/reference/peft_load_check.py" --model "$tiny" --adapter "$tmp/cpu/checkpoint-4/plain_lora" \
+    --data "$tmp/val.u32" --seq 32 --batch 2 | tail -n 1 > "$tmp/peft.json" || rc=1
+  python3 - "$tmp" <<'PY' || rc=1
+import json, sys
+d = sys.argv[1]
+def get(name, key):
+    try:
+        return json.load(open(f"{d}/{name}.json"))[key]
+    except Exception as e:
+        return float("nan")
+rows = [("milora-finetune val_loss, cuda vs cpu", get("finetune_gpu", "val_loss"), get("finetune_cpu", "val_loss")),
+        ("milora-eval loss, cuda vs cpu", get("eval_gpu", "loss"), get("eval_cpu", "loss")),
+        ("transformers+PEFT loss vs milora-eval", get("peft", "loss"), get("eval_cpu", "loss"))]
+bad = 0
+for name, a, b in rows:
+    rel = abs(a - b) / max(abs(b), 1e-30)
+    ok = rel <= 1e-4
+    bad += not ok
+    print(f"{name:40s} {a:.6f} vs {b:.6f}  rel {rel:.1e}  {'ok' if ok else 'FAIL'} (<= 1e-4)")
+sys.exit(1 if bad else 0)
+PY
+  echo '{"vocab_size": 32000, "hidden_size": 2048, "intermediate_size": 5632, "num_hidden_layers": 22,
+         "num_attention_heads": 32, "num_key_value_heads": 4, "max_position_embeddings": 2048, "rms_norm_eps": 1e-5}' \
+    > "$tmp/llama_1b.json"
+  local shape="--config $tmp/llama_1b.json --batch 4 --seq 1024 --rank 16"
+  "$out/benchmarks/llama_step_bench" $shape --device cuda --benchmark_format=json > "$log/llama_step_cuda.json" || rc=1
+  python3 "$root/benchmarks/peft_step.py" $shape --dtype float32 > "$log/peft_step_f32.txt" || rc=1
+  python3 "$root/benchmarks/peft_step.py" $shape --dtype bfloat16 > "$log/peft_step_bf16.txt" || rc=1
+  python3 - "$log" <<'PY' || rc=1
+import json, sys
+d = sys.argv[1]
+try:
+    b = {x["name"].split("/")[0]: x for x in json.load(open(f"{d}/llama_step_cuda.json"))["benchmarks"]}
+except (OSError, ValueError, KeyError) as e:
+    sys.exit(f"llama_step_bench --device cuda left no result ({e}); see {d}/llama_gpu.log")
+m, peak = b["lora_step"], b["sgemm_peak"]["GFLOP/s"]
+print(f"milora CudaBackend<float> {m['items_per_second']:10.0f} tokens/s  {m['GFLOP/s'] / 1e3:.1f} TFLOP/s "
+      f"= {m['GFLOP/s'] / peak:.0%} of cuBLAS sgemm's {peak / 1e3:.1f}  device memory {m['gpu_used_MiB']:.0f} MiB")
+for dt in ("f32", "bf16"):
+    t = dict(l.strip().split("=", 1) for l in open(f"{d}/peft_step_{dt}.txt") if "=" in l)
+    if "tokens_per_s" not in t:
+        print(f"transformers+PEFT {dt}: no result (see {d}/llama_gpu.log)")
+        continue
+    p = float(t["tokens_per_s"])
+    print(f"transformers+PEFT {dt:5s}  {p:10.0f} tokens/s  peak allocated {float(t['peak_allocated_MiB']):.0f} MiB, "
+          f"device memory {float(t['gpu_used_MiB']):.0f} MiB;  milora / this = {m['items_per_second'] / p:.2f}x")
+print(t.get("versions", ""))
+PY
+  rm -rf "$tmp"
+  return $rc
 }
 
 run() {
+  for exe in "${programs[@]}"; do
+    [ -x "$exe" ] || { echo "no $exe: run 'bash scripts/gpu.sh build' first (and carry build/gpu)" >&2; exit 1; }
+  done
   [ -x "$out/tests/milora_cuda_tests" ] || { echo "no $out: run 'bash scripts/gpu.sh build' first (and carry build/gpu)" >&2; exit 1; }
   # CUDA's libraries: the toolkit's, else the ones PyTorch's wheels bring.
   local libs="$out/lib:/usr/local/cuda/lib64"
@@ -68,13 +151,16 @@ for name, fn in [("torch.linalg.svd full_matrices=False", lambda: torch.linalg.s
         t = time.perf_counter(); fn(); torch.cuda.synchronize(); best = min(best, time.perf_counter() - t)
     print(f"{name:44s} {best * 1e3:12.3f} ms  (4096x4096 float, min of 3)")
 PY
+  llama_checks "$log" 2>&1 | tee "$log/llama_gpu.log"
+  local llama_rc=${PIPESTATUS[0]}
   set -e
   echo
-  echo "== summary (cuda_tests exit $tests_rc, cuda_bench exit $bench_rc)"
+  echo "== summary (cuda_tests exit $tests_rc, cuda_bench exit $bench_rc, llama checks exit $llama_rc)"
   grep -E "test cases:" "$log/cuda_tests.log" || true
   sed -n '/ratio = time/,$p' "$log/cuda_bench.log"
   cat "$log/torch_svd.log"
-  [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ]
+  grep -E "vs|tokens/s|torch " "$log/llama_gpu.log" || true
+  [ "$tests_rc" -eq 0 ] && [ "$bench_rc" -eq 0 ] && [ "$llama_rc" -eq 0 ]
 }
 
 case "$step" in
