@@ -11,7 +11,8 @@
 // the shapes: see flops_per_token), peak resident memory of the process in MiB; with --device cuda
 // (CudaBackend<float>, scripts/gpu.sh), the step and sgemm_peak run on the GPU, each iteration
 // ends with the device idle, and gpu_used_MiB is the device memory in use after the steps
-// (cudaMemGetInfo: the model, its activations and the CUDA context). Without a usable GPU,
+// (cudaMemGetInfo: the model, its activations and the CUDA context); lora_step_tf32 and
+// sgemm_peak_tf32 repeat the two with TF32 tensor-core products. Without a usable GPU,
 // --device cuda exits with 77 (CTest's skip code) and says why.
 #include <benchmark/benchmark.h>
 
@@ -167,6 +168,18 @@ int main(int argc, char** argv) {
       // 2048^2 keeps a CPU busy for a while; a GPU needs 8192^2 to reach its rate.
       const Index n = smoke ? 64 : device == "cuda" ? 8192 : 2048;
       benchmark::RegisterBenchmark("sgemm_peak", sgemm_peak<BE>)->Arg(n)->Unit(benchmark::kMillisecond)->UseRealTime();
+      if (device == "cuda") {  // the same two with TF32 tensor-core products (milora-finetune --tf32)
+        const auto tf32 = [](auto body) {
+          return [body](benchmark::State& state) {
+            llama::use_tf32<BE>(true);
+            body(state);
+            llama::use_tf32<BE>(false);
+          };
+        };
+        benchmark::RegisterBenchmark("lora_step_tf32", tf32(lora_step<BE>))
+            ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(smoke ? 1 : 3);
+        benchmark::RegisterBenchmark("sgemm_peak_tf32", tf32(sgemm_peak<BE>))->Arg(n)->Unit(benchmark::kMillisecond)->UseRealTime();
+      }
       benchmark::Initialize(&argc, argv);
       benchmark::RunSpecifiedBenchmarks();
       benchmark::Shutdown();

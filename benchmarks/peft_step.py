@@ -10,7 +10,7 @@ projections. Weights are random (only the shapes matter for the time). transform
 default attention (SDPA: a fused kernel, no seq x seq matrix kept).
 
     python3 benchmarks/peft_step.py --config CONFIG.json [--batch 4 --seq 1024 --rank 16]
-                                    [--dtype float32|bfloat16] [--steps 3]
+                                    [--dtype float32|bfloat16] [--tf32] [--steps 3]
 
 Prints key=value lines: tokens_per_s, step_ms, peak_allocated_MiB (torch.cuda.max_memory_allocated),
 gpu_used_MiB (cudaMemGetInfo after the steps, the CUDA context included, as llama_step_bench
@@ -33,7 +33,10 @@ def main():
     ap.add_argument("--rank", type=int, default=16)
     ap.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32")
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--tf32", action="store_true", help="float32 products on tensor cores (allow_tf32)")
     a = ap.parse_args()
+    torch.backends.cuda.matmul.allow_tf32 = a.tf32
+    torch.backends.cudnn.allow_tf32 = a.tf32
 
     import peft
     import transformers
@@ -86,6 +89,7 @@ def main():
     print(f"peak_allocated_MiB={torch.cuda.max_memory_allocated() / 2**20}")
     print(f"gpu_used_MiB={(total - free) / 2**20}")
     print(f"trainable_params={sum(p.numel() for p in params)}")
+    print(f"tf32={a.tf32}")
     print(f"versions=torch {torch.__version__}, transformers {transformers.__version__}, peft {peft.__version__}, "
           f"attention {getattr(model.config, '_attn_implementation', '?')}, {torch.cuda.get_device_name()}")
 

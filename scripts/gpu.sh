@@ -88,6 +88,7 @@ PY
   local shape="--config $tmp/llama_1b.json --batch 4 --seq 1024 --rank 16"
   "$out/benchmarks/llama_step_bench" $shape --device cuda --benchmark_format=json > "$log/llama_step_cuda.json" || rc=1
   python3 "$root/benchmarks/peft_step.py" $shape --dtype float32 > "$log/peft_step_f32.txt" || rc=1
+  python3 "$root/benchmarks/peft_step.py" $shape --dtype float32 --tf32 > "$log/peft_step_tf32.txt" || rc=1
   python3 "$root/benchmarks/peft_step.py" $shape --dtype bfloat16 > "$log/peft_step_bf16.txt" || rc=1
   python3 - "$log" <<'PY' || rc=1
 import json, sys
@@ -96,17 +97,19 @@ try:
     b = {x["name"].split("/")[0]: x for x in json.load(open(f"{d}/llama_step_cuda.json"))["benchmarks"]}
 except (OSError, ValueError, KeyError) as e:
     sys.exit(f"llama_step_bench --device cuda left no result ({e}); see {d}/llama_gpu.log")
-m, peak = b["lora_step"], b["sgemm_peak"]["GFLOP/s"]
-print(f"milora CudaBackend<float> {m['items_per_second']:10.0f} tokens/s  {m['GFLOP/s'] / 1e3:.1f} TFLOP/s "
-      f"= {m['GFLOP/s'] / peak:.0%} of cuBLAS sgemm's {peak / 1e3:.1f}  device memory {m['gpu_used_MiB']:.0f} MiB")
-for dt in ("f32", "bf16"):
+for step, gemm in (("lora_step", "sgemm_peak"), ("lora_step_tf32", "sgemm_peak_tf32")):
+    m, peak = b[step], b[gemm]["GFLOP/s"]
+    print(f"milora {step:15s} {m['items_per_second']:10.0f} tokens/s  {m['GFLOP/s'] / 1e3:.1f} TFLOP/s "
+          f"= {m['GFLOP/s'] / peak:.0%} of cuBLAS {gemm}'s {peak / 1e3:.1f}  device memory {m['gpu_used_MiB']:.0f} MiB")
+m = b["lora_step_tf32"]
+for dt in ("f32", "tf32", "bf16"):
     t = dict(l.strip().split("=", 1) for l in open(f"{d}/peft_step_{dt}.txt") if "=" in l)
     if "tokens_per_s" not in t:
         print(f"transformers+PEFT {dt}: no result (see {d}/llama_gpu.log)")
         continue
     p = float(t["tokens_per_s"])
     print(f"transformers+PEFT {dt:5s}  {p:10.0f} tokens/s  peak allocated {float(t['peak_allocated_MiB']):.0f} MiB, "
-          f"device memory {float(t['gpu_used_MiB']):.0f} MiB;  milora / this = {m['items_per_second'] / p:.2f}x")
+          f"device memory {float(t['gpu_used_MiB']):.0f} MiB;  milora tf32 / this = {m['items_per_second'] / p:.2f}x")
 print(t.get("versions", ""))
 PY
   rm -rf "$tmp"

@@ -11,6 +11,7 @@
 #pragma once
 
 #include <string>
+#include <type_traits>
 
 #include "kernels_cpu.hpp"
 #include "milora/core/errors.hpp"
@@ -37,6 +38,25 @@ void on_device(const std::string& device, [[maybe_unused]] const std::string& to
 #else
   throw milora::value_error("--device cuda: this " + tool + " was built without the CUDA toolkit");
 #endif
+}
+
+/// Refuses --tf32 without --device cuda, before any work.
+inline void check_tf32_device(const std::string& device, bool tf32) {
+  if (tf32 && device != "cuda") throw milora::value_error("--tf32 needs --device cuda (TF32 is a tensor-core format)");
+}
+
+/// --tf32: float matrix products on tensor cores in TF32 (milora::cuda::Context::allow_tf32), on
+/// CudaBackend only; value_error on the CPU. Call it after the adapters are initialised, so that
+/// the initialisation's SVDs and QRs keep full float precision.
+template <class BE>
+void use_tf32(bool on) {
+#if defined(MILORA_LLAMA_CUDA)
+  if constexpr (std::is_same_v<BE, milora::CudaBackend<float>>) {
+    milora::cuda::context().allow_tf32(on);
+    return;
+  }
+#endif
+  check_tf32_device("cpu", on);
 }
 
 }  // namespace llama

@@ -218,6 +218,10 @@ TEST_CASE("milora-finetune --device cuda: on a GPU the CPU run's numbers (float,
                          dir);
   REQUIRE_MESSAGE(moved.status == 0, moved.err);
   CHECK(moved.last_json()["val_loss"].get<double>() == doctest::Approx(want).epsilon(1e-4));
+  // TF32 products (10-bit mantissa inputs) after the init: the same run to 1e-2
+  const auto tf32 = run("milora-finetune", common + " --device cuda --tf32 --out " + (dir / "tf32").string(), dir);
+  REQUIRE_MESSAGE(tf32.status == 0, tf32.err);
+  CHECK(tf32.last_json()["val_loss"].get<double>() == doctest::Approx(want).epsilon(1e-2));
 }
 
 TEST_CASE("milora-eval / milora-generate --device cuda: on a GPU the CPU's loss (float, 1e-4) and greedy tokens, "
@@ -263,6 +267,8 @@ TEST_CASE("milora-finetune / -eval: bad input is one error line and a non-zero e
        "'qkv' is not a LLaMA projection"},
       {"milora-finetune", m + " --data " + (dir / "short.txt").string() + " --seq 100 --batch 1 --val-fraction 0 --out " + (dir / "o").string(),
        "a batch of 1 x 100 needs 101"},
+      {"milora-finetune", m + " --data " + (dir / "short.txt").string() + " --tf32 --out " + (dir / "o").string(),
+       "--tf32 needs --device cuda"},
       {"milora-eval", m + " --data " + (dir / "bad.u32").string(), "has 3 bytes, not a multiple of 4"},
       {"milora-eval", m + " --adapter " + (std::filesystem::path(MILORA_TEST_DATA) / "llama_tiny").string() + " --data " +
                           (dir / "short.txt").string(),

@@ -60,6 +60,18 @@ class Context {
   cublasHandle_t blas() const { return blas_; }
   cusolverDnHandle_t solver() const { return solver_; }
 
+  /// Float matrix products (cublasSgemm and the other single-precision routines of this handle) on
+  /// tensor cores in TF32: inputs rounded to a 10-bit mantissa, float accumulation. Several times
+  /// cuBLAS's float rate on an A100 / H100 / H200, at ~1e-3 relative error per product instead of
+  /// ~1e-7. Off by default, as in PyTorch (torch.backends.cuda.matmul.allow_tf32). Double products
+  /// are not affected. Turn it on for training, after SVD-based initialisation: a randomized SVD in
+  /// float would lose its accuracy to it.
+  void allow_tf32(bool on) {
+    check(cublasSetMathMode(blas_, on ? CUBLAS_TF32_TENSOR_OP_MATH : CUBLAS_DEFAULT_MATH), "cublasSetMathMode");
+    tf32_ = on;
+  }
+  bool tf32() const { return tf32_; }
+
   /// Waits for the thread's queued work; a failure of an earlier asynchronous kernel surfaces here.
   void synchronize(const char* after) const {
     check(cudaStreamSynchronize(stream_), after);
@@ -78,6 +90,7 @@ class Context {
   cudaStream_t stream_ = nullptr;
   cublasHandle_t blas_ = nullptr;
   cusolverDnHandle_t solver_ = nullptr;
+  bool tf32_ = false;
 };
 
 /// The calling thread's context, created on first use.

@@ -1,0 +1,129 @@
+// milora-finetune's work, templated on the backend (see milora_finetune.cpp for the tool): the
+// options, finetune<BE, Init> (load, initialise the adapters, train, print the JSON line) and
+// run_on<BE>, which picks the init policy from --method.
+//
+// A header so that the CPU and the CUDA instantiations compile in two translation units
+// (milora_finetune.cpp and milora_finetune_cuda.cpp): each instantiates the model and trainer for
+// all fifteen init policies, and one unit holding both was the longest compile of the build.
+#pragma once
+
+#include <iostream>
+#include <string>
+
+#include "../tools/tool_common.hpp"
+#include "milora/spectral/cholesky_krylov.hpp"
+#include "milora/spectral/randomized.hpp"
+#include "calibration.hpp"
+#include "device.hpp"
+#include "trainer.hpp"
+
+namespace llama::finetune {
+
+using milora::Index;
+using milora::detail::concat;
+namespace fs = std::filesystem;
+
+struct Options {
+  std::string model, data, val_data, method = "milora", solver = "exact", out, resume, device = "cpu";
+  std::string targets = "q_proj,k_proj,v_proj,up_proj,down_proj";  // MiLoRA's and PiSSA's experiments
+  Index rank = 16;
+  Index calibration_batches = 8;  // corda-kpm / corda-ipm / eva / lora-ga: batches of --data they see
+  double alpha = 0;  // 0: alpha = 2 * rank
+  double val_fraction = 0.1;
+  std::uint64_t seed = 0;
+  bool quiet = false;
+  bool tf32 = false;
+  llama::TrainConfig train;
+};
+
+template <class BE, class Init>
+void finetune(const Options& o) {
+  using Model = llama::Llama<BE, Init>;
+  const milora::io::HFModel hf(o.model);
+  auto model = llama::from_pretrained<Model>(hf);
+  const auto& cfg = model->config();
+  const auto tokenizer = llama::Tokenizer::for_model(o.model, cfg.vocab_size);
+  auto tokens = llama::load_tokens(o.data, tokenizer, cfg.vocab_size);
+  std::vector<llama::Token> val;
+  if (!o.val_data.empty()) {
+    val = llama::load_tokens(o.val_data, tokenizer, cfg.vocab_size);
+  } else if (o.val_fraction > 0) {  // the held-out split is the end of the data
+    const auto n = std::size_t(double(tokens.size()) * o.val_fraction);
+    if (n > std::size_t(o.train.seq)) {
+      val.assign(tokens.end() - std::ptrdiff_t(n), tokens.end());
+      tokens.resize(tokens.size() - n);
+    }
+  }
+  const double alpha = o.alpha > 0 ? o.alpha : 2.0 * double(o.rank);
+  const auto targets = milora::tools::split_list(o.targets);
+  const Index n_train = Index(tokens.size()), n_val = Index(val.size());
+  llama::DataLoader loader(std::move(tokens), o.train.batch, o.train.seq, "'" + o.data + "'");
+  std::cerr << "milora-finetune: " << cfg.num_hidden_layers << " layers, hidden " << cfg.hidden_size << ", vocab "
+            << cfg.vocab_size << "; " << n_train << " training tokens, " << n_val << " held out; on the " << o.device << "\n";
+  auto t0 = std::chrono::steady_clock::now();
+  const milora::AdapterConfig adapter_config{.rank = o.rank, .alpha = alpha, .seed = o.seed};
+  // CorDA / EVA / LoRA-GA first see --calibration-batches batches of the training data through the base model
+  const Index calibration_tokens = llama::add_adapters_calibrated(*model, targets, adapter_config, loader.tokens(), o.train.batch,
+                                                                  o.train.seq, o.calibration_batches);
+  llama::use_tf32<BE>(o.tf32);  // after the init: its SVDs and QRs run in full float
+  std::cerr << "milora-finetune: " << o.method << " r = " << o.rank << " on " << model->num_adapters() << " projections ("
+            << model->num_trainable() << " trainable of " << model->num_frozen() << " frozen parameters), initialised in "
+            << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() << " s\n";
+  nlohmann::json run = {{"model", fs::weakly_canonical(o.model).string()}, {"data", fs::weakly_canonical(o.data).string()},
+                              {"method", o.method}, {"solver", o.solver}, {"rank", o.rank}, {"alpha", alpha},
+                              {"targets", targets}, {"seed", o.seed}, {"batch", o.train.batch}, {"seq", o.train.seq},
+                              {"accumulation", o.train.accumulation}, {"lr", o.train.lr}, {"warmup", o.train.warmup},
+                              {"steps", o.train.steps}, {"weight_decay", o.train.weight_decay},
+                              {"grad_clip", o.train.grad_clip}, {"train_tokens", n_train}};
+  if (calibration_tokens > 0) run["calibration_batches"] = o.calibration_batches;
+  llama::TrainConfig tc = o.train;
+  tc.out = o.out;
+  tc.progress = !o.quiet;
+  llama::Trainer<Model> trainer(*model, tc, std::move(loader), std::move(val), run);
+  if (!o.resume.empty()) {
+    const fs::path from = o.resume == "latest" ? llama::latest_checkpoint(o.out) : fs::path(o.resume);
+    if (from.empty()) {
+      std::cerr << "milora-finetune: no complete checkpoint in " << o.out << " yet; starting at step 0\n";
+    } else {
+      trainer.resume(from);
+      std::cerr << "milora-finetune: resumed from " << from.string() << " at step " << trainer.step() << "\n";
+    }
+  }
+  trainer.run();
+  nlohmann::json result = {{"steps", trainer.step()}, {"train_loss", trainer.last_loss()},
+                           {"checkpoint", (fs::path(o.out) / ("checkpoint-" + std::to_string(trainer.step()))).string()}};
+  if (trainer.last_val_loss()) {
+    result["val_loss"] = *trainer.last_val_loss();
+    result["val_perplexity"] = std::exp(*trainer.last_val_loss());
+  }
+  std::cout << result.dump() << std::endl;
+}
+
+template <class BE>
+void run_on(const Options& o) {
+  const bool fast = o.solver == "fast";
+  if (o.method == "lora") finetune<BE, milora::KaimingUniform>(o);
+  else if (o.method == "olora") finetune<BE, milora::LeadingQR>(o);
+  else if (o.method == "orthogonal") finetune<BE, milora::OrthogonalInit>(o);
+  else if (o.method == "mica") fast ? finetune<BE, milora::MinorLeftSingular<milora::CholeskyKrylovSVD>>(o) : finetune<BE, milora::MinorLeftSingular<>>(o);
+  else if (o.method == "corda-kpm") {
+    using enum milora::CordaMode;
+    fast ? finetune<BE, milora::ContextOrientedSVD<BE, knowledge_preserved, milora::CholeskyKrylovSVD>>(o)
+         : finetune<BE, milora::ContextOrientedSVD<BE, knowledge_preserved>>(o);
+  } else if (o.method == "corda-ipm") {
+    using enum milora::CordaMode;
+    fast ? finetune<BE, milora::ContextOrientedSVD<BE, instruction_previewed, milora::RandomizedSVD>>(o)
+         : finetune<BE, milora::ContextOrientedSVD<BE, instruction_previewed>>(o);
+  }
+  else if (o.method == "eva") finetune<BE, milora::ActivationPCA<BE>>(o);
+  else if (o.method == "lora-ga")
+    fast ? finetune<BE, milora::GradientApproximation<BE, milora::RandomizedSVD>>(o) : finetune<BE, milora::GradientApproximation<BE>>(o);
+  else if (o.method == "pissa") fast ? finetune<BE, milora::PrincipalSVD<milora::RandomizedSVD>>(o) : finetune<BE, milora::PrincipalSVD<>>(o);
+  else fast ? finetune<BE, milora::MinorSVD<milora::CholeskyKrylovSVD>>(o) : finetune<BE, milora::MinorSVD<>>(o);
+}
+
+#if defined(MILORA_LLAMA_CUDA)
+extern template void run_on<milora::CudaBackend<float>>(const Options&);  // milora_finetune_cuda.cpp
+#endif
+
+}  // namespace llama::finetune

@@ -1,0 +1,8 @@
+// milora-finetune's CUDA half: every init policy's model and trainer on CudaBackend<float>, in a
+// translation unit of their own (finetune_run.hpp says why). Compiled only with the LLaMA's CUDA
+// kernels (MILORA_LLAMA_CUDA).
+#include "finetune_run.hpp"
+
+namespace llama::finetune {
+template void run_on<milora::CudaBackend<float>>(const Options&);
+}  // namespace llama::finetune
