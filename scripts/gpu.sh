@@ -120,7 +120,6 @@ run() {
   for exe in "${programs[@]}"; do
     [ -x "$exe" ] || { echo "no $exe: run 'bash scripts/gpu.sh build' first (and carry build/gpu)" >&2; exit 1; }
   done
-  [ -x "$out/tests/milora_cuda_tests" ] || { echo "no $out: run 'bash scripts/gpu.sh build' first (and carry build/gpu)" >&2; exit 1; }
   # CUDA's libraries: the toolkit's, else the ones PyTorch's wheels bring.
   local libs="$out/lib:/usr/local/cuda/lib64"
   libs="$libs:$(python3 - <<'PY' 2>/dev/null || true

@@ -40,9 +40,11 @@ void on_device(const std::string& device, [[maybe_unused]] const std::string& to
 #endif
 }
 
+inline constexpr const char* kTf32NeedsCuda = "--tf32 needs --device cuda (TF32 is a tensor-core format)";
+
 /// Refuses --tf32 without --device cuda, before any work.
 inline void check_tf32_device(const std::string& device, bool tf32) {
-  if (tf32 && device != "cuda") throw milora::value_error("--tf32 needs --device cuda (TF32 is a tensor-core format)");
+  if (tf32 && device != "cuda") throw milora::value_error(kTf32NeedsCuda);
 }
 
 /// --tf32: float matrix products on tensor cores in TF32 (milora::cuda::Context::allow_tf32), on
@@ -56,7 +58,7 @@ void use_tf32(bool on) {
     return;
   }
 #endif
-  check_tf32_device("cpu", on);
+  if (on) throw milora::value_error(kTf32NeedsCuda);
 }
 
 }  // namespace llama
