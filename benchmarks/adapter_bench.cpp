@@ -6,6 +6,10 @@
 // 2*T*r*(in + out) to backward, i.e. r*(in+out)/(in*out) = 0.8% at r = 16 for fwd+bwd... plus
 // the memory traffic of six skinny products over T x 4096 activations, which is what really costs.
 //
+// "bf16_" rows: the same with the frozen weight stored in bf16 (Bf16Linear, LoRA<B, Bf16Weights>):
+// bf16_plain_* against the float plain layer (what the storage costs: rounding x and widening W
+// panel by panel on the CPU), bf16_lora_* against bf16_plain_* (the adapter's overhead there).
+//
 // Every backend's adapter rows are measured against its own plain layer (rows prefixed "eigen/" and,
 // when built with xtensor-blas, "xtensor/"). The "xtensor/plain_*" rows themselves are given against
 // Eigen's plain layer: what the backend itself costs.
@@ -13,6 +17,7 @@
 //   adapter_bench [--smoke] [google-benchmark flags]
 //   --smoke: 256 x 256 layer, 64 tokens, one repetition (CI checks that the program works).
 #include <string>
+#include <type_traits>
 
 #include "milora/milora.hpp"
 #include "ratio_reporter.hpp"
@@ -34,18 +39,26 @@ typename B::matrix random(Index r, Index c, std::uint64_t seed, double sd = 1.0)
   return m;
 }
 
-template <class B>
+template <class B, class Weights>
+auto frozen_layer() {
+  if constexpr (std::is_same_v<Weights, milora::Bf16Weights>)
+    return milora::Bf16Linear<B>::rounded(random<B>(g_dim, g_dim, 1, 0.02));
+  else
+    return milora::Linear<B>(random<B>(g_dim, g_dim, 1, 0.02));
+}
+
+template <class B, class Weights = milora::NativeWeights>
 struct Problem {
-  milora::Linear<B> layer{random<B>(g_dim, g_dim, 1, 0.02)};
+  decltype(frozen_layer<B, Weights>()) layer = frozen_layer<B, Weights>();
   typename B::matrix x, y, dy, dx;
   explicit Problem(Index tokens)
       : x(random<B>(tokens, g_dim, 2)), y(B::zeros(tokens, g_dim)), dy(random<B>(tokens, g_dim, 3)),
         dx(B::zeros(tokens, g_dim)) {}
 };
 
-template <class B>
+template <class B, class Weights = milora::NativeWeights>
 void plain(benchmark::State& state, Index tokens, bool backward) {
-  Problem<B> p(tokens);
+  Problem<B, Weights> p(tokens);
   for (auto _ : state) {
     p.layer.forward(p.x, p.y);
     if (backward) p.layer.backward_input(p.dy, p.dx);
@@ -54,10 +67,10 @@ void plain(benchmark::State& state, Index tokens, bool backward) {
   }
 }
 
-template <class B>
+template <class B, class Weights = milora::NativeWeights>
 void lora(benchmark::State& state, Index tokens, Index rank, bool backward, bool merged) {
-  Problem<B> p(tokens);
-  milora::LoRA<B> ad(p.layer, {.rank = rank, .alpha = double(rank)});
+  Problem<B, Weights> p(tokens);
+  milora::LoRA<B, Weights> ad(p.layer, {.rank = rank, .alpha = double(rank)});
   ad.B() = random<B>(g_dim, rank, 4, 0.01);  // as after some training
   if (merged) ad.merge();
   typename B::matrix h = B::zeros(tokens, rank);
@@ -86,6 +99,14 @@ void register_backend(const std::string& prefix, const std::string& reference,
       register_with_baseline(prefix + "lora_fwdbwd" + rs, pb, [=](auto& s) { lora<B>(s, t, r, true, false); });
     }
     register_with_baseline(prefix + "merged_fwd/r=16" + ts, pf, [=](auto& s) { lora<B>(s, t, 16, false, true); });
+    if constexpr (milora::Bf16Backend<B>) {
+      using milora::Bf16Weights;
+      const std::string bf = prefix + "bf16_plain_fwd" + ts, bb = prefix + "bf16_plain_fwdbwd" + ts;
+      register_with_baseline(bf, pf, [=](auto& s) { plain<B, Bf16Weights>(s, t, false); });
+      register_with_baseline(bb, pb, [=](auto& s) { plain<B, Bf16Weights>(s, t, true); });
+      register_with_baseline(prefix + "bf16_lora_fwdbwd/r=16" + ts, bb,
+                             [=](auto& s) { lora<B, Bf16Weights>(s, t, 16, true, false); });
+    }
   }
 }
 

@@ -3,6 +3,9 @@
 //            layer's forward + backward (dx): 4096 x 4096 and 11008 x 4096 (out x in, LLaMA-7B's
 //            attention and MLP up/gate shapes), r = 16 and 64, 2048 and 8192 tokens, float.
 //            merged: the same after merge() (should be 1.00x).
+//            bf16: the frozen weight stored in bf16 (Bf16Linear; one cublasGemmEx on tensor cores
+//            per product, x rounded to bf16 by a kernel first): bf16_plain against the float plain
+//            layer, bf16_lora (LoRA<B, Bf16Weights>, r = 16) against bf16_plain.
 //   init:    PiSSA / MiLoRA init of one 4096 x 4096 weight with each spectral solver, against the
 //            exact init (cuSOLVER gesvd) in the same run. torch.linalg.svd on the same GPU is timed
 //            by scripts/gpu.sh beside this program.
@@ -13,6 +16,7 @@
 //            exits with 77 (CTest's skip code), so CI (nvcc, no GPU) builds and links it.
 #include <cstdio>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "milora/backend/cuda.hpp"
@@ -34,16 +38,26 @@ B::matrix random(Index r, Index c, std::uint64_t seed, double sd = 1.0) {
   return m;
 }
 
+template <class Weights>
+auto frozen_layer(Index out, Index in) {
+  if constexpr (std::is_same_v<Weights, milora::Bf16Weights>)
+    return milora::Bf16Linear<B>::rounded(random(out, in, 1, 0.02));
+  else
+    return milora::Linear<B>(random(out, in, 1, 0.02));
+}
+
+template <class Weights = milora::NativeWeights>
 struct Problem {
-  milora::Linear<B> layer;
+  decltype(frozen_layer<Weights>(0, 0)) layer;
   B::matrix x, y, dy, dx;
   Problem(Index out, Index in, Index tokens)
-      : layer(random(out, in, 1, 0.02)), x(random(tokens, in, 2)), y(B::zeros(tokens, out)),
+      : layer(frozen_layer<Weights>(out, in)), x(random(tokens, in, 2)), y(B::zeros(tokens, out)),
         dy(random(tokens, out, 3)), dx(B::zeros(tokens, in)) {}
 };
 
+template <class Weights = milora::NativeWeights>
 void plain(benchmark::State& state, Index out, Index in, Index tokens) {
-  Problem p(out, in, tokens);
+  Problem<Weights> p(out, in, tokens);
   sync();
   for (auto _ : state) {
     p.layer.forward(p.x, p.y);
@@ -52,9 +66,10 @@ void plain(benchmark::State& state, Index out, Index in, Index tokens) {
   }
 }
 
+template <class Weights = milora::NativeWeights>
 void lora(benchmark::State& state, Index out, Index in, Index tokens, Index rank, bool merged) {
-  Problem p(out, in, tokens);
-  milora::LoRA<B> ad(p.layer, {.rank = rank, .alpha = double(rank)});
+  Problem<Weights> p(out, in, tokens);
+  milora::LoRA<B, Weights> ad(p.layer, {.rank = rank, .alpha = double(rank)});
   ad.B() = random(out, rank, 4, 0.01);  // as after some training
   if (merged) ad.merge();
   B::matrix h = B::zeros(tokens, rank);
@@ -103,6 +118,10 @@ int main(int argc, char** argv) {
         register_with_baseline(milora::detail::concat("lora_fwdbwd/r=", r, sh), base,
                                [=](auto& s) { lora(s, out, in, t, r, false); });
       register_with_baseline("merged_fwdbwd/r=16" + sh, base, [=](auto& s) { lora(s, out, in, t, 16, true); });
+      const std::string bf16_base = "bf16_plain_fwdbwd" + sh;
+      register_with_baseline(bf16_base, base, [=](auto& s) { plain<milora::Bf16Weights>(s, out, in, t); });
+      register_with_baseline("bf16_lora_fwdbwd/r=16" + sh, bf16_base,
+                             [=](auto& s) { lora<milora::Bf16Weights>(s, out, in, t, 16, false); });
     }
   }
   const Index dim = 4096 / g_scale;

@@ -27,6 +27,24 @@ inline bool same_within(const HostMatrix& got, const HostMatrix& want, double to
   return (got - want).norm() <= tol * std::max(want.norm(), 1e-30);
 }
 
+/// The layer an adapter of this type wraps, with weight w0 (rounded to bf16 for Bf16Weights), and
+/// its weight on the host.
+template <class Adapter, class B>
+auto layer_for(const HostMatrix& w0) {
+  if constexpr (std::is_same_v<typename Adapter::weight_storage, milora::Bf16Weights>)
+    return milora::Bf16Linear<B>(device_bf16<B>(w0));
+  else
+    return milora::Linear<B>(device<B>(w0));
+}
+template <class Adapter, class Layer>
+HostMatrix layer_weight(const Layer& layer) {
+  using B = typename Adapter::backend;
+  if constexpr (std::is_same_v<typename Adapter::weight_storage, milora::Bf16Weights>)
+    return host_bf16<B>(layer.weight());
+  else
+    return host<B>(layer.weight());
+}
+
 /// Two adapters of one method on two backends (e.g. milora::MiLoRA<B1>, milora::MiLoRA<B2>) on an
 /// out x in layer: init, three forward / backward / AdamW steps, merge. The first is the reference.
 template <class Adapter1, class Adapter2>
@@ -38,14 +56,14 @@ void compare_backends(Index out, Index in, double tol) {
   const auto same = [tol](const HostMatrix& got, const HostMatrix& want) { return same_within(got, want, tol); };
   const HostMatrix w0 = cross_backend_weight(out, in), x = random_normal(6, in, 72), dy = random_normal(6, out, 73);
   const milora::AdapterConfig cfg{.rank = 4, .alpha = 8, .seed = 1234};
-  milora::Linear<B1> l1(device<B1>(w0));
-  milora::Linear<B2> l2(device<B2>(w0));
+  auto l1 = layer_for<Adapter1, B1>(w0);
+  auto l2 = layer_for<Adapter2, B2>(w0);
   Adapter1 a1(l1, cfg);
   Adapter2 a2(l2, cfg);
 
   CHECK(same(host<B2>(a2.A()), host<B1>(a1.A())));
   CHECK(same(host<B2>(a2.B()), host<B1>(a1.B())));
-  CHECK(same(host<B2>(l2.weight()), host<B1>(l1.weight())));
+  CHECK(same(layer_weight<Adapter2>(l2), layer_weight<Adapter1>(l1)));
 
   auto opt1 = milora::AdamW<B1>({.lr = 1e-2});
   auto opt2 = milora::AdamW<B2>({.lr = 1e-2});
@@ -72,7 +90,7 @@ void compare_backends(Index out, Index in, double tol) {
   }
   a1.merge();
   a2.merge();
-  CHECK(same(host<B2>(l2.weight()), host<B1>(l1.weight())));
+  CHECK(same(layer_weight<Adapter2>(l2), layer_weight<Adapter1>(l1)));
 }
 
 }  // namespace test

@@ -34,6 +34,13 @@
 #define MILORA_TEST_DOUBLE_BACKENDS milora::EigenBackend<double>
 #endif
 
+// The backends with bf16 frozen weights (milora::Bf16Backend; XtensorBackend is not one).
+#if defined(MILORA_TEST_CUDA_BACKENDS)
+#define MILORA_TEST_BF16_BACKENDS milora::CudaBackend<float>, milora::CudaBackend<double>
+#else
+#define MILORA_TEST_BF16_BACKENDS milora::EigenBackend<float>, milora::EigenBackend<double>
+#endif
+
 namespace test {
 
 using milora::Index;
@@ -61,6 +68,28 @@ typename B::matrix device(const HostMatrix& h) {
   std::vector<typename B::scalar> v(static_cast<std::size_t>(h.size()));
   for (Index k = 0; k < h.size(); ++k) v[static_cast<std::size_t>(k)] = static_cast<typename B::scalar>(h.data()[k]);
   return B::from_host(h.rows(), h.cols(), v);
+}
+
+/// Every entry rounded to bf16 (to nearest even, through float): what a bf16 matrix holds.
+inline HostMatrix round_bf16(const HostMatrix& h) {
+  return h.unaryExpr([](double v) { return double(milora::round_to_bf16(float(v))); });
+}
+
+/// A backend's bf16 matrix -> double host matrix (exact).
+template <milora::Bf16Backend B>
+HostMatrix host_bf16(typename B::bf16_const_view m) {
+  const auto bits = B::bf16_to_host(m);
+  HostMatrix h(B::bf16_rows(m), B::bf16_cols(m));
+  for (Index k = 0; k < h.size(); ++k) h.data()[k] = double(milora::bf16_to_float(bits[std::size_t(k)]));
+  return h;
+}
+
+/// Double host matrix -> the backend's bf16 matrix, each entry rounded as round_bf16 does.
+template <milora::Bf16Backend B>
+typename B::bf16_matrix device_bf16(const HostMatrix& h) {
+  std::vector<std::uint16_t> bits(static_cast<std::size_t>(h.size()));
+  for (Index k = 0; k < h.size(); ++k) bits[std::size_t(k)] = milora::float_to_bf16(float(h.data()[k]));
+  return B::bf16_from_host(h.rows(), h.cols(), bits);
 }
 
 /// Standard normal entries, deterministic in seed.

@@ -13,6 +13,9 @@
 //                      batches, so the first step follows full fine-tuning's; base = residual (Wang et al. 2024)
 //
 // Any other start is one template argument away: Adapter<B, YourPolicy> (docs/extending.md).
+// The frozen weight's storage is the last argument: LoRA<B, Bf16Weights>, PiSSA<B, Solver,
+// Bf16Weights>, MiLoRA<B, Solver, Bf16Weights>, Adapter<B, Policy, Bf16Weights> wrap a Bf16Linear
+// (milora/core/weight_storage.hpp).
 #pragma once
 
 #include "milora/core/adapter.hpp"
@@ -30,14 +33,14 @@
 
 namespace milora {
 
-template <Backend B>
-using LoRA = Adapter<B, KaimingUniform>;
+template <Backend B, class Weights = NativeWeights>
+using LoRA = Adapter<B, KaimingUniform, Weights>;
 
-template <Backend B, class Solver = ExactSVD>
-using PiSSA = Adapter<B, PrincipalSVD<Solver>>;
+template <Backend B, class Solver = ExactSVD, class Weights = NativeWeights>
+using PiSSA = Adapter<B, PrincipalSVD<Solver>, Weights>;
 
-template <Backend B, class Solver = ExactSVD>
-using MiLoRA = Adapter<B, MinorSVD<Solver>>;
+template <Backend B, class Solver = ExactSVD, class Weights = NativeWeights>
+using MiLoRA = Adapter<B, MinorSVD<Solver>, Weights>;
 
 template <Backend B>
 using OLoRA = Adapter<B, LeadingQR>;

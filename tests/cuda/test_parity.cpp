@@ -31,6 +31,21 @@ TEST_CASE("CUDA parity: MiLoRA matches Eigen (float 1e-4, double 1e-10)") {
     test::compare_backends<milora::MiLoRA<ED>, milora::MiLoRA<CD>>(out, in, 1e-10);
   }
 }
+// bf16 frozen weights: both backends multiply the same bf16 values with accumulation in the scalar,
+// so outputs agree to the float bound; but a residual entry W - s B A that lies within float
+// rounding (1e-7 relative) of a bf16 rounding boundary may round to the neighbouring bf16 value
+// on one backend: one bf16 ulp (2^-7) of one entry of 384, ~2.5e-4 of the matrix. Hence 1e-3,
+// still ten times inside issue 5's bf16 bound of 1e-2.
+TEST_CASE("CUDA parity: LoRA, PiSSA and MiLoRA with bf16 frozen weights match Eigen (1e-3)") {
+  using milora::Bf16Weights;
+  using milora::ExactSVD;
+  for (auto [out, in] : kShapes) {
+    test::compare_backends<milora::LoRA<EF, Bf16Weights>, milora::LoRA<CF, Bf16Weights>>(out, in, 1e-3);
+    test::compare_backends<milora::PiSSA<EF, ExactSVD, Bf16Weights>, milora::PiSSA<CF, ExactSVD, Bf16Weights>>(out, in, 1e-3);
+    test::compare_backends<milora::MiLoRA<EF, ExactSVD, Bf16Weights>, milora::MiLoRA<CF, ExactSVD, Bf16Weights>>(out, in, 1e-3);
+    test::compare_backends<milora::MiLoRA<ED, ExactSVD, Bf16Weights>, milora::MiLoRA<CD, ExactSVD, Bf16Weights>>(out, in, 1e-3);
+  }
+}
 TEST_CASE("CUDA parity: the random fills draw the CPU backends' numbers") {
   auto c = CF::zeros(7, 5);
   auto e = EF::zeros(7, 5);

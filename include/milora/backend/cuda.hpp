@@ -19,6 +19,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <span>
+#include <type_traits>
 #include <vector>
 
 #include "milora/backend/cuda/context.hpp"
@@ -26,6 +27,8 @@
 #include "milora/backend/cuda/kernels.hpp"
 #include "milora/backend/cuda/memory.hpp"
 #include "milora/core/backend.hpp"
+#include "milora/core/bf16.hpp"
+#include "milora/core/weight_storage.hpp"
 
 namespace milora {
 
@@ -211,6 +214,84 @@ struct CudaBackend {
     cuda::kernels::fill_normal<T>(m, mean, stddev, seed, stream());
   }
 
+  // ---- bf16 frozen weights (milora/core/weight_storage.hpp) ------------------------------------
+  // Stored as milora::bf16 (16 bits, __nv_bfloat16's layout). In float, products are one
+  // cublasGemmEx on bf16 tensor cores with float accumulation, after a kernel rounds x to bf16 (a
+  // tokens x in scratch of 2 bytes per value); CudaBackend<double> widens both operands to double
+  // instead (the reference precision for tests, not a fast path).
+  using bf16_matrix = cuda::DeviceMatrix<bf16>;
+  using bf16_view = cuda::DeviceView<bf16>;
+  using bf16_const_view = cuda::DeviceView<const bf16>;
+
+  static bf16_matrix bf16_from_host(Index rows, Index cols, std::span<const std::uint16_t> bits) {
+    if (rows < 0 || cols < 0 || static_cast<Index>(bits.size()) != rows * cols)
+      throw shape_error(detail::concat("bf16_from_host: ", bits.size(), " values for a ", detail::shape_str(rows, cols),
+                                       " matrix"));
+    bf16_matrix m(rows, cols);
+    if (m.size() > 0) {
+      cuda::check(cudaMemcpyAsync(m.data(), bits.data(), bits.size_bytes(), cudaMemcpyHostToDevice, stream()),
+                  "cudaMemcpyAsync (bf16_from_host)");
+      cuda::context().synchronize("cudaStreamSynchronize (bf16_from_host)");
+    }
+    return m;
+  }
+  static std::vector<std::uint16_t> bf16_to_host(bf16_const_view m) {
+    std::vector<std::uint16_t> out(static_cast<std::size_t>(m.size()));
+    if (out.empty()) return out;
+    cuda::check(cudaMemcpy2DAsync(out.data(), std::size_t(m.cols()) * 2, m.data(), std::size_t(m.ld()) * 2,
+                                  std::size_t(m.cols()) * 2, std::size_t(m.rows()), cudaMemcpyDeviceToHost, stream()),
+                "cudaMemcpy2DAsync (bf16_to_host)");
+    cuda::context().synchronize("cudaStreamSynchronize (bf16_to_host)");
+    return out;
+  }
+  static Index bf16_rows(bf16_const_view m) { return m.rows(); }
+  static Index bf16_cols(bf16_const_view m) { return m.cols(); }
+  static bf16_matrix to_bf16(const_view m) {
+    bf16_matrix out(m.rows(), m.cols());
+    cuda::kernels::round_to_bf16<T>(m, out, stream());
+    return out;
+  }
+  static matrix from_bf16(bf16_const_view w) {
+    matrix out(w.rows(), w.cols());
+    cuda::kernels::widen_bf16<T>(w, out, stream());
+    return out;
+  }
+
+  /// c = alpha op(round(x)) op(w) + beta c, accumulated in T.
+  static void gemm_bf16(T alpha, const_view x, Trans tx, bf16_const_view w, Trans tw, T beta, view c) {
+    const Index m = c.rows(), n = c.cols();
+    const Index k = tx == Trans::yes ? x.rows() : x.cols(), xm = tx == Trans::yes ? x.cols() : x.rows();
+    const Index wk = tw == Trans::yes ? w.cols() : w.rows(), wn = tw == Trans::yes ? w.rows() : w.cols();
+    if (xm != m || wk != k || wn != n)
+      throw shape_error(detail::concat("gemm_bf16: op(X) ", detail::shape_str(xm, k), " times op(W) ",
+                                       detail::shape_str(wk, wn), " into C ", detail::shape_str(m, n)));
+    if (m == 0 || n == 0) return;
+    if (k == 0) {
+      scale(c, beta);
+      return;
+    }
+    const bf16_matrix xb = to_bf16(x);
+    if constexpr (std::is_same_v<T, float>) {
+      // Row-major C = op(X) op(W) is column-major C^T = op(W)^T op(X)^T, as in gemm.
+      cuda::lib::gemm_bf16(blas(), op(tw), op(tx), cuda::to_int(n, "gemm_bf16 n"), cuda::to_int(m, "gemm_bf16 m"),
+                           cuda::to_int(k, "gemm_bf16 k"), alpha, w.data(), bf16_ld(w), xb.data(),
+                           bf16_ld(bf16_const_view(xb)), beta, c.data(), ld(c));
+    } else {
+      gemm(alpha, from_bf16(xb), tx, from_bf16(w), tw, beta, c);
+    }
+  }
+
+  /// w = round(w + alpha b a): widened to T, one gemm, rounded back (a temporary of W's size in T).
+  static void add_product_to_bf16(T alpha, const_view b, const_view a, bf16_view w) {
+    if (b.rows() != w.rows() || a.cols() != w.cols() || b.cols() != a.rows())
+      throw shape_error(detail::concat("add_product_to_bf16: ", detail::shape_str(b.rows(), b.cols()), " times ",
+                                       detail::shape_str(a.rows(), a.cols()), " into a bf16 ",
+                                       detail::shape_str(w.rows(), w.cols())));
+    matrix wide = from_bf16(w);
+    gemm(alpha, b, Trans::no, a, Trans::no, T(1), wide);
+    cuda::kernels::round_to_bf16<T>(wide, w, stream());
+  }
+
   // ---- LAPACK (cuSOLVER) -----------------------------------------------------------------------
   // gesvd needs a column-major matrix with rows >= cols. A (m x n row-major) is column-major A^T
   // (n x m): when n >= m, A^T = U1 S V1^T gives A = V1 S U1^T, and gesvd writes V1^T straight into
@@ -320,6 +401,7 @@ struct CudaBackend {
   static cublasOperation_t op(Trans t) { return t == Trans::yes ? CUBLAS_OP_T : CUBLAS_OP_N; }
   /// cuBLAS's leading dimension of a view: its row stride (at least 1, as cuBLAS requires).
   static int ld(const_view v) { return cuda::to_int(std::max<Index>(v.ld(), 1), "leading dimension"); }
+  static int bf16_ld(bf16_const_view v) { return cuda::to_int(std::max<Index>(v.ld(), 1), "leading dimension"); }
 
   static int read_info(const cuda::DeviceBuffer<int>& info) {
     int host = 0;
@@ -353,5 +435,7 @@ struct CudaBackend {
 
 static_assert(Backend<CudaBackend<float>>, "CudaBackend<float> must satisfy milora::Backend");
 static_assert(Backend<CudaBackend<double>>, "CudaBackend<double> must satisfy milora::Backend");
+static_assert(Bf16Backend<CudaBackend<float>> && Bf16Backend<CudaBackend<double>>,
+              "CudaBackend must offer bf16 frozen weights (milora/core/weight_storage.hpp)");
 
 }  // namespace milora

@@ -1,10 +1,14 @@
-// Adapter<Backend, Init>: a low-rank adapter beside a frozen linear layer.
+// Adapter<Backend, Init, Weights>: a low-rank adapter beside a frozen linear layer.
 //
 //   y = x W'^T (+ b) + s * (x A^T) B^T          x: tokens x in, y: tokens x out
 //
 // W' is the layer's own weight, viewed in place: W for LoRA, W - s*B0*A0 for PiSSA / MiLoRA (the
 // init policy decides). A (r x in) and B (out x r) are the trainable parameters, s = alpha/r (or
 // alpha/sqrt(r) with rsLoRA). The formulas and shapes are derived in docs/math.md.
+//
+// Weights says how W' is stored (milora/core/weight_storage.hpp): in the backend's scalar
+// (NativeWeights, the default) or in bf16 (Bf16Weights: the layer is e.g. a Bf16Linear); A, B and
+// their gradients are always in the backend's scalar.
 //
 // Activations are passed in explicitly, like llm.c's layer_forward/layer_backward pairs: forward
 // writes h = x A^T for the caller to keep, backward takes it back. The adapter holds no per-batch
@@ -23,26 +27,30 @@
 #include "milora/core/init_policy.hpp"
 #include "milora/core/linear_layer.hpp"
 #include "milora/core/parameter.hpp"
+#include "milora/core/weight_storage.hpp"
 
 namespace milora {
 
 // The backend parameter is BE (not B) because B() is the adapter's up-projection, as in the papers.
-template <Backend BE, class Init>
-  requires InitPolicy<Init, BE>
+template <Backend BE, class Init, class Weights = NativeWeights>
+  requires InitPolicy<Init, BE> && WeightStorage<Weights, BE>
 class Adapter {
  public:
   using backend = BE;
   using init_policy = Init;
+  using weight_storage = Weights;
   using scalar = scalar_t<BE>;
   using matrix = matrix_t<BE>;
   using view = view_t<BE>;
   using const_view = const_view_t<BE>;
+  using weight_view = typename Weights::template view<BE>;
+  using weight_const_view = typename Weights::template const_view<BE>;
 
   /// Wraps `layer` (kept by reference through a view of its weight: it must outlive the adapter),
   /// initialises A and B with `init`, and for residual policies replaces the layer's weight by
   /// W - s*B*A. Throws shape_error / value_error, leaving the layer untouched, if the config does
   /// not fit the layer or the weight holds NaN/Inf.
-  template <LinearLayer<BE> L>
+  template <StoredLinearLayer<BE, Weights> L>
   Adapter(L& layer, const AdapterConfig& config, const Init& init = Init{})
       : Adapter(Prepared{layer.weight(), validated_factors(layer, config, init)}, layer_bias(layer),
                 config, init) {}
@@ -51,14 +59,14 @@ class Adapter {
   /// that wraps many layers (a whole model) computes every init first, so that one that fails
   /// changes no weight. Throws shape_error / value_error, leaving the layer untouched, if `factors`
   /// do not fit the layer or hold NaN/Inf.
-  template <LinearLayer<BE> L>
+  template <StoredLinearLayer<BE, Weights> L>
   Adapter(L& layer, const AdapterConfig& config, AdapterFactors<BE> factors, const Init& init = Init{})
       : Adapter(Prepared{layer.weight(), checked_factors(layer, config, std::move(factors))}, layer_bias(layer), config,
                 init) {}
 
   /// What the constructor would initialise A and B to for `layer`, without touching it: the
   /// config and layer checked, then `init`'s factors (checked for shape and NaN/Inf).
-  template <LinearLayer<BE> L>
+  template <StoredLinearLayer<BE, Weights> L>
   static AdapterFactors<BE> initial_factors(L& layer, const AdapterConfig& config, const Init& init = Init{}) {
     return validated_factors(layer, config, init);
   }
@@ -70,8 +78,8 @@ class Adapter {
 
   // ---- shape and hyperparameters -------------------------------------------------------------
   Index rank() const { return config_.rank; }
-  Index in_features() const { return BE::cols(weight_); }
-  Index out_features() const { return BE::rows(weight_); }
+  Index in_features() const { return Weights::template cols<BE>(weight_); }
+  Index out_features() const { return Weights::template rows<BE>(weight_); }
   double scale() const { return scale_; }
   const AdapterConfig& config() const { return config_; }
   const Init& init() const { return init_; }
@@ -80,7 +88,7 @@ class Adapter {
   /// W' = W - s*B0*A0, and an export for the original W needs the initial factors too.
   bool residual() const { return residual_; }
   /// The frozen weight as the adapter sees it: W' unmerged, W' + s*B*A merged.
-  const_view weight() const { return weight_; }
+  weight_const_view weight() const { return weight_; }
 
   // ---- parameters ----------------------------------------------------------------------------
   const matrix& A() const { return A_; }
@@ -112,7 +120,7 @@ class Adapter {
     const Index t = check_input(x);
     detail::require_shape<BE>(y, t, out_features(), "forward: output y");
     if (!merged_) detail::require_shape<BE>(h, t, rank(), "forward: activation h");
-    BE::gemm(1, x, Trans::no, weight_, Trans::yes, 0, y);
+    Weights::template product<BE>(1, x, Trans::no, weight_, Trans::yes, 0, y);
     if (bias_) BE::add_row_broadcast(y, *bias_);
     if (merged_) return;
     BE::gemm(1, x, Trans::no, A_, Trans::yes, 0, h);
@@ -135,7 +143,7 @@ class Adapter {
     const Index t = check_backward(x, h, dy);
     detail::require_shape<BE>(dx, t, in_features(), "backward: input gradient dx");
     matrix dh = backward_params(x, h, dy);
-    BE::gemm(1, dy, Trans::no, weight_, Trans::no, 0, dx);
+    Weights::template product<BE>(1, dy, Trans::no, weight_, Trans::no, 0, dx);
     BE::gemm(1, dh, Trans::no, A_, Trans::no, 1, dx);
   }
 
@@ -149,32 +157,38 @@ class Adapter {
   /// W' <- W' + s*B*A: inference at the plain layer's cost. Training needs unmerge() first.
   void merge() {
     if (merged_) throw state_error("Adapter::merge: already merged");
-    BE::gemm(scalar(scale_), B_, Trans::no, A_, Trans::no, 1, weight_);
+    Weights::template add_product<BE>(scalar(scale_), B_, A_, weight_);
     merged_ = true;
   }
-  /// W' <- W' - s*B*A, the inverse of merge() (up to rounding).
+  /// W' <- W' - s*B*A, the inverse of merge() (up to rounding: one bf16 rounding with Bf16Weights).
   void unmerge() {
     if (!merged_) throw state_error("Adapter::unmerge: not merged");
-    BE::gemm(scalar(-scale_), B_, Trans::no, A_, Trans::no, 1, weight_);
+    Weights::template add_product<BE>(scalar(-scale_), B_, A_, weight_);
     merged_ = false;
   }
 
  private:
-  template <LinearLayer<BE> L>
+  template <StoredLinearLayer<BE, Weights> L>
   static AdapterFactors<BE> validated_factors(L& layer, const AdapterConfig& config, const Init& init) {
     const Index out = layer.out_features(), in = layer.in_features();
-    const_view w = layer.weight();
-    detail::require_shape<BE>(w, out, in, "layer weight");
+    const weight_const_view stored = layer.weight();
+    const Index wr = Weights::template rows<BE>(stored), wc = Weights::template cols<BE>(stored);
+    if (wr != out || wc != in)
+      throw shape_error(detail::concat("layer weight is ", detail::shape_str(wr, wc), ", expected ",
+                                       detail::shape_str(out, in)));
     config.validate(out, in);
-    if constexpr (LinearLayerWithBias<L, BE>) {
+    if constexpr (StoredLinearLayerWithBias<L, BE, Weights>) {
       const Index nb = numel<BE>(layer.bias());
       if (nb != 0 && nb != out)
         throw shape_error(detail::concat("layer bias has ", nb, " values for ", out, " outputs"));
     }
+    // The init policies see W in the backend's scalar (a widened copy when W' is stored in bf16).
+    const auto widened = Weights::template widened<BE>(stored);
+    const const_view w = widened;
     detail::require_finite<BE>(w, "layer weight");
     return checked_factors(layer, config, init.template initialize<BE>(w, config));
   }
-  template <LinearLayer<BE> L>
+  template <StoredLinearLayer<BE, Weights> L>
   static AdapterFactors<BE> checked_factors(L& layer, const AdapterConfig& config, AdapterFactors<BE> f) {
     detail::require_shape<BE>(f.A, config.rank, layer.in_features(), "init policy's A");
     detail::require_shape<BE>(f.B, layer.out_features(), config.rank, "init policy's B");
@@ -185,12 +199,12 @@ class Adapter {
 
   // Everything that can throw happens here, before any member (or the layer) is touched.
   struct Prepared {
-    view weight;
+    weight_view weight;
     AdapterFactors<BE> factors;
   };
-  template <LinearLayer<BE> L>
+  template <StoredLinearLayer<BE, Weights> L>
   static std::optional<const_view> layer_bias(L& layer) {
-    if constexpr (LinearLayerWithBias<L, BE>) {
+    if constexpr (StoredLinearLayerWithBias<L, BE, Weights>) {
       const_view b = layer.bias();
       if (numel<BE>(b) != 0) return b;
     }
@@ -212,13 +226,13 @@ class Adapter {
         bias_(std::move(bias)),
         A_(std::move(p.factors.A)),
         B_(std::move(p.factors.B)),
-        dA_(BE::zeros(config.rank, BE::cols(p.weight))),
-        dB_(BE::zeros(BE::rows(p.weight), config.rank)),
+        dA_(BE::zeros(config.rank, Weights::template cols<BE>(p.weight))),
+        dB_(BE::zeros(Weights::template rows<BE>(p.weight), config.rank)),
         residual_(p.factors.residual),
         frozen_B_(p.factors.frozen_B) {
     // The only write to the layer: W' = W - s*B*A from the factors actually produced, so that
     // W' + s*B*A = W up to one rounding, however accurate the init policy's triplets were.
-    if (p.factors.residual) BE::gemm(scalar(-scale_), B_, Trans::no, A_, Trans::no, 1, weight_);
+    if (p.factors.residual) Weights::template add_product<BE>(scalar(-scale_), B_, A_, weight_);
   }
 
   Index check_input(const_view x) const {
@@ -249,7 +263,7 @@ class Adapter {
   AdapterConfig config_;
   Init init_;
   double scale_;
-  view weight_;
+  weight_view weight_;
   std::optional<const_view> bias_;
   matrix A_, B_, dA_, dB_;
   bool residual_;

@@ -9,26 +9,38 @@
 //   out_features()  -> Index
 //   bias()          -> optional member: convertible to Backend::const_view, out values, or empty
 //                      (0 values) when the layer has none
+//
+// With Bf16Weights, weight() converts to the backend's bf16_view instead (Bf16Linear below).
 #pragma once
 
 #include <concepts>
 #include <utility>
 
 #include "milora/core/backend.hpp"
+#include "milora/core/weight_storage.hpp"
 
 namespace milora {
 
-template <class L, class B>
-concept LinearLayer = Backend<B> && requires(L& layer) {
-  { layer.weight() } -> std::convertible_to<view_t<B>>;
+/// A layer whose weight is stored as W says (milora/core/weight_storage.hpp): what an
+/// Adapter<B, Init, W> wraps.
+template <class L, class B, class W>
+concept StoredLinearLayer = WeightStorage<W, B> && requires(L& layer) {
+  { layer.weight() } -> std::convertible_to<typename W::template view<B>>;
   { layer.in_features() } -> std::convertible_to<Index>;
   { layer.out_features() } -> std::convertible_to<Index>;
 };
 
-template <class L, class B>
-concept LinearLayerWithBias = LinearLayer<L, B> && requires(L& layer) {
+template <class L, class B, class W>
+concept StoredLinearLayerWithBias = StoredLinearLayer<L, B, W> && requires(L& layer) {
   { layer.bias() } -> std::convertible_to<const_view_t<B>>;
 };
+
+/// A layer with its weight in the backend's scalar (the default storage).
+template <class L, class B>
+concept LinearLayer = StoredLinearLayer<L, B, NativeWeights>;
+
+template <class L, class B>
+concept LinearLayerWithBias = StoredLinearLayerWithBias<L, B, NativeWeights>;
 
 /// A plain linear layer y = x W^T + b that owns its weight (and optional bias): the baseline the
 /// adapters are measured against, and a convenient layer for examples and tests.
@@ -69,26 +81,71 @@ class Linear {
   matrix bias_;
 };
 
+/// A linear layer y = x W^T + b with W stored in bf16 (half of float's memory) and the bias in the
+/// backend's scalar. Products follow milora/core/weight_storage.hpp: round(x) W^T, accumulated in
+/// the backend's scalar. An adapter wraps it as Adapter<B, Init, Bf16Weights> (e.g. MiLoRA<B,
+/// ExactSVD, Bf16Weights>), and PiSSA / MiLoRA write their residual into the bf16 weight.
+template <Bf16Backend B>
+class Bf16Linear {
+ public:
+  using matrix = matrix_t<B>;
+  using bf16_matrix = typename B::bf16_matrix;
+
+  explicit Bf16Linear(bf16_matrix weight, matrix bias = B::zeros(0, 0))
+      : weight_(std::move(weight)), bias_(std::move(bias)) {
+    const Index b = numel<B>(bias_);
+    if (b != 0 && b != out_features())
+      throw shape_error(detail::concat("Bf16Linear: bias has ", b, " values for ", out_features(), " outputs"));
+  }
+  /// A layer with `weight` (in the backend's scalar) rounded to bf16, to nearest even.
+  static Bf16Linear rounded(const_view_t<B> weight, matrix bias = B::zeros(0, 0)) {
+    return Bf16Linear(B::to_bf16(weight), std::move(bias));
+  }
+
+  bf16_matrix& weight() { return weight_; }
+  const bf16_matrix& weight() const { return weight_; }
+  const matrix& bias() const { return bias_; }
+  Index in_features() const { return B::bf16_cols(weight_); }
+  Index out_features() const { return B::bf16_rows(weight_); }
+
+  /// y = round(x) W^T + b.
+  void forward(const_view_t<B> x, view_t<B> y) const {
+    B::gemm_bf16(1, x, Trans::no, weight_, Trans::yes, 0, y);
+    if (numel<B>(bias_) != 0) B::add_row_broadcast(y, bias_);
+  }
+  /// dx = round(dy) W.
+  void backward_input(const_view_t<B> dy, view_t<B> dx) const {
+    B::gemm_bf16(1, dy, Trans::no, weight_, Trans::no, 0, dx);
+  }
+
+ private:
+  bf16_matrix weight_;
+  matrix bias_;
+};
+
 /// Adapts a weight that lives elsewhere (another framework's tensor, a memory-mapped checkpoint)
 /// in place: holds only views, so PiSSA / MiLoRA write the residual straight into that memory.
-template <Backend B>
+/// WeightRef<B, Bf16Weights> does the same for a bf16 tensor (a view of the backend's bf16_view type).
+template <Backend B, class Weights = NativeWeights>
+  requires WeightStorage<Weights, B>
 class WeightRef {
  public:
-  explicit WeightRef(view_t<B> weight) : weight_(weight), bias_(no_bias()) {}
-  WeightRef(view_t<B> weight, const_view_t<B> bias) : weight_(weight), bias_(bias) {}
+  using weight_view = typename Weights::template view<B>;
+  explicit WeightRef(weight_view weight) : weight_(weight), bias_(no_bias()) {}
+  WeightRef(weight_view weight, const_view_t<B> bias) : weight_(weight), bias_(bias) {}
 
-  view_t<B> weight() { return weight_; }
+  weight_view weight() { return weight_; }
   /// The bias, or an empty (0 x 0) matrix when the layer has none.
   const_view_t<B> bias() const { return bias_; }
-  Index in_features() const { return B::cols(weight_); }
-  Index out_features() const { return B::rows(weight_); }
+  Index in_features() const { return Weights::template cols<B>(weight_); }
+  Index out_features() const { return Weights::template rows<B>(weight_); }
 
  private:
   static const matrix_t<B>& no_bias() {
     static const matrix_t<B> none = B::zeros(0, 0);
     return none;
   }
-  view_t<B> weight_;
+  weight_view weight_;
   const_view_t<B> bias_;
 };
 

@@ -19,6 +19,7 @@
 #include <string_view>
 #include <type_traits>
 
+#include "milora/core/bf16.hpp"
 #include "milora/core/errors.hpp"
 
 namespace milora::io {
@@ -93,15 +94,9 @@ constexpr std::uint16_t float_to_half(float f) {
   return sign | static_cast<std::uint16_t>(h);
 }
 
-/// bfloat16 bits -> float (exact).
-constexpr float bf16_to_float(std::uint16_t b) { return std::bit_cast<float>(std::uint32_t(b) << 16); }
-
-/// float -> bfloat16 bits, round to nearest, ties to even.
-constexpr std::uint16_t float_to_bf16(float f) {
-  const std::uint32_t x = std::bit_cast<std::uint32_t>(f);
-  if ((x & 0x7fffffffu) > 0x7f800000u) return static_cast<std::uint16_t>((x >> 16) | 0x40u);  // quiet NaN
-  return static_cast<std::uint16_t>((x + 0x7fffu + ((x >> 16) & 1u)) >> 16);
-}
+// bf16_to_float / float_to_bf16: milora/core/bf16.hpp (the frozen-weight storage uses them too).
+using milora::bf16_to_float;
+using milora::float_to_bf16;
 
 // ---- whole buffers -------------------------------------------------------------------------------
 

@@ -16,6 +16,13 @@ inline void gemm(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, i
                  const double* a, int lda, const double* b, int ldb, double beta, double* c, int ldc) {
   check(cublasDgemm(h, ta, tb, m, n, k, &alpha, a, lda, b, ldb, &beta, c, ldc), "cublasDgemm");
 }
+/// C (float) = alpha op(A) op(B) + beta C with A and B in bf16, float accumulation (tensor cores).
+inline void gemm_bf16(cublasHandle_t h, cublasOperation_t ta, cublasOperation_t tb, int m, int n, int k, float alpha,
+                      const void* a, int lda, const void* b, int ldb, float beta, float* c, int ldc) {
+  check(cublasGemmEx(h, ta, tb, m, n, k, &alpha, a, CUDA_R_16BF, lda, b, CUDA_R_16BF, ldb, &beta, c, CUDA_R_32F, ldc,
+                     CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT),
+        "cublasGemmEx (bf16 x bf16 -> float)");
+}
 inline void syrk(cublasHandle_t h, cublasFillMode_t uplo, cublasOperation_t t, int n, int k, float alpha,
                  const float* a, int lda, float beta, float* c, int ldc) {
   check(cublasSsyrk(h, uplo, t, n, k, &alpha, a, lda, &beta, c, ldc), "cublasSsyrk");

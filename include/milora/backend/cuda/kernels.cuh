@@ -10,6 +10,8 @@
 #error "milora/backend/cuda/kernels.cuh needs nvcc: compile milora/backend/cuda/kernels.cu, include kernels.hpp elsewhere"
 #endif
 
+#include <cuda_bf16.h>
+
 #include <algorithm>
 #include <cmath>
 
@@ -106,6 +108,18 @@ template <class From, class To> struct Convert {
   DeviceView<const From> src; DeviceView<To> dst;
   __device__ void operator()(Index i, Index j) const { at(dst, i, j) = static_cast<To>(at(src, i, j)); }
 };
+template <class T> struct RoundToBf16 {
+  DeviceView<const T> src; DeviceView<bf16> dst;
+  __device__ void operator()(Index i, Index j) const {
+    at(dst, i, j).bits = __bfloat16_as_ushort(__float2bfloat16_rn(static_cast<float>(at(src, i, j))));
+  }
+};
+template <class T> struct WidenBf16 {
+  DeviceView<const bf16> src; DeviceView<T> dst;
+  __device__ void operator()(Index i, Index j) const {
+    at(dst, i, j) = static_cast<T>(__bfloat162float(__ushort_as_bfloat16(at(src, i, j).bits)));
+  }
+};
 template <class T> struct MirrorUpperToLower {
   DeviceView<T> m;
   __device__ void operator()(Index i, Index j) const {
@@ -181,6 +195,12 @@ template <class T> void fill_normal(DeviceView<T> m, double mean, double stddev,
 template <class From, class To> void convert(DeviceView<const From> src, DeviceView<To> dst, cudaStream_t s) {
   device::launch(dst.rows(), dst.cols(), device::Convert<From, To>{src, dst}, s, "milora::cuda::kernels::convert");
 }
+template <class T> void round_to_bf16(DeviceView<const T> src, DeviceView<bf16> dst, cudaStream_t s) {
+  device::launch(dst.rows(), dst.cols(), device::RoundToBf16<T>{src, dst}, s, "milora::cuda::kernels::round_to_bf16");
+}
+template <class T> void widen_bf16(DeviceView<const bf16> src, DeviceView<T> dst, cudaStream_t s) {
+  device::launch(dst.rows(), dst.cols(), device::WidenBf16<T>{src, dst}, s, "milora::cuda::kernels::widen_bf16");
+}
 template <class T> void mirror_upper_to_lower(DeviceView<T> m, cudaStream_t s) {
   device::launch(m.rows(), m.cols(), device::MirrorUpperToLower<T>{m}, s, "milora::cuda::kernels::mirror_upper_to_lower");
 }
@@ -201,6 +221,8 @@ template <class T> void zero_strict_triangle(DeviceView<T> m, bool upper, cudaSt
                          cudaStream_t);                                                                    \
   template void fill_uniform<T>(DeviceView<T>, double, double, std::uint64_t, cudaStream_t);               \
   template void fill_normal<T>(DeviceView<T>, double, double, std::uint64_t, cudaStream_t);                \
+  template void round_to_bf16<T>(DeviceView<const T>, DeviceView<bf16>, cudaStream_t);                      \
+  template void widen_bf16<T>(DeviceView<const bf16>, DeviceView<T>, cudaStream_t);                         \
   template void mirror_upper_to_lower<T>(DeviceView<T>, cudaStream_t);                                     \
   template void zero_strict_triangle<T>(DeviceView<T>, bool, cudaStream_t);
 

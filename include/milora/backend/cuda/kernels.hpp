@@ -13,6 +13,7 @@
 
 #include "milora/backend/cuda/memory.hpp"
 #include "milora/core/backend.hpp"
+#include "milora/core/bf16.hpp"
 
 namespace milora::cuda::kernels {
 
@@ -42,6 +43,10 @@ template <class T> void fill_uniform(DeviceView<T> m, double lo, double hi, std:
 template <class T> void fill_normal(DeviceView<T> m, double mean, double stddev, std::uint64_t seed, cudaStream_t stream);
 /// dst = static_cast<To>(src) (same shapes).
 template <class From, class To> void convert(DeviceView<const From> src, DeviceView<To> dst, cudaStream_t stream);
+/// dst = src rounded to bf16, to nearest even (double through float, as on the CPU).
+template <class T> void round_to_bf16(DeviceView<const T> src, DeviceView<bf16> dst, cudaStream_t stream);
+/// dst = src widened from bf16 (exact).
+template <class T> void widen_bf16(DeviceView<const bf16> src, DeviceView<T> dst, cudaStream_t stream);
 /// Square m: m(i, j) = m(j, i) for j < i (the strict lower triangle copies the upper one).
 template <class T> void mirror_upper_to_lower(DeviceView<T> m, cudaStream_t stream);
 /// Square m: zero the strict upper triangle (j > i) or, with upper = false, the strict lower one.
