@@ -37,7 +37,7 @@ bool close_bf16(const HostMatrix& got, const HostMatrix& want, double tol) {
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("bf16 storage: rounding to nearest even, exact widening, bits in and out", B, MILORA_TEST_BF16_BACKENDS) {
+TEST_CASE_TEMPLATE("bf16 storage: rounding to nearest even, exact widening, bits in and out", B, MILORA_TEST_BACKENDS) {
   HostMatrix x = random_normal(9, 13, 501);
   x(0, 0) = 1.0 + 0x1p-8;               // a tie: stays 1 (even)
   x(0, 1) = 1.0 + 0x1p-7 + 0x1p-8;      // a tie: rounds up to the even 1 + 2^-6
@@ -69,7 +69,7 @@ TEST_CASE_TEMPLATE("bf16 storage: rounding to nearest even, exact widening, bits
   CHECK_THROWS_AS(B::bf16_from_host(2, 3, five), milora::shape_error);
 }
 
-TEST_CASE_TEMPLATE("gemm_bf16 multiplies the bf16-rounded operands", B, MILORA_TEST_BF16_BACKENDS) {
+TEST_CASE_TEMPLATE("gemm_bf16 multiplies the bf16-rounded operands", B, MILORA_TEST_BACKENDS) {
   using milora::Trans;
   for (const Trans tx : {Trans::no, Trans::yes})
     for (const Trans tw : {Trans::no, Trans::yes}) {
@@ -105,7 +105,7 @@ TEST_CASE_TEMPLATE("gemm_bf16 multiplies the bf16-rounded operands", B, MILORA_T
                   milora::shape_error);
 }
 
-TEST_CASE_TEMPLATE("gemm_bf16 on weights larger than a widening panel", B, MILORA_TEST_BF16_BACKENDS) {
+TEST_CASE_TEMPLATE("gemm_bf16 on weights larger than a widening panel", B, MILORA_TEST_BACKENDS) {
   // 2100 x 1100: 9.2 MB in float, 18 MB in double, so the CPU backend widens it in two or three
   // panels of 8 MiB (the last one partial); the GPU backend in one product.
   using milora::Trans;
@@ -120,7 +120,7 @@ TEST_CASE_TEMPLATE("gemm_bf16 on weights larger than a widening panel", B, MILOR
   CHECK(rel_err(host<B>(dx), round_bf16(dy) * wr) <= bf16_product_tol<B>);
 }
 
-TEST_CASE_TEMPLATE("add_product_to_bf16 rounds each entry once", B, MILORA_TEST_BF16_BACKENDS) {
+TEST_CASE_TEMPLATE("add_product_to_bf16 rounds each entry once", B, MILORA_TEST_BACKENDS) {
   const HostMatrix w = random_normal(2100, 1100, 531), b = random_normal(2100, 4, 532), a = random_normal(4, 1100, 533);
   auto wb = device_bf16<B>(w);
   B::add_product_to_bf16(-0.3, device<B>(b), device<B>(a), wb);
@@ -138,7 +138,7 @@ TEST_CASE_TEMPLATE("add_product_to_bf16 rounds each entry once", B, MILORA_TEST_
   CHECK_THROWS_AS(B::add_product_to_bf16(1, device<B>(b), bad, wb), milora::shape_error);
 }
 
-TEST_CASE_TEMPLATE("Bf16Linear: forward and backward_input are the bf16 products", B, MILORA_TEST_BF16_BACKENDS) {
+TEST_CASE_TEMPLATE("Bf16Linear: forward and backward_input are the bf16 products", B, MILORA_TEST_BACKENDS) {
   const HostMatrix w = random_normal(12, 9, 541), bias = random_normal(1, 12, 542), x = random_normal(4, 9, 543),
                    dy = random_normal(4, 12, 544);
   const auto layer = milora::Bf16Linear<B>::rounded(device<B>(w), device<B>(bias));
@@ -215,13 +215,13 @@ void check_bf16_adapter() {
 
 }  // namespace
 
-TEST_CASE_TEMPLATE("LoRA, PiSSA and MiLoRA on a Bf16Linear keep the bf16 contract", B, MILORA_TEST_BF16_BACKENDS) {
+TEST_CASE_TEMPLATE("LoRA, PiSSA and MiLoRA on a Bf16Linear keep the bf16 contract", B, MILORA_TEST_BACKENDS) {
   SUBCASE("LoRA") { check_bf16_adapter<milora::LoRA<B, milora::Bf16Weights>, milora::LoRA<B>>(); }
   SUBCASE("PiSSA") { check_bf16_adapter<milora::PiSSA<B, milora::ExactSVD, milora::Bf16Weights>, milora::PiSSA<B>>(); }
   SUBCASE("MiLoRA") { check_bf16_adapter<milora::MiLoRA<B, milora::ExactSVD, milora::Bf16Weights>, milora::MiLoRA<B>>(); }
 }
 
-TEST_CASE_TEMPLATE("bf16 adapter: bad input is refused and the weight keeps its bits", B, MILORA_TEST_BF16_BACKENDS) {
+TEST_CASE_TEMPLATE("bf16 adapter: bad input is refused and the weight keeps its bits", B, MILORA_TEST_BACKENDS) {
   using Ad = milora::MiLoRA<B, milora::ExactSVD, milora::Bf16Weights>;
   HostMatrix w = random_normal(10, 8, 561);
   w(3, 5) = std::numeric_limits<double>::quiet_NaN();

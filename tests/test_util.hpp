@@ -34,12 +34,6 @@
 #define MILORA_TEST_DOUBLE_BACKENDS milora::EigenBackend<double>
 #endif
 
-// The backends with bf16 frozen weights (milora::Bf16Backend; XtensorBackend is not one).
-#if defined(MILORA_TEST_CUDA_BACKENDS)
-#define MILORA_TEST_BF16_BACKENDS milora::CudaBackend<float>, milora::CudaBackend<double>
-#else
-#define MILORA_TEST_BF16_BACKENDS milora::EigenBackend<float>, milora::EigenBackend<double>
-#endif
 
 namespace test {
 

@@ -18,6 +18,7 @@
 #include <span>
 #include <vector>
 
+#include "milora/backend/detail/bf16_panels.hpp"
 #include "milora/backend/detail/blas_lapack.hpp"
 #include "milora/core/backend.hpp"
 #include "milora/core/bf16.hpp"
@@ -154,10 +155,8 @@ struct EigenBackend {
   }
 
   // ---- bf16 frozen weights (milora/core/weight_storage.hpp) ------------------------------------
-  // Stored as Eigen::bfloat16, so a user's bf16 buffer maps in place. Products widen the weight a
-  // panel of rows at a time (bf16_panel_bytes of T) and call the backend's own gemm: the conversion
-  // is one pass over W per product against 2 * tokens passes of arithmetic, and a 4096 x 11008
-  // weight never exists in T at once.
+  // Stored as Eigen::bfloat16, so a user's bf16 buffer maps in place (Eigen::Map). The products
+  // widen W a panel of rows at a time (backend/detail/bf16_panels.hpp).
   using bf16_matrix = Eigen::Matrix<Eigen::bfloat16, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
   using bf16_view = Eigen::Ref<bf16_matrix>;
   using bf16_const_view = Eigen::Ref<const bf16_matrix>;
@@ -180,57 +179,31 @@ struct EigenBackend {
   }
   static Index bf16_rows(bf16_const_view m) { return m.rows(); }
   static Index bf16_cols(bf16_const_view m) { return m.cols(); }
+  static bf16_view bf16_block(bf16_view m, Index r0, Index c0, Index nr, Index nc) { return m.block(r0, c0, nr, nc); }
+  static bf16_const_view bf16_cblock(bf16_const_view m, Index r0, Index c0, Index nr, Index nc) {
+    return m.block(r0, c0, nr, nc);
+  }
   /// m rounded to bf16, to nearest even (double through float, as every milora backend does).
   static bf16_matrix to_bf16(const_view m) {
     bf16_matrix out(m.rows(), m.cols());
-    round_into(m, out);
+    round_into_bf16(m, out);
     return out;
+  }
+  /// dst = round(src), same shapes.
+  static void round_into_bf16(const_view src, bf16_view dst) {
+    for (Index i = 0; i < src.rows(); ++i)
+      for (Index j = 0; j < src.cols(); ++j)
+        dst(i, j) = std::bit_cast<Eigen::bfloat16>(float_to_bf16(float(src(i, j))));
   }
   /// w widened to T (exact).
   static matrix from_bf16(bf16_const_view w) { return w.template cast<float>().template cast<T>(); }
-
   /// c = alpha op(round(x)) op(w) + beta c, accumulated in T.
   static void gemm_bf16(T alpha, const_view x, Trans tx, bf16_const_view w, Trans tw, T beta, view c) {
-    const Index m = c.rows(), n = c.cols();
-    const Index k = tx == Trans::yes ? x.rows() : x.cols(), xm = tx == Trans::yes ? x.cols() : x.rows();
-    const Index wk = tw == Trans::yes ? w.cols() : w.rows(), wn = tw == Trans::yes ? w.rows() : w.cols();
-    if (xm != m || wk != k || wn != n)
-      throw shape_error(detail::concat("gemm_bf16: op(X) ", detail::shape_str(xm, k), " times op(W) ",
-                                       detail::shape_str(wk, wn), " into C ", detail::shape_str(m, n)));
-    if (m == 0 || n == 0) return;
-    if (k == 0) {
-      scale(c, beta);
-      return;
-    }
-    const matrix xr = x.unaryExpr([](T v) { return T(round_to_bf16(float(v))); });
-    const Index panel = bf16_panel_rows(w.cols());
-    matrix wp;
-    for (Index p0 = 0; p0 < w.rows(); p0 += panel) {
-      const Index np = std::min(panel, w.rows() - p0);
-      wp = from_bf16(w.middleRows(p0, np));
-      if (tw == Trans::yes)  // W's rows are C's columns
-        gemm(alpha, xr, tx, wp, Trans::yes, beta, c.middleCols(p0, np));
-      else if (tx == Trans::no)  // W's rows are the summation index
-        gemm(alpha, xr.middleCols(p0, np), Trans::no, wp, Trans::no, p0 == 0 ? beta : T(1), c);
-      else
-        gemm(alpha, xr.middleRows(p0, np), Trans::yes, wp, Trans::no, p0 == 0 ? beta : T(1), c);
-    }
+    detail::gemm_bf16_by_panels<EigenBackend>(alpha, x, tx, w, tw, beta, c, bf16_panel_bytes);
   }
-
   /// w = round(w + alpha b a), b: out x r, a: r x in.
   static void add_product_to_bf16(T alpha, const_view b, const_view a, bf16_view w) {
-    if (b.rows() != w.rows() || a.cols() != w.cols() || b.cols() != a.rows())
-      throw shape_error(detail::concat("add_product_to_bf16: ", detail::shape_str(b.rows(), b.cols()), " times ",
-                                       detail::shape_str(a.rows(), a.cols()), " into a bf16 ",
-                                       detail::shape_str(w.rows(), w.cols())));
-    const Index panel = bf16_panel_rows(w.cols());
-    matrix wp;
-    for (Index p0 = 0; p0 < w.rows(); p0 += panel) {
-      const Index np = std::min(panel, w.rows() - p0);
-      wp = from_bf16(w.middleRows(p0, np));
-      gemm(alpha, b.middleRows(p0, np), Trans::no, a, Trans::no, T(1), wp);
-      round_into(wp, w.middleRows(p0, np));
-    }
+    detail::add_product_to_bf16_by_panels<EigenBackend>(alpha, b, a, w, bf16_panel_bytes);
   }
 
   // ---- LAPACK ----------------------------------------------------------------------------------
@@ -301,15 +274,6 @@ struct EigenBackend {
   }
 
  private:
-  static Index bf16_panel_rows(Index cols) {
-    return std::max<Index>(1, bf16_panel_bytes / (Index(sizeof(T)) * std::max<Index>(cols, 1)));
-  }
-  static void round_into(const_view src, bf16_view dst) {
-    for (Index i = 0; i < src.rows(); ++i)
-      for (Index j = 0; j < src.cols(); ++j)
-        dst(i, j) = std::bit_cast<Eigen::bfloat16>(float_to_bf16(float(src(i, j))));
-  }
-
   // A vector stored as 1 x n or n x 1, seen as a column of n values.
   static auto flat(const_view v) {
     return Eigen::Map<const Eigen::Matrix<T, Eigen::Dynamic, 1>, 0, Eigen::InnerStride<>>(

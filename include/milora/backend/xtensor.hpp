@@ -37,10 +37,13 @@
 #include <stdexcept>
 #include <vector>
 
+#include "milora/backend/detail/bf16_panels.hpp"
 #include "milora/backend/detail/mirror.hpp"
 #include "milora/backend/xtensor_ref.hpp"
 #include "milora/core/backend.hpp"
+#include "milora/core/bf16.hpp"
 #include "milora/core/random.hpp"
+#include "milora/core/weight_storage.hpp"
 
 namespace milora {
 
@@ -189,6 +192,62 @@ struct XtensorBackend {
     random::fill_normal_host<T>(m, mean, stddev, seed);
   }
 
+  // ---- bf16 frozen weights (milora/core/weight_storage.hpp) ------------------------------------
+  // Stored as milora::bf16 in an xt::xtensor; a user's bf16 buffer is wrapped with
+  // XMatrixRef<bf16>. The products widen W a panel of rows at a time (backend/detail/bf16_panels.hpp).
+  using bf16_matrix = xmatrix<bf16>;
+  using bf16_view = XMatrixRef<bf16>;
+  using bf16_const_view = XMatrixRef<const bf16>;
+  static constexpr Index bf16_panel_bytes = Index(8) << 20;
+
+  static bf16_matrix bf16_from_host(Index rows, Index cols, std::span<const std::uint16_t> bits) {
+    if (rows < 0 || cols < 0 || static_cast<Index>(bits.size()) != rows * cols)
+      throw shape_error(detail::concat("bf16_from_host: ", bits.size(), " values for a ",
+                                       detail::shape_str(rows, cols), " matrix"));
+    bf16_matrix m = bf16_matrix::from_shape({std::size_t(rows), std::size_t(cols)});
+    std::transform(bits.begin(), bits.end(), m.data(), [](std::uint16_t b) { return bf16{b}; });
+    return m;
+  }
+  static std::vector<std::uint16_t> bf16_to_host(bf16_const_view m) {
+    std::vector<std::uint16_t> out;
+    out.reserve(static_cast<std::size_t>(m.size()));
+    for (Index i = 0; i < m.rows(); ++i)
+      for (Index j = 0; j < m.cols(); ++j) out.push_back(m(i, j).bits);
+    return out;
+  }
+  static Index bf16_rows(bf16_const_view m) { return m.rows(); }
+  static Index bf16_cols(bf16_const_view m) { return m.cols(); }
+  static bf16_view bf16_block(bf16_view m, Index r0, Index c0, Index nr, Index nc) { return m.block(r0, c0, nr, nc); }
+  static bf16_const_view bf16_cblock(bf16_const_view m, Index r0, Index c0, Index nr, Index nc) {
+    return m.block(r0, c0, nr, nc);
+  }
+  /// m rounded to bf16, to nearest even (double through float, as every milora backend does).
+  static bf16_matrix to_bf16(const_view m) {
+    bf16_matrix out = bf16_matrix::from_shape({std::size_t(m.rows()), std::size_t(m.cols())});
+    round_into_bf16(m, out);
+    return out;
+  }
+  /// dst = round(src), same shapes.
+  static void round_into_bf16(const_view src, bf16_view dst) {
+    for (Index i = 0; i < src.rows(); ++i)
+      for (Index j = 0; j < src.cols(); ++j) dst(i, j) = bf16{float_to_bf16(float(src(i, j)))};
+  }
+  /// w widened to T (exact).
+  static matrix from_bf16(bf16_const_view w) {
+    matrix out = matrix::from_shape({std::size_t(w.rows()), std::size_t(w.cols())});
+    for (Index i = 0; i < w.rows(); ++i)
+      for (Index j = 0; j < w.cols(); ++j) out(std::size_t(i), std::size_t(j)) = T(bf16_to_float(w(i, j).bits));
+    return out;
+  }
+  /// c = alpha op(round(x)) op(w) + beta c, accumulated in T.
+  static void gemm_bf16(T alpha, const_view x, Trans tx, bf16_const_view w, Trans tw, T beta, view c) {
+    detail::gemm_bf16_by_panels<XtensorBackend>(alpha, x, tx, w, tw, beta, c, bf16_panel_bytes);
+  }
+  /// w = round(w + alpha b a), b: out x r, a: r x in.
+  static void add_product_to_bf16(T alpha, const_view b, const_view a, bf16_view w) {
+    detail::add_product_to_bf16_by_panels<XtensorBackend>(alpha, b, a, w, bf16_panel_bytes);
+  }
+
   // ---- LAPACK (through xt::linalg) -------------------------------------------------------------
   static SVDResult<matrix> svd(const_view a) {
     const Index m = a.rows(), n = a.cols(), k = std::min(m, n);
@@ -259,5 +318,7 @@ struct XtensorBackend {
 
 static_assert(Backend<XtensorBackend<float>>, "XtensorBackend<float> must satisfy milora::Backend");
 static_assert(Backend<XtensorBackend<double>>, "XtensorBackend<double> must satisfy milora::Backend");
+static_assert(Bf16Backend<XtensorBackend<float>> && Bf16Backend<XtensorBackend<double>>,
+              "XtensorBackend must offer bf16 frozen weights (milora/core/weight_storage.hpp)");
 
 }  // namespace milora
