@@ -6,7 +6,8 @@
 //            bf16: the frozen weight stored in bf16 (Bf16Linear; one cublasGemmEx on tensor cores
 //            per product, x rounded to bf16 by a kernel first): bf16_plain against the float plain
 //            layer, bf16_lora (LoRA<B, Bf16Weights>, r = 16) against bf16_plain.
-//   init:    PiSSA / MiLoRA init of one 4096 x 4096 weight with each spectral solver, against the
+//   init:    PiSSA / MiLoRA init of one 4096 x 4096 weight with each spectral solver (PiSSA's
+//            randomized init both as milora's RandomizedSVD and as cuSOLVER's Xgesvdr), against the
 //            exact init (cuSOLVER gesvd) in the same run. torch.linalg.svd on the same GPU is timed
 //            by scripts/gpu.sh beside this program.
 // Every iteration ends with a stream synchronisation, so a row is the wall time of finished work.
@@ -134,6 +135,8 @@ int main(int argc, char** argv) {
     register_with_baseline("init_pissa_exact" + rs, exact, [=](auto& s) { init<milora::PiSSA<B>>(s, dim, r); });
     register_with_baseline("init_pissa_randomized" + rs, exact,
                            [=](auto& s) { init<milora::PiSSA<B, milora::RandomizedSVD>>(s, dim, r); });
+    register_with_baseline("init_pissa_cusolver_randomized" + rs, exact,
+                           [=](auto& s) { init<milora::PiSSA<B, milora::CusolverRandomizedSVD>>(s, dim, r); });
   }
   std::vector<char*> args(argv, argv + argc);
   static std::string one = "--benchmark_repetitions=1", quick = "--benchmark_min_time=0.01";

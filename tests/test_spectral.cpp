@@ -1,4 +1,4 @@
-// Fast spectral solvers against ExactSVD: RandomizedSVD (top, PiSSA) and CholeskyKrylovSVD (bottom,
+// Fast spectral solvers against ExactSVD: RandomizedSVD and CusolverRandomizedSVD (top, PiSSA) and CholeskyKrylovSVD (bottom,
 // MiLoRA), on (a) a spectrum with a clear gap, (b) an LLM-like power law whose minor tail is
 // clustered, (c) a rank-deficient matrix, (d) tall and wide shapes.
 //
@@ -9,6 +9,7 @@
 
 #include "test_util.hpp"
 #include "milora/spectral/cholesky_krylov.hpp"
+#include "milora/spectral/cusolver_randomized.hpp"
 #include "milora/spectral/randomized.hpp"
 
 using namespace test;
@@ -55,28 +56,52 @@ constexpr Case kCases[] = {{"gapped, tall", 400, 300, false}, {"gapped, wide", 3
 // in angle, so overlap ~ 1 - 1e-5 and sigma (a Ritz value, quadratic in the angle) ~ 1e-5 relative;
 // we require overlap >= 0.999 and sigma error <= 1e-4, the issue's PiSSA target (float rounding
 // adds ~1e-6).
-TEST_CASE_TEMPLATE("RandomizedSVD: top-r subspace and sigma match ExactSVD", B, MILORA_TEST_BACKENDS) {
+namespace {
+template <class B, class Solver>
+void check_top_solver(const Solver& solver) {
   const Index r = 8;
   for (const auto& c : kCases) {
     const std::string name = c.name;
     CAPTURE(name);
     const Index k = std::min(c.out, c.in);
     const auto w = device<B>(with_spectrum(c.out, c.in, c.llm ? llm_like(k) : gapped_spectrum(k, r), 51));
-    const auto fast = milora::RandomizedSVD{}.top<B>(w, r);
+    const auto fast = solver.template top<B>(w, r);
     const auto exact = milora::ExactSVD{}.top<B>(w, r);
     REQUIRE(B::rows(fast.U) == c.out);
     REQUIRE(B::cols(fast.U) == r);
+    REQUIRE(B::rows(fast.S) * B::cols(fast.S) == r);
     REQUIRE(B::rows(fast.Vt) == r);
+    REQUIRE(B::cols(fast.Vt) == c.in);
     CHECK(overlap(host<B>(fast.Vt), host<B>(exact.Vt)) >= 0.999);
     CHECK(overlap(host<B>(fast.U).transpose(), host<B>(exact.U).transpose()) >= 0.999);
     CHECK(sigma_error(host<B>(fast.S), host<B>(exact.S)) <= 1e-4);
+    // U and Vt are a pair: U^T W V = diag(S) (a transposed or mismatched factor fails this).
+    const HostMatrix core = host<B>(fast.U).transpose() * host<B>(w) * host<B>(fast.Vt).transpose();
+    HostMatrix sigma = HostMatrix::Zero(r, r);
+    sigma.diagonal() = host<B>(fast.S).reshaped();
+    CHECK((core - sigma).norm() <= 1e-3 * sigma.norm());
   }
+}
+}  // namespace
+
+TEST_CASE_TEMPLATE("RandomizedSVD: top-r subspace and sigma match ExactSVD", B, MILORA_TEST_BACKENDS) {
+  const Index r = 8;
+  check_top_solver<B>(milora::RandomizedSVD{});
   // With no power iteration the same sketch is visibly worse on the slowly decaying spectrum:
   // the test can tell a working iteration from a missing one.
   const auto w = device<B>(with_spectrum(400, 300, llm_like(300), 52));
   const auto exact = milora::ExactSVD{}.top<B>(w, r);
   const auto crude = milora::RandomizedSVD{.oversampling = 0, .power_iterations = 0}.top<B>(w, r);
   CHECK(sigma_error(host<B>(crude.S), host<B>(exact.S)) > 1e-2);
+}
+
+// The same thresholds for cuSOLVER's implementation of the same algorithm (RandomizedSVD itself on
+// the host backends).
+TEST_CASE_TEMPLATE("CusolverRandomizedSVD: top-r subspace and sigma match ExactSVD", B, MILORA_TEST_BACKENDS) {
+  check_top_solver<B>(milora::CusolverRandomizedSVD{});
+  CHECK_THROWS_AS(milora::CusolverRandomizedSVD{.power_iterations = -1}.top<B>(device<B>(random_normal(50, 50, 1)), 2),
+                  milora::value_error);
+  CHECK_THROWS_AS(milora::CusolverRandomizedSVD{}.top<B>(device<B>(random_normal(50, 40, 1)), 41), milora::shape_error);
 }
 
 // CholeskyKrylovSVD: converged means the Davis-Kahan bound ||R|| / gap <= 1e-3 on sin(angle), so
@@ -181,6 +206,10 @@ TEST_CASE_TEMPLATE("init contract with the fast solvers: output unchanged, W' + 
     milora::Linear<B> l_mi(device<B>(w0)), l_pi(device<B>(w0));
     milora::MiLoRA<B, milora::CholeskyKrylovSVD> mi(l_mi, {.rank = 8, .alpha = 8});
     milora::PiSSA<B, milora::RandomizedSVD> pi(l_pi, {.rank = 8, .alpha = 16});
+    milora::Linear<B> l_cu(device<B>(w0));
+    milora::PiSSA<B, milora::CusolverRandomizedSVD> cu(l_cu, {.rank = 8, .alpha = 16});
+    CHECK(rel_err(host<B>(l_cu.weight()) + cu.scale() * host<B>(cu.B()) * host<B>(cu.A()), w0) <= contract_tol<B>);
+    CHECK(rel_err(host<B>(cu.forward(device<B>(x))), x * w0.transpose()) <= 10 * contract_tol<B>);
     CHECK(rel_err(host<B>(l_mi.weight()) + mi.scale() * host<B>(mi.B()) * host<B>(mi.A()), w0) <= contract_tol<B>);
     CHECK(rel_err(host<B>(l_pi.weight()) + pi.scale() * host<B>(pi.B()) * host<B>(pi.A()), w0) <= contract_tol<B>);
     const HostMatrix y0 = x * w0.transpose();

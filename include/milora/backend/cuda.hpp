@@ -324,6 +324,41 @@ struct CudaBackend {
     return r;
   }
 
+  /// The r largest singular triplets by cuSOLVER's randomized SVD (cusolverDnXgesvdr: a sketch of
+  /// r + p columns, p capped at min(m, n) - r, and niters power iterations; Halko, Martinsson &
+  /// Tropp), sigma descending. Used by CusolverRandomizedSVD (milora/spectral/cusolver_randomized.hpp).
+  /// cuSOLVER draws its own sketch, so the triplets are not those of RandomizedSVD with milora's
+  /// generator, only as accurate.
+  // Row-major A (m x n) is column-major A^T (n x m); A^T = U1 S V1^T gives A = V1 S U1^T. U1's
+  // column-major memory (n x r, ld n) read row-major is U1^T = Vt; V1 (m x r, ld m) is transposed
+  // into U. The output buffers are sized for the whole sketch (r + p columns), more than the r that
+  // cuSOLVER documents, so that no reading of its documentation can make it write out of bounds.
+  static SVDResult<matrix> svd_randomized_top(const_view a, Index r, Index p, Index niters) {
+    const Index m = a.rows(), n = a.cols(), k = std::min(m, n);
+    if (r < 1 || r > k || p < 0 || niters < 0)
+      throw value_error(detail::concat("svd_randomized_top: rank ", r, ", oversampling ", p, ", power iterations ", niters,
+                                       " for a ", detail::shape_str(m, n), " matrix (need 1 <= rank <= ", k, ", >= 0, >= 0)"));
+    const Index over = std::min(p, k - r), sketch = r + over;
+    matrix work = clone(a);  // gesvdr destroys its input
+    matrix s(1, k), u1(sketch, n), v1(sketch, m);
+    SVDResult<matrix> out{matrix(m, r), matrix(1, r), matrix(r, n)};
+    const cuda::lib::SolverParams params;
+    const auto [device_bytes, host_bytes] =
+        cuda::lib::gesvdr_workspace<T>(solver(), params, n, m, r, over, niters, work.data(), n, s.data(), u1.data(), n,
+                                       v1.data(), m);
+    cuda::DeviceBuffer<char> device_ws(device_bytes);
+    std::vector<char> host_ws(host_bytes);
+    cuda::DeviceBuffer<int> info(1);
+    cuda::lib::gesvdr<T>(solver(), params, n, m, r, over, niters, work.data(), n, s.data(), u1.data(), n, v1.data(), m,
+                         device_ws.data(), device_bytes, host_ws.data(), host_bytes, info.data());
+    check_info(info, "svd_randomized_top (cusolverDnXgesvdr)");  // synchronises: host_ws is no longer in use
+    copy(cuda::DeviceView<const T>(s.data(), 1, r, k), out.S);
+    copy(cuda::DeviceView<const T>(u1.data(), r, n, n), out.Vt);
+    cuda::lib::transpose(blas(), cuda::to_int(r, "svd_randomized_top rank"), cuda::to_int(m, "svd_randomized_top rows"),
+                         v1.data(), cuda::to_int(m, "svd_randomized_top rows"), out.U.data(), int(r));
+    return out;
+  }
+
   // A symmetric matrix reads the same in either order. syevdx returns the selected eigenvectors as
   // the first columns of its column-major work matrix; one transpose makes them row-major n x k.
   static EighResult<matrix> eigh(const_view a, Index lo, Index hi) {

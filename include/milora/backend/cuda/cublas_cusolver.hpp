@@ -3,6 +3,11 @@
 // the row-major bookkeeping is in milora/backend/cuda.hpp.
 #pragma once
 
+#include <cstddef>
+#include <cstdint>
+#include <type_traits>
+#include <utility>
+
 #include "milora/backend/cuda/status.hpp"
 
 namespace milora::cuda::lib {
@@ -146,6 +151,52 @@ inline void potrf(cusolverDnHandle_t h, cublasFillMode_t uplo, int n, float* a, 
 inline void potrf(cusolverDnHandle_t h, cublasFillMode_t uplo, int n, double* a, int lda, double* work, int lwork,
                   int* info) {
   check(cusolverDnDpotrf(h, uplo, n, a, lda, work, lwork, info), "cusolverDnDpotrf");
+}
+
+// ---- cusolverDnXgesvdr (64-bit API, randomized top-k SVD) --------------------------------------
+/// The cusolverDnParams_t that the 64-bit cuSOLVER API takes (default settings), destroyed on exit.
+class SolverParams {
+ public:
+  SolverParams() { check(cusolverDnCreateParams(&params_), "cusolverDnCreateParams"); }
+  ~SolverParams() { (void)cusolverDnDestroyParams(params_); }
+  SolverParams(const SolverParams&) = delete;
+  SolverParams& operator=(const SolverParams&) = delete;
+  cusolverDnParams_t get() const { return params_; }
+
+ private:
+  cusolverDnParams_t params_ = nullptr;
+};
+
+template <class T>
+constexpr cudaDataType real_type() {
+  return std::is_same_v<T, float> ? CUDA_R_32F : CUDA_R_64F;
+}
+
+/// Device and host workspace bytes of gesvdr below (jobu = jobv = 'S').
+template <class T>
+std::pair<std::size_t, std::size_t> gesvdr_workspace(cusolverDnHandle_t h, const SolverParams& params, std::int64_t m,
+                                                     std::int64_t n, std::int64_t k, std::int64_t p, std::int64_t niters,
+                                                     const T* a, std::int64_t lda, const T* s, const T* u, std::int64_t ldu,
+                                                     const T* v, std::int64_t ldv) {
+  std::size_t device_bytes = 0, host_bytes = 0;
+  check(cusolverDnXgesvdr_bufferSize(h, params.get(), 'S', 'S', m, n, k, p, niters, real_type<T>(), a, lda, real_type<T>(), s,
+                                     real_type<T>(), u, ldu, real_type<T>(), v, ldv, real_type<T>(), &device_bytes,
+                                     &host_bytes),
+        "cusolverDnXgesvdr_bufferSize");
+  return {device_bytes, host_bytes};
+}
+
+/// The k largest singular triplets of the column-major m x n matrix a (destroyed): s (k values,
+/// descending), u (m x k, ldu), v (n x k, ldv; V, not V^T). Sketch of k + p columns, niters power
+/// iterations.
+template <class T>
+void gesvdr(cusolverDnHandle_t h, const SolverParams& params, std::int64_t m, std::int64_t n, std::int64_t k, std::int64_t p,
+            std::int64_t niters, T* a, std::int64_t lda, T* s, T* u, std::int64_t ldu, T* v, std::int64_t ldv,
+            void* device_ws, std::size_t device_bytes, void* host_ws, std::size_t host_bytes, int* info) {
+  check(cusolverDnXgesvdr(h, params.get(), 'S', 'S', m, n, k, p, niters, real_type<T>(), a, lda, real_type<T>(), s,
+                          real_type<T>(), u, ldu, real_type<T>(), v, ldv, real_type<T>(), device_ws, device_bytes, host_ws,
+                          host_bytes, info),
+        "cusolverDnXgesvdr");
 }
 
 }  // namespace milora::cuda::lib
