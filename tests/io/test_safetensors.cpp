@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "io_test_util.hpp"
+#include "milora/backend/eigen.hpp"
 #include "milora/io/safetensors.hpp"
 
 using namespace milora::io;
@@ -75,6 +76,40 @@ TEST_CASE("safetensors round trip: every float dtype, shapes 2-D / 1-D / 0-D, me
     for (int i = 0; i < 8; ++i) n |= std::uint64_t(std::uint8_t(bytes[i])) << (8 * i);
     CHECK(n % 8 == 0);
   }
+}
+
+TEST_CASE("load_bf16: a BF16 tensor's bits unchanged, other dtypes rounded to nearest even, into a backend's bf16 matrix") {
+  ScratchDir dir;
+  HostMatrix<double> m(3, 4);
+  for (std::size_t i = 0; i < m.data.size(); ++i) m.data[i] = std::sin(1.0 + double(i)) * std::pow(10.0, double(i % 5) - 2);
+  m.data[0] = 1.0 + 0x1p-8;  // a tie between two bf16 values: stays 1 (even)
+  SafetensorsWriter w;
+  for (DType d : {DType::BF16, DType::F32, DType::F64, DType::F16}) w.add(std::string(dtype_name(d)), m, d);
+  w.add_raw("ids", DType::I64, {2}, std::as_bytes(std::span<const std::int64_t>(std::vector<std::int64_t>{1, 2})));
+  const auto path = dir / "bf16.safetensors";
+  w.write(path);
+  const SafetensorsFile f(path);
+  std::vector<std::uint16_t> want(m.data.size());
+  for (std::size_t i = 0; i < want.size(); ++i) want[i] = milora::float_to_bf16(float(m.data[i]));
+  for (DType d : {DType::BF16, DType::F32, DType::F64}) {
+    CAPTURE(std::string(dtype_name(d)));
+    const auto bits = f.load_bf16(std::string(dtype_name(d)));
+    CHECK(bits.rows == 3);
+    CHECK(bits.cols == 4);
+    CHECK(bits.data == want);
+  }
+  CHECK(want[0] == 0x3f80);
+  // F16 has less range and precision than float: rounding its value to bf16 again is what we get.
+  const auto from_half = f.load_bf16("F16");
+  const auto half = f.load<float>("F16");
+  for (std::size_t i = 0; i < want.size(); ++i) CHECK(from_half.data[i] == milora::float_to_bf16(half.data[i]));
+  CHECK_THROWS_AS(f.load_bf16("ids"), milora::format_error);
+  CHECK_THROWS_AS(f.load_bf16("missing"), milora::format_error);
+
+  using B = milora::EigenBackend<float>;
+  const auto wb = to_backend_bf16<B>(f.load_bf16("BF16"));
+  CHECK(B::bf16_rows(wb) == 3);
+  CHECK(B::bf16_to_host(wb) == want);
 }
 
 TEST_CASE("a safetensors file built by hand is read correctly (unaligned offsets, mixed dtypes, I64 buffer)") {

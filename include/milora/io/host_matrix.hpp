@@ -5,12 +5,14 @@
 // no dependency on any tensor library.
 #pragma once
 
+#include <cstdint>
 #include <span>
 #include <utility>
 #include <vector>
 
 #include "milora/core/backend.hpp"
 #include "milora/core/errors.hpp"
+#include "milora/core/weight_storage.hpp"
 
 namespace milora::io {
 
@@ -34,6 +36,12 @@ struct HostMatrix {
 template <Backend B>
 matrix_t<B> to_backend(const HostMatrix<scalar_t<B>>& m) {
   return B::from_host(m.rows, m.cols, std::span<const scalar_t<B>>(m.data));
+}
+
+/// A backend bf16 matrix from bf16 bits (SafetensorsFile::load_bf16), for a Bf16Linear.
+template <Bf16Backend B>
+typename B::bf16_matrix to_backend_bf16(const HostMatrix<std::uint16_t>& m) {
+  return B::bf16_from_host(m.rows, m.cols, std::span<const std::uint16_t>(m.data));
 }
 
 /// A host copy of a backend matrix or view.

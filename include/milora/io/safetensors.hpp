@@ -222,6 +222,24 @@ class SafetensorsFile {
     return m;
   }
 
+  /// The tensor as bf16 bits, row-major (see matrix_shape): a BF16 tensor's bits as they lie in the
+  /// file, with no float copy on the way (what a bf16 frozen weight loads, io::to_backend_bf16), any
+  /// other floating dtype rounded to nearest even (F64 through float, as every milora backend does).
+  HostMatrix<std::uint16_t> load_bf16(const std::string& name) const {
+    const TensorInfo& t = info(name);
+    if (t.dtype != DType::BF16) {
+      const HostMatrix<float> wide = load<float>(name);  // checks the shape and the dtype
+      HostMatrix<std::uint16_t> m(wide.rows, wide.cols);
+      for (std::size_t i = 0; i < wide.data.size(); ++i) m.data[i] = float_to_bf16(wide.data[i]);
+      return m;
+    }
+    const auto [r, c] = matrix_shape(t, path().string());
+    HostMatrix<std::uint16_t> m(r, c);
+    const std::span<const std::byte> bytes = raw(name);  // the header check made nbytes = 2 * r * c
+    for (std::size_t i = 0; i < m.data.size(); ++i) m.data[i] = io::load<std::uint16_t>(bytes.data() + 2 * i);
+    return m;
+  }
+
  private:
   MappedFile file_;
   SafetensorsHeader header_;
