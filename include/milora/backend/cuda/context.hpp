@@ -9,6 +9,9 @@
 // scalars all_finite / squared_norm / a solver's info return), which synchronise that stream.
 #pragma once
 
+#include <atomic>
+#include <cstdint>
+#include <memory>
 #include <string>
 
 #include "milora/backend/cuda/status.hpp"
@@ -43,6 +46,7 @@ class Context {
       throw device_error("CudaBackend needs a CUDA device: " + why);
     check(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
     try {
+      enable_stream_ordered_memory();
       check(cublasCreate(&blas_), "cublasCreate");
       check(cublasSetStream(blas_, stream_), "cublasSetStream");
       check(cusolverDnCreate(&solver_), "cusolverDnCreate");
@@ -57,6 +61,12 @@ class Context {
   Context& operator=(const Context&) = delete;
 
   cudaStream_t stream() const { return stream_; }
+  /// Whether device memory comes from the device's stream-ordered pool (cudaMallocAsync on this
+  /// thread's stream; every device since Pascal offers it), else from plain cudaMalloc.
+  bool stream_ordered_memory() const { return pooled_; }
+  /// True until this context is destroyed (its thread exits): a buffer freed after that is freed with
+  /// cudaFree, its stream being gone (milora/backend/cuda/memory.hpp).
+  std::shared_ptr<const std::atomic<bool>> alive() const { return alive_; }
   cublasHandle_t blas() const { return blas_; }
   cusolverDnHandle_t solver() const { return solver_; }
 
@@ -78,7 +88,31 @@ class Context {
   }
 
  private:
+  // cudaFree synchronises the whole device, and a training step frees a few matrices per layer, so
+  // device memory comes from the stream-ordered pool instead: cudaMallocAsync / cudaFreeAsync on this
+  // thread's stream, reused in stream order without a synchronisation. The default pool would give
+  // freed memory back to the driver at every synchronisation (release threshold 0); it keeps it
+  // instead (threshold: unlimited), as PyTorch's caching allocator does. cudaMemPoolTrimTo gives it
+  // back. The pool is the device's default one, shared by the whole process.
+  void enable_stream_ordered_memory() {
+    int device = 0, supported = 0;
+    check(cudaGetDevice(&device), "cudaGetDevice");
+    check(cudaDeviceGetAttribute(&supported, cudaDevAttrMemoryPoolsSupported, device),
+          "cudaDeviceGetAttribute (cudaDevAttrMemoryPoolsSupported)");
+    if (supported == 0) return;
+    cudaMemPool_t pool = nullptr;
+    check(cudaDeviceGetDefaultMemPool(&pool, device), "cudaDeviceGetDefaultMemPool");
+    std::uint64_t keep = UINT64_MAX;
+    check(cudaMemPoolSetAttribute(pool, cudaMemPoolAttrReleaseThreshold, &keep),
+          "cudaMemPoolSetAttribute (cudaMemPoolAttrReleaseThreshold)");
+    pooled_ = true;
+  }
+
   void release() noexcept {
+    // Finish the stream's work (its pending cudaFreeAsync included) before it goes: buffers that
+    // outlive the context are then freed with a plain cudaFree.
+    if (stream_ != nullptr) (void)cudaStreamSynchronize(stream_);
+    alive_->store(false);
     if (solver_ != nullptr) cusolverDnDestroy(solver_);
     if (blas_ != nullptr) cublasDestroy(blas_);
     if (stream_ != nullptr) cudaStreamDestroy(stream_);
@@ -91,6 +125,8 @@ class Context {
   cublasHandle_t blas_ = nullptr;
   cusolverDnHandle_t solver_ = nullptr;
   bool tf32_ = false;
+  bool pooled_ = false;
+  std::shared_ptr<std::atomic<bool>> alive_ = std::make_shared<std::atomic<bool>>(true);
 };
 
 /// The calling thread's context, created on first use.

@@ -7,12 +7,16 @@
 // identity instead of copying (and transposes explicitly only where cuSOLVER needs the other
 // orientation).
 //
-// A matrix's memory is plain cudaMalloc memory (no managed memory): it lives on the device that was
-// current when it was made, and its work is ordered on the stream of the thread that made it
-// (milora/backend/cuda/context.hpp). Use a matrix from the thread that made it, or synchronise.
+// A matrix's memory is device memory (no managed memory) from the device's stream-ordered pool
+// (cudaMallocAsync, plain cudaMalloc where the device has no pool): it lives on the device that was
+// current when it was made, and its work, its allocation and its release are ordered on the stream
+// of the thread that made it (milora/backend/cuda/context.hpp). Use a matrix from the thread that
+// made it, or synchronise.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
+#include <memory>
 #include <type_traits>
 #include <utility>
 
@@ -22,24 +26,40 @@
 namespace milora::cuda {
 
 /// count elements of T in device memory; freed on destruction. Zero elements allocate nothing.
+/// The memory comes from the device's stream-ordered pool on the calling thread's stream when the
+/// device has one (cudaMallocAsync; freed with cudaFreeAsync on that stream, no device-wide
+/// synchronisation), else from cudaMalloc (context.hpp says why).
 template <class T>
 class DeviceBuffer {
  public:
   DeviceBuffer() = default;
   explicit DeviceBuffer(std::size_t count) : count_(count) {
     if (count == 0) return;
+    const Context& ctx = context();  // throws device_error without a device
     void* p = nullptr;
-    check(cudaMalloc(&p, count * sizeof(T)),
-          detail::concat("cudaMalloc(", count * sizeof(T), " bytes)").c_str());
+    if (ctx.stream_ordered_memory()) {
+      check(cudaMallocAsync(&p, count * sizeof(T), ctx.stream()),
+            detail::concat("cudaMallocAsync(", count * sizeof(T), " bytes)").c_str());
+      stream_ = ctx.stream();
+      stream_alive_ = ctx.alive();
+    } else {
+      check(cudaMalloc(&p, count * sizeof(T)), detail::concat("cudaMalloc(", count * sizeof(T), " bytes)").c_str());
+    }
     data_ = static_cast<T*>(p);
   }
   ~DeviceBuffer() { reset(); }
-  DeviceBuffer(DeviceBuffer&& o) noexcept : data_(std::exchange(o.data_, nullptr)), count_(std::exchange(o.count_, 0)) {}
+  DeviceBuffer(DeviceBuffer&& o) noexcept
+      : data_(std::exchange(o.data_, nullptr)),
+        count_(std::exchange(o.count_, 0)),
+        stream_(std::exchange(o.stream_, nullptr)),
+        stream_alive_(std::move(o.stream_alive_)) {}
   DeviceBuffer& operator=(DeviceBuffer&& o) noexcept {
     if (this != &o) {
       reset();
       data_ = std::exchange(o.data_, nullptr);
       count_ = std::exchange(o.count_, 0);
+      stream_ = std::exchange(o.stream_, nullptr);
+      stream_alive_ = std::move(o.stream_alive_);
     }
     return *this;
   }
@@ -51,12 +71,21 @@ class DeviceBuffer {
 
  private:
   void reset() noexcept {
-    if (data_ != nullptr) (void)cudaFree(data_);  // cudaFree waits for the work still using it
+    if (data_ != nullptr) {
+      // In stream order while the allocating thread's stream exists; after that thread exited (its
+      // context synchronised the stream before destroying it) a plain cudaFree, which waits anyway.
+      if (stream_ != nullptr && stream_alive_ && stream_alive_->load()) (void)cudaFreeAsync(data_, stream_);
+      else (void)cudaFree(data_);
+    }
     data_ = nullptr;
     count_ = 0;
+    stream_ = nullptr;
+    stream_alive_.reset();
   }
   T* data_ = nullptr;
   std::size_t count_ = 0;
+  cudaStream_t stream_ = nullptr;  // set for pool memory: the stream it is ordered on
+  std::shared_ptr<const std::atomic<bool>> stream_alive_;
 };
 
 /// A non-owning rows x cols row-major window on device memory with row stride ld. T may be const.
