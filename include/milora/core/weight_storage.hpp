@@ -32,7 +32,6 @@
 #include <vector>
 
 #include "milora/core/backend.hpp"
-#include "milora/core/checks.hpp"
 
 namespace milora {
 
@@ -63,7 +62,6 @@ concept Bf16Backend =
 /// The frozen weight in the backend's own scalar: the adapter's default.
 struct NativeWeights {
   static constexpr std::string_view name = "native";
-  template <Backend B> using matrix = matrix_t<B>;
   template <Backend B> using view = view_t<B>;
   template <Backend B> using const_view = const_view_t<B>;
 
@@ -87,7 +85,6 @@ struct NativeWeights {
 /// The frozen weight in bfloat16 (the backend must be a Bf16Backend).
 struct Bf16Weights {
   static constexpr std::string_view name = "bf16";
-  template <Backend B> using matrix = typename B::bf16_matrix;
   template <Backend B> using view = typename B::bf16_view;
   template <Backend B> using const_view = typename B::bf16_const_view;
 
@@ -114,7 +111,6 @@ template <class W, class B>
 concept WeightStorage =
     Backend<B> &&
     requires {
-      typename W::template matrix<B>;
       typename W::template view<B>;
       typename W::template const_view<B>;
       { W::name } -> std::convertible_to<std::string_view>;
