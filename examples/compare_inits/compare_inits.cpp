@@ -141,18 +141,33 @@ std::pair<double, double> task_metrics(const Options& o, Model& model, const Dat
   return {llama::evaluate(model, d.task_test_tokens, 8, o.seq, o.eval_batches).first, -1.0};
 }
 
-template <class Init>
-Row run_one(const Options& o, const std::string& method, unsigned seed, const fs::path& model_dir, const Data& d,
-            double task_before, double ppl_before, std::ofstream& curves) {
-  using Model = llama::Llama<BE, Init>;
+/// The adapters of `method` on `model`; CorDA / EVA / LoRA-GA calibrated on the first 8 batches
+/// of the task's training data. The only part of a run compiled per init policy.
+void add_adapters_of(const std::string& m, llama::Llama<BE>& model, const std::vector<std::string>& targets,
+                     const milora::AdapterConfig& cfg, const Options& o, const Data& d) {
+  auto with = [&]<class Init>() { llama::add_adapters_calibrated<Init>(model, targets, cfg, d.task_train, o.batch, o.seq, 8); };
+  if (m == "pissa") with.operator()<milora::PrincipalSVD<>>();
+  else if (m == "milora") with.operator()<milora::MinorSVD<>>();
+  else if (m == "olora") with.operator()<milora::LeadingQR>();
+  else if (m == "orthogonal") with.operator()<milora::OrthogonalInit>();
+  else if (m == "mica") with.operator()<milora::MinorLeftSingular<>>();
+  else if (m == "corda-kpm") with.operator()<milora::ContextOrientedSVD<BE>>();
+  else if (m == "corda-ipm") with.operator()<milora::ContextOrientedSVD<BE, milora::CordaMode::instruction_previewed>>();
+  else if (m == "eva") with.operator()<milora::ActivationPCA<BE>>();
+  else if (m == "lora-ga") with.operator()<milora::GradientApproximation<BE>>();
+  else if (m == "lora") with.operator()<milora::KaimingUniform>();
+  else throw milora::value_error("unknown method '" + m + "' (" + kMethods + ")");
+}
+
+Row run_method(const Options& o, const std::string& method, unsigned seed, const fs::path& model_dir, const Data& d,
+               double task_before, double ppl_before, std::ofstream& curves) {
+  using Model = llama::Llama<BE>;
   const milora::io::HFModel hf(model_dir);
   auto model = llama::from_pretrained<Model>(hf);
   const auto targets = milora::tools::split_list(o.targets);
   const auto t0 = std::chrono::steady_clock::now();
   if (method == "full") model->enable_full_training();
-  else  // CorDA / EVA / LoRA-GA: calibrated on the first 8 batches of the task's training data
-    llama::add_adapters_calibrated(*model, targets, {.rank = o.rank, .alpha = double(o.rank), .seed = seed}, d.task_train,
-                                   o.batch, o.seq, 8);
+  else add_adapters_of(method, *model, targets, {.rank = o.rank, .alpha = double(o.rank), .seed = seed}, o, d);
   Row row;
   row.method = method;
   row.seed = seed;
@@ -199,22 +214,6 @@ Row run_one(const Options& o, const std::string& method, unsigned seed, const fs
     }
   for (double* x : {&row.sub.top_energy, &row.sub.bottom_energy, &row.sub.sigma_shift, &row.sub.vector_shift}) *x /= double(counted);
   return row;
-}
-
-Row run_method(const Options& o, const std::string& m, unsigned seed, const fs::path& dir, const Data& d, double task, double ppl,
-               std::ofstream& c) {
-  if (m == "pissa") return run_one<milora::PrincipalSVD<>>(o, m, seed, dir, d, task, ppl, c);
-  if (m == "milora") return run_one<milora::MinorSVD<>>(o, m, seed, dir, d, task, ppl, c);
-  if (m == "olora") return run_one<milora::LeadingQR>(o, m, seed, dir, d, task, ppl, c);
-  if (m == "orthogonal") return run_one<milora::OrthogonalInit>(o, m, seed, dir, d, task, ppl, c);
-  if (m == "mica") return run_one<milora::MinorLeftSingular<>>(o, m, seed, dir, d, task, ppl, c);
-  if (m == "corda-kpm") return run_one<milora::ContextOrientedSVD<BE>>(o, m, seed, dir, d, task, ppl, c);
-  if (m == "corda-ipm")
-    return run_one<milora::ContextOrientedSVD<BE, milora::CordaMode::instruction_previewed>>(o, m, seed, dir, d, task, ppl, c);
-  if (m == "eva") return run_one<milora::ActivationPCA<BE>>(o, m, seed, dir, d, task, ppl, c);
-  if (m == "lora-ga") return run_one<milora::GradientApproximation<BE>>(o, m, seed, dir, d, task, ppl, c);
-  if (m == "lora" || m == "full") return run_one<milora::KaimingUniform>(o, m, seed, dir, d, task, ppl, c);
-  throw milora::value_error("unknown method '" + m + "' (" + kMethods + ")");
 }
 
 // ---- reports ------------------------------------------------------------------------------------

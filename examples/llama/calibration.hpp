@@ -23,15 +23,14 @@ constexpr bool kGradientInit = requires(Init i) { i.gradient = std::shared_ptr<c
 template <class Init, class BE>
 constexpr bool kCalibratedInit = kStatisticsInit<Init, BE> || kGradientInit<Init, BE>;
 
-/// model.add_adapters(targets, config), calibrating data-driven policies first on the first
+/// model.add_adapters(targets, config, Init{}), calibrating data-driven policies first on the first
 /// `batches` batches of `tokens` (batch x seq each, read by a loader of their own, so that the
 /// training loader's cursor is not moved): the inputs' statistics over those forward passes, or
 /// the mean of the weights' gradients over those batches. Returns the number of calibration
 /// tokens (0: none needed).
-template <class Model>
+template <class Init, class Model>
 Index add_adapters_calibrated(Model& model, const std::vector<std::string>& targets, const milora::AdapterConfig& config,
                               const std::vector<Token>& tokens, Index batch, Index seq, Index batches) {
-  using Init = typename Model::AdapterT::init_policy;
   using BE = typename Model::backend;
   if constexpr (kCalibratedInit<Init, BE>) {
     if (batches <= 0) throw milora::value_error(milora::detail::concat("calibration batches must be positive, got ", batches));
@@ -64,7 +63,7 @@ Index add_adapters_calibrated(Model& model, const std::vector<std::string>& targ
     }
     return batches * batch * seq;
   } else {
-    model.add_adapters(targets, config);
+    model.add_adapters(targets, config, Init{});
     return 0;
   }
 }

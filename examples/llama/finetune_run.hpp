@@ -1,10 +1,11 @@
 // milora-finetune's work, templated on the backend (see milora_finetune.cpp for the tool): the
-// options, finetune<BE, Init> (load, initialise the adapters, train, print the JSON line) and
-// run_on<BE>, which picks the init policy from --method.
+// options, add_adapters_for<BE> (the init policy that --method and --solver name, calibrated where
+// it is data-driven) and run_on<BE> (load, initialise the adapters, train, print the JSON line).
 //
-// A header so that the CPU and the CUDA instantiations compile in two translation units
-// (milora_finetune.cpp and milora_finetune_cuda.cpp): each instantiates the model and trainer for
-// all fifteen init policies, and one unit holding both was the longest compile of the build.
+// The model and its trainer are compiled once per backend: the adapters hold their policy as an
+// AnyInit, so only add_adapters_for is instantiated per policy. A header so that the CPU and the
+// CUDA instantiations compile in two translation units (milora_finetune.cpp and
+// milora_finetune_cuda.cpp), in parallel.
 #pragma once
 
 #include <iostream>
@@ -36,9 +37,43 @@ struct Options {
   llama::TrainConfig train;
 };
 
-template <class BE, class Init>
-void finetune(const Options& o) {
-  using Model = llama::Llama<BE, Init>;
+/// Adds the adapters of --method (--solver for the SVD-based ones) to `model`; data-driven policies
+/// calibrate on the first --calibration-batches batches of `tokens`. Returns the calibration tokens.
+template <class BE>
+Index add_adapters_for(const Options& o, llama::Llama<BE>& model, const std::vector<std::string>& targets,
+                       const milora::AdapterConfig& config, const std::vector<llama::Token>& tokens) {
+  const bool fast = o.solver == "fast";
+  auto with = [&]<class Init>() {
+    return llama::add_adapters_calibrated<Init>(model, targets, config, tokens, o.train.batch, o.train.seq, o.calibration_batches);
+  };
+  using enum milora::CordaMode;
+  using milora::CholeskyKrylovSVD, milora::RandomizedSVD;
+  if (o.method == "lora") return with.template operator()<milora::KaimingUniform>();
+  if (o.method == "olora") return with.template operator()<milora::LeadingQR>();
+  if (o.method == "orthogonal") return with.template operator()<milora::OrthogonalInit>();
+  if (o.method == "mica")
+    return fast ? with.template operator()<milora::MinorLeftSingular<CholeskyKrylovSVD>>()
+                : with.template operator()<milora::MinorLeftSingular<>>();
+  if (o.method == "corda-kpm")
+    return fast ? with.template operator()<milora::ContextOrientedSVD<BE, knowledge_preserved, CholeskyKrylovSVD>>()
+                : with.template operator()<milora::ContextOrientedSVD<BE, knowledge_preserved>>();
+  if (o.method == "corda-ipm")
+    return fast ? with.template operator()<milora::ContextOrientedSVD<BE, instruction_previewed, RandomizedSVD>>()
+                : with.template operator()<milora::ContextOrientedSVD<BE, instruction_previewed>>();
+  if (o.method == "eva") return with.template operator()<milora::ActivationPCA<BE>>();
+  if (o.method == "lora-ga")
+    return fast ? with.template operator()<milora::GradientApproximation<BE, RandomizedSVD>>()
+                : with.template operator()<milora::GradientApproximation<BE>>();
+  if (o.method == "pissa")
+    return fast ? with.template operator()<milora::PrincipalSVD<RandomizedSVD>>() : with.template operator()<milora::PrincipalSVD<>>();
+  if (o.method == "milora")
+    return fast ? with.template operator()<milora::MinorSVD<CholeskyKrylovSVD>>() : with.template operator()<milora::MinorSVD<>>();
+  throw milora::value_error(concat("unknown --method '", o.method, "'"));
+}
+
+template <class BE>
+void run_on(const Options& o) {
+  using Model = llama::Llama<BE>;
   const milora::io::HFModel hf(o.model);
   auto model = llama::from_pretrained<Model>(hf);
   const auto& cfg = model->config();
@@ -63,8 +98,7 @@ void finetune(const Options& o) {
   auto t0 = std::chrono::steady_clock::now();
   const milora::AdapterConfig adapter_config{.rank = o.rank, .alpha = alpha, .seed = o.seed};
   // CorDA / EVA / LoRA-GA first see --calibration-batches batches of the training data through the base model
-  const Index calibration_tokens = llama::add_adapters_calibrated(*model, targets, adapter_config, loader.tokens(), o.train.batch,
-                                                                  o.train.seq, o.calibration_batches);
+  const Index calibration_tokens = add_adapters_for<BE>(o, *model, targets, adapter_config, loader.tokens());
   llama::use_tf32<BE>(o.tf32);  // after the init: its SVDs and QRs run in full float
   std::cerr << "milora-finetune: " << o.method << " r = " << o.rank << " on " << model->num_adapters() << " projections ("
             << model->num_trainable() << " trainable of " << model->num_frozen() << " frozen parameters), initialised in "
@@ -97,29 +131,6 @@ void finetune(const Options& o) {
     result["val_perplexity"] = std::exp(*trainer.last_val_loss());
   }
   std::cout << result.dump() << std::endl;
-}
-
-template <class BE>
-void run_on(const Options& o) {
-  const bool fast = o.solver == "fast";
-  if (o.method == "lora") finetune<BE, milora::KaimingUniform>(o);
-  else if (o.method == "olora") finetune<BE, milora::LeadingQR>(o);
-  else if (o.method == "orthogonal") finetune<BE, milora::OrthogonalInit>(o);
-  else if (o.method == "mica") fast ? finetune<BE, milora::MinorLeftSingular<milora::CholeskyKrylovSVD>>(o) : finetune<BE, milora::MinorLeftSingular<>>(o);
-  else if (o.method == "corda-kpm") {
-    using enum milora::CordaMode;
-    fast ? finetune<BE, milora::ContextOrientedSVD<BE, knowledge_preserved, milora::CholeskyKrylovSVD>>(o)
-         : finetune<BE, milora::ContextOrientedSVD<BE, knowledge_preserved>>(o);
-  } else if (o.method == "corda-ipm") {
-    using enum milora::CordaMode;
-    fast ? finetune<BE, milora::ContextOrientedSVD<BE, instruction_previewed, milora::RandomizedSVD>>(o)
-         : finetune<BE, milora::ContextOrientedSVD<BE, instruction_previewed>>(o);
-  }
-  else if (o.method == "eva") finetune<BE, milora::ActivationPCA<BE>>(o);
-  else if (o.method == "lora-ga")
-    fast ? finetune<BE, milora::GradientApproximation<BE, milora::RandomizedSVD>>(o) : finetune<BE, milora::GradientApproximation<BE>>(o);
-  else if (o.method == "pissa") fast ? finetune<BE, milora::PrincipalSVD<milora::RandomizedSVD>>(o) : finetune<BE, milora::PrincipalSVD<>>(o);
-  else fast ? finetune<BE, milora::MinorSVD<milora::CholeskyKrylovSVD>>(o) : finetune<BE, milora::MinorSVD<>>(o);
 }
 
 #if defined(MILORA_LLAMA_CUDA)

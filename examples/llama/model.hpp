@@ -1,5 +1,5 @@
-// Llama<Backend, Init>: the LLaMA architecture of Hugging Face's LlamaForCausalLM, with milora
-// adapters on any of its linear layers, forward and hand-written backward (as llm.c does).
+// Llama<Backend>: the LLaMA architecture of Hugging Face's LlamaForCausalLM, with milora adapters on
+// any of its linear layers, forward and hand-written backward (as llm.c does).
 //
 //   x = embed(tokens)
 //   for each layer:                                     (pre-norm residual blocks)
@@ -12,6 +12,10 @@
 // nothing here knows whether the numbers are on the CPU or a GPU. The base weights are frozen, so the
 // backward pass computes input gradients through every layer and parameter gradients only for the
 // adapters: no memory is spent on weight gradients. Shapes and formulas: docs/llama.md.
+//
+// The init policy is an argument of add_adapters, not of the model: the adapters hold it as an
+// AnyInit (milora/init/any.hpp), so one Llama<Backend> (and one Trainer of it) serves every policy
+// and a program that picks the policy at run time compiles the model once per backend.
 #pragma once
 
 #include <algorithm>
@@ -50,7 +54,7 @@ milora::matrix_t<BE> ones(Index n) {
 inline constexpr std::array<std::string_view, 7> kProjectionNames = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                                                      "gate_proj", "up_proj", "down_proj"};
 
-template <milora::Backend BE, class Init = milora::KaimingUniform>
+template <milora::Backend BE>
 class Llama {
  public:
   using backend = BE;
@@ -60,7 +64,7 @@ class Llama {
   using matrix = milora::matrix_t<BE>;
   using view = milora::view_t<BE>;
   using const_view = milora::const_view_t<BE>;
-  using AdapterT = milora::Adapter<BE, Init>;
+  using AdapterT = milora::AnyAdapter<BE>;  // any init policy (add_adapters' argument)
   /// Supplies the weight called `name` (transformers' name) with the given shape.
   using WeightSource = std::function<matrix(const std::string& name, Index rows, Index cols)>;
 
@@ -178,18 +182,20 @@ class Llama {
     return out;
   }
 
-  /// Adds an adapter to every projection named in `targets` (q_proj, ..., down_proj), each with
-  /// its own seed (config.seed + its index), in the model's layer order. Throws value_error for an
-  /// unknown name or when adapters were already added, before touching any weight.
-  void add_adapters(const std::vector<std::string>& targets, const milora::AdapterConfig& config,
-                    const Init& init = Init{}) {
-    add_adapters_with(targets, config, [&](const std::string&) { return init; });
+  /// Adds an adapter started by `init` (LoRA's KaimingUniform by default; MinorSVD<> for MiLoRA,
+  /// ...) to every projection named in `targets` (q_proj, ..., down_proj), each with its own seed
+  /// (config.seed + its index), in the model's layer order. Throws value_error for an unknown name
+  /// or when adapters were already added, and whatever the policy throws, before touching any weight.
+  template <class Init = milora::KaimingUniform>
+    requires milora::InitPolicy<Init, BE>
+  void add_adapters(const std::vector<std::string>& targets, const milora::AdapterConfig& config, const Init& init = Init{}) {
+    add_adapters_with(targets, config, [&](const std::string&) { return milora::AnyInit<BE>(init); });
   }
 
-  /// The same with a policy per projection: init_for(module path) -> Init, e.g. a data-driven
-  /// policy holding that projection's calibration statistics (collect_input_statistics).
+  /// The same with a policy per projection: init_for(module path) -> a policy (or an AnyInit), e.g.
+  /// a data-driven policy holding that projection's calibration statistics (collect_input_statistics).
   template <class InitFor>
-    requires std::is_invocable_r_v<Init, InitFor&, const std::string&>
+    requires std::is_constructible_v<milora::AnyInit<BE>, std::invoke_result_t<InitFor&, const std::string&>>
   void add_adapters_with(const std::vector<std::string>& targets, const milora::AdapterConfig& config, InitFor&& init_for) {
     if (num_adapters() != 0) throw milora::state_error("Llama::add_adapters: the model already has adapters");
     if (full_) throw milora::state_error("Llama::add_adapters: the model is in full training");
@@ -199,10 +205,9 @@ class Llama {
     }
     // Two passes: every init first (an SVD that fails, e.g. on an all-zero weight, changes no
     // weight), then the adapters, whose constructors only write W' = W - s*B*A.
-    using Adapter = milora::Adapter<BE, Init>;
     std::vector<std::pair<Projection*, milora::AdapterConfig>> chosen;
     std::vector<milora::AdapterFactors<BE>> factors;
-    std::vector<Init> inits;
+    std::vector<milora::AnyInit<BE>> inits;
     std::uint64_t seed = config.seed;
     for (auto& b : blocks_)
       for (Projection* p : b->projections()) {
@@ -210,8 +215,8 @@ class Llama {
         milora::AdapterConfig c = config;
         c.seed = seed++;
         try {
-          inits.push_back(init_for(p->module));
-          factors.push_back(Adapter::initial_factors(p->linear, c, inits.back()));
+          inits.emplace_back(init_for(p->module));
+          factors.push_back(AdapterT::initial_factors(p->linear, c, inits.back()));
         } catch (const std::exception& e) {
           rethrow_with_context(e, p->module);
         }

@@ -92,11 +92,10 @@ io::LoraFactors<float> init_module(const Options& o, io::HostMatrix<float>& w, c
 template <class Init>
 std::map<std::string, std::pair<io::LoraFactors<float>, io::HostMatrix<float>>> calibrated_factors(
     const Options& o, const io::HFModel& hf, const std::vector<std::string>& targets, const milora::AdapterConfig& cfg) {
-  using Model = llama::Llama<Backend, Init>;
-  auto model = llama::from_pretrained<Model>(hf);
+  auto model = llama::from_pretrained<llama::Llama<Backend>>(hf);
   const auto tokenizer = llama::Tokenizer::for_model(o.model, model->config().vocab_size);
   const auto tokens = llama::load_tokens(o.calibration_data, tokenizer, model->config().vocab_size);
-  llama::add_adapters_calibrated(*model, targets, cfg, tokens, o.batch, o.seq, o.calibration_batches);
+  llama::add_adapters_calibrated<Init>(*model, targets, cfg, tokens, o.batch, o.seq, o.calibration_batches);
   std::map<std::string, std::pair<io::LoraFactors<float>, io::HostMatrix<float>>> out;
   for (auto* p : model->adapted())
     out.emplace(p->module, std::pair{io::factors_of(*p->adapter), io::to_host_matrix<Backend>(p->linear.weight())});

@@ -13,12 +13,14 @@
 //                      batches, so the first step follows full fine-tuning's; base = residual (Wang et al. 2024)
 //
 // Any other start is one template argument away: Adapter<B, YourPolicy> (docs/extending.md).
+// AnyAdapter<B> takes any of them at run time (AnyInit<B>, milora/init/any.hpp).
 // The frozen weight's storage is the last argument: LoRA<B, Bf16Weights>, PiSSA<B, Solver,
 // Bf16Weights>, MiLoRA<B, Solver, Bf16Weights>, Adapter<B, Policy, Bf16Weights> wrap a Bf16Linear
 // (milora/core/weight_storage.hpp).
 #pragma once
 
 #include "milora/core/adapter.hpp"
+#include "milora/init/any.hpp"
 #include "milora/init/corda.hpp"
 #include "milora/init/eva.hpp"
 #include "milora/init/gaussian.hpp"
@@ -62,5 +64,10 @@ using EVA = Adapter<B, ActivationPCA<B>>;
 
 template <Backend B, class Solver = ExactSVD>
 using LoRAGA = Adapter<B, GradientApproximation<B, Solver>>;
+
+// Any of the above behind one type, the policy chosen at run time (milora/init/any.hpp): what a
+// program that holds many adapters (a model, its trainer) compiles once instead of once per policy.
+template <Backend B, class Weights = NativeWeights>
+using AnyAdapter = Adapter<B, AnyInit<B>, Weights>;
 
 }  // namespace milora

@@ -39,11 +39,11 @@ void check_parity(double tol) {
   // MILORA_TEST_DATA in the environment wins: scripts/gpu.sh runs this build from another checkout
   const char* data = std::getenv("MILORA_TEST_DATA");
   const milora::io::HFModel hf(std::string(data != nullptr ? data : MILORA_TEST_DATA) + "/llama_tiny/model");
-  auto cpu = llama::from_pretrained<llama::Llama<CB, milora::MinorSVD<>>>(hf);
-  auto gpu = llama::from_pretrained<llama::Llama<GB, milora::MinorSVD<>>>(hf);
+  auto cpu = llama::from_pretrained<llama::Llama<CB>>(hf);
+  auto gpu = llama::from_pretrained<llama::Llama<GB>>(hf);
   const std::vector<std::string> targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
-  cpu->add_adapters(targets, {.rank = 4, .alpha = 8});
-  gpu->add_adapters(targets, {.rank = 4, .alpha = 8});
+  cpu->add_adapters(targets, {.rank = 4, .alpha = 8}, milora::MinorSVD<>{});
+  gpu->add_adapters(targets, {.rank = 4, .alpha = 8}, milora::MinorSVD<>{});
 
   const llama::Index batch = 2, seq = 16, vocab = cpu->config().vocab_size;
   std::vector<llama::Token> tokens(std::size_t(batch * seq)), next(tokens.size());

@@ -197,7 +197,7 @@ TEST_CASE("latest_checkpoint: the highest complete checkpoint-<N>, folders being
 namespace {
 
 using BE = milora::EigenBackend<float>;
-using Model = llama::Llama<BE, milora::MinorSVD<>>;
+using Model = llama::Llama<BE>;
 
 struct SmallRun {
   milora_test::ScratchDir dir;
@@ -205,7 +205,7 @@ struct SmallRun {
   std::unique_ptr<llama::Trainer<Model>> trainer;
   SmallRun() {
     model = llama::from_pretrained<Model>(milora::io::HFModel(kModel));
-    model->add_adapters({"q_proj", "v_proj", "up_proj"}, {.rank = 4, .alpha = 4, .seed = 3});
+    model->add_adapters({"q_proj", "v_proj", "up_proj"}, {.rank = 4, .alpha = 4, .seed = 3}, milora::MinorSVD<>{});
     llama::TrainConfig tc;
     tc.steps = 20;
     tc.batch = 2;
@@ -291,15 +291,14 @@ TEST_CASE("PiSSA / MiLoRA on an all-zero weight of a model: the error names the 
     auto model = llama::from_pretrained<Model>(milora::io::HFModel(kModel));
     weight_of(*model, "model.layers.1.self_attn.v_proj.weight").setZero();
     const auto q0 = milora::io::to_host_matrix<BE>(model->weight("model.layers.0.self_attn.q_proj.weight"));
-    CHECK_THROWS_WITH_AS(model->add_adapters({"q_proj", "v_proj"}, {.rank = 4, .alpha = 4}),
+    CHECK_THROWS_WITH_AS(model->add_adapters({"q_proj", "v_proj"}, {.rank = 4, .alpha = 4}, milora::MinorSVD<>{}),
                          doctest::Contains("model.layers.1.self_attn.v_proj: milora init: 4 of the 4 singular values"),
                          milora::value_error);
     CHECK(model->num_adapters() == 0);  // nothing added, no weight changed (layer 0's q_proj came first)
     CHECK(milora::io::to_host_matrix<BE>(model->weight("model.layers.0.self_attn.q_proj.weight")).data == q0.data);
-    using PiSSA = llama::Llama<BE, milora::PrincipalSVD<>>;
-    auto pissa = llama::from_pretrained<PiSSA>(milora::io::HFModel(kModel));
+    auto pissa = llama::from_pretrained<Model>(milora::io::HFModel(kModel));
     const_cast<milora::matrix_t<BE>&>(pissa->weight("model.layers.0.mlp.up_proj.weight")).setZero();
-    CHECK_THROWS_WITH_AS(pissa->add_adapters({"up_proj"}, {.rank = 4, .alpha = 4}), doctest::Contains("is all zero"), milora::value_error);
+    CHECK_THROWS_WITH_AS(pissa->add_adapters({"up_proj"}, {.rank = 4, .alpha = 4}, milora::PrincipalSVD<>{}), doctest::Contains("is all zero"), milora::value_error);
     auto lora = llama::from_pretrained<llama::Llama<BE>>(milora::io::HFModel(kModel));
     const_cast<milora::matrix_t<BE>&>(lora->weight("model.layers.0.mlp.up_proj.weight")).setZero();
     CHECK_NOTHROW(lora->add_adapters({"up_proj"}, {.rank = 4, .alpha = 4}));

@@ -95,15 +95,17 @@ TEST_CASE("Llama<double>: PiSSA and MiLoRA starts leave the logits unchanged, Lo
   auto base = llama::random_model<llama::Llama<BE>>(cfg, 5, 0.3);
   base->forward(tokens, batch, seq);
   const BE::matrix reference = base->logits();
-  auto check_start = [&](auto model, const char* name) {
+  auto check_start = [&](auto init, const char* name) {
     CAPTURE(std::string(name));
-    model->add_adapters({"q_proj", "v_proj", "down_proj"}, {.rank = 3, .alpha = 6});
+    auto model = llama::random_model<llama::Llama<BE>>(cfg, 5, 0.3);
+    model->add_adapters({"q_proj", "v_proj", "down_proj"}, {.rank = 3, .alpha = 6}, init);
+    CHECK(model->adapted().front()->adapter->init().policy_name() == decltype(init)::name);
     model->forward(tokens, batch, seq);
     CHECK((model->logits() - reference).cwiseAbs().maxCoeff() < 1e-12);
   };
-  check_start(llama::random_model<llama::Llama<BE, milora::MinorSVD<>>>(cfg, 5, 0.3), "MiLoRA");
-  check_start(llama::random_model<llama::Llama<BE, milora::PrincipalSVD<>>>(cfg, 5, 0.3), "PiSSA");
-  check_start(llama::random_model<llama::Llama<BE>>(cfg, 5, 0.3), "LoRA");
+  check_start(milora::MinorSVD<>{}, "MiLoRA");
+  check_start(milora::PrincipalSVD<>{}, "PiSSA");
+  check_start(milora::KaimingUniform{}, "LoRA");
 }
 
 TEST_CASE("Llama<double>: collect_input_statistics sees each projection's input, CorDA / EVA starts from it leave the logits "
@@ -112,10 +114,9 @@ TEST_CASE("Llama<double>: collect_input_statistics sees each projection's input,
   const auto cfg = llama_test::tiny_config();
   const Index batch = 2, seq = 5;
   const auto tokens = tokens_of(batch * seq, cfg.vocab_size, 4), more = tokens_of(batch * seq, cfg.vocab_size, 5);
-  auto check = [&](auto model, const char* name) {
+  auto check = [&]<class Init>(const char* name) {
     CAPTURE(std::string(name));
-    using Model = typename decltype(model)::element_type;
-    using Init = typename Model::AdapterT::init_policy;
+    auto model = llama::random_model<llama::Llama<BE>>(cfg, 6, 0.3);
     model->forward(tokens, batch, seq);
     const BE::matrix reference = model->logits();
     const std::vector<std::string> targets = {"q_proj", "k_proj", "o_proj", "down_proj"};
@@ -148,16 +149,15 @@ TEST_CASE("Llama<double>: collect_input_statistics sees each projection's input,
     model->forward(tokens, batch, seq);  // buffers sized before the adapters existed are remade
     CHECK((model->logits() - reference).cwiseAbs().maxCoeff() < 1e-12);
   };
-  check(llama::random_model<llama::Llama<BE, milora::ContextOrientedSVD<BE>>>(cfg, 6, 0.3), "CorDA KPM");
-  check(llama::random_model<llama::Llama<BE, milora::ContextOrientedSVD<BE, milora::CordaMode::instruction_previewed>>>(cfg, 6, 0.3),
-        "CorDA IPM");
-  check(llama::random_model<llama::Llama<BE, milora::ActivationPCA<BE>>>(cfg, 6, 0.3), "EVA");
+  check.operator()<milora::ContextOrientedSVD<BE>>("CorDA KPM");
+  check.operator()<milora::ContextOrientedSVD<BE, milora::CordaMode::instruction_previewed>>("CorDA IPM");
+  check.operator()<milora::ActivationPCA<BE>>("EVA");
 }
 
 TEST_CASE("Llama<double>: collect_weight_gradients equals full training's gradients, a LoRA-GA start from them leaves the "
           "logits unchanged and its first update follows the full gradient (cosine = ||G_2r|| / ||G||, far above LoRA's)") {
   using BE = milora::EigenBackend<double>;
-  using GA = llama::Llama<BE, milora::GradientApproximation<BE>>;
+  using GA = llama::Llama<BE>;
   const auto cfg = llama_test::tiny_config();
   const Index batch = 2, seq = 6, r = 2;
   const auto tokens = tokens_of(batch * seq, cfg.vocab_size, 4), next = tokens_of(batch * seq, cfg.vocab_size, 7);

@@ -163,10 +163,11 @@ TEST_CASE("milora-init --method corda-kpm / eva / lora-ga with --calibration-dat
 
     // The same model, calibrated here on the same tokens, gives the same factors (the tool's wiring:
     // module names, alpha, batches), and the files keep the contract W' + s*B*A = W.
-    auto check_against = [&](auto model) {
+    auto check_against = [&]<class Init>() {
+      auto model = llama::from_pretrained<llama::Llama<BE>>(milora::io::HFModel(kModel));
       const auto tokens = llama::load_tokens(dir / "cal.txt", llama::Tokenizer::for_model(kModel, model->config().vocab_size),
                                              model->config().vocab_size);
-      llama::add_adapters_calibrated(*model, {"q_proj", "down_proj"}, {.rank = 2, .alpha = 4}, tokens, 2, 16, 2);
+      llama::add_adapters_calibrated<Init>(*model, {"q_proj", "down_proj"}, {.rank = 2, .alpha = 4}, tokens, 2, 16, 2);
       for (auto* p : model->adapted()) {
         CAPTURE(p->module);
         const auto& f = adapter.modules.at(p->module);
@@ -177,10 +178,9 @@ TEST_CASE("milora-init --method corda-kpm / eva / lora-ga with --calibration-dat
         CHECK((w1 + 2.0f * mat(f.B) * mat(f.A) - w).norm() <= 1e-5f * w.norm());  // s = alpha / r = 2
       }
     };
-    const milora::io::HFModel hf(kModel);
-    if (std::string(method) == "corda-kpm") check_against(llama::from_pretrained<llama::Llama<BE, milora::ContextOrientedSVD<BE>>>(hf));
-    else if (std::string(method) == "eva") check_against(llama::from_pretrained<llama::Llama<BE, milora::ActivationPCA<BE>>>(hf));
-    else check_against(llama::from_pretrained<llama::Llama<BE, milora::GradientApproximation<BE>>>(hf));
+    if (std::string(method) == "corda-kpm") check_against.operator()<milora::ContextOrientedSVD<BE>>();
+    else if (std::string(method) == "eva") check_against.operator()<milora::ActivationPCA<BE>>();
+    else check_against.operator()<milora::GradientApproximation<BE>>();
   }
   auto r = run("milora-init", "--model " + kModel.string() + " --method eva --rank 2 --out " + (dir / "none").string(), dir);
   CHECK(r.status != 0);

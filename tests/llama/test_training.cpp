@@ -58,12 +58,13 @@ TEST_CASE("lr_factor is transformers' cosine schedule with warm-up, clipping is 
 }
 
 TEST_CASE("a tiny LLaMA's adapters (MiLoRA, all projections) overfit a short text: loss from ~5.5 to < 0.5 in 150 steps") {
-  using Model = llama::Llama<BE, milora::MinorSVD<>>;
+  using Model = llama::Llama<BE>;
   // Weights of std 0.3, not 0.1: the LM head is frozen and the final RMSNorm fixes |x|, so with
   // std 0.1 the largest logit margin the head can produce is too small for a loss below ~2.8,
   // whatever the adapters learn (measured: 2.77 for LoRA, PiSSA and MiLoRA alike).
   auto model = llama::random_model<Model>(byte_config(), 11, 0.3);
-  model->add_adapters({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, {.rank = 8, .alpha = 16});
+  model->add_adapters({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"}, {.rank = 8, .alpha = 16},
+                     milora::MinorSVD<>{});
   const auto tokens = text_tokens("MiLoRA adapts the minor singular components. ");
   llama::TrainConfig cfg{.steps = 150, .batch = 1, .seq = Index(tokens.size()) - 1, .lr = 1e-2, .warmup = 5};
   cfg.progress = false;
@@ -83,7 +84,7 @@ TEST_CASE("a tiny LLaMA's adapters (MiLoRA, all projections) overfit a short tex
 }
 
 TEST_CASE("checkpoint + resume continues bit for bit, the checkpoint is a PEFT folder (+ plain_lora for residual methods)") {
-  using Model = llama::Llama<BE, milora::PrincipalSVD<>>;
+  using Model = llama::Llama<BE>;
   const auto tokens = text_tokens("The quick brown fox jumps over the lazy dog; pack my box with five dozen liquor jugs. ");
   const std::vector<std::string> targets = {"q_proj", "v_proj", "up_proj"};
   const nlohmann::json run = {{"method", "pissa"}, {"model", "tiny"}, {"rank", 4}};
@@ -92,7 +93,7 @@ TEST_CASE("checkpoint + resume continues bit for bit, the checkpoint is a PEFT f
   cfg.progress = false;
   auto make = [&] {
     auto m = llama::random_model<Model>(byte_config(), 5, 0.1);
-    m->add_adapters(targets, {.rank = 4, .alpha = 8});
+    m->add_adapters(targets, {.rank = 4, .alpha = 8}, milora::PrincipalSVD<>{});
     return m;
   };
   // uninterrupted
