@@ -8,7 +8,9 @@
 //   llama_step_bench --smoke      (a tiny config, one iteration: CI checks that the program works)
 //
 // Counters: tokens/s (items_per_second), GFLOP/s of the step (matrix products only, counted from
-// the shapes: see flops_per_token), peak resident memory of the process in MiB; with --device cuda
+// the shapes: see flops_per_token), peak resident memory of the process in MiB (a high-water mark:
+// it includes the benchmarks before), the frozen weights' size as stored (frozen_MiB); lora_step_bf16
+// is the step with the projections in bf16 (--dtype bf16); with --device cuda
 // (CudaBackend<float>, scripts/gpu.sh), the step and sgemm_peak run on the GPU, each iteration
 // ends with the device idle, and gpu_used_MiB is the device memory in use after the steps
 // (cudaMemGetInfo: the model, its activations and the CUDA context); lora_step_tf32 and
@@ -83,9 +85,22 @@ void record_device_memory(benchmark::State& state) {
 #endif
 }
 
-template <class BE>
+// Bytes of the frozen weights as the model stores them: the projections in Weights' format, the
+// embedding, norms and head in the scalar.
+template <class Model>
+double frozen_mib(const Model& m) {
+  double bytes = 0;
+  for (const auto& w : m.config().weights()) {
+    const bool projection = w.name.find("_proj.") != std::string::npos;
+    const double per = projection && !Model::kNativeWeights ? 2.0 : double(sizeof(typename Model::scalar));
+    bytes += per * double(w.rows) * double(w.cols);
+  }
+  return bytes / (1024.0 * 1024.0);
+}
+
+template <class BE, class Weights = milora::NativeWeights>
 void lora_step(benchmark::State& state) {
-  using Model = llama::Llama<BE>;
+  using Model = llama::Llama<BE, Weights>;
   auto model = llama::random_model<Model>(g.config, 1);
   model->add_adapters(g.targets, {.rank = g.rank, .alpha = 2.0 * double(g.rank)});
   std::vector<llama::Token> tokens(std::size_t(g.batch * g.seq + 1));
@@ -108,6 +123,7 @@ void lora_step(benchmark::State& state) {
   state.counters["GFLOP/s"] = benchmark::Counter(flops_per_token(*model) * tokens_per_step * 1e-9 * double(state.iterations()),
                                                  benchmark::Counter::kIsRate);
   state.counters["peak_MiB"] = peak_rss_mib();
+  state.counters["frozen_MiB"] = frozen_mib(*model);
   record_device_memory<BE>(state);
 }
 
@@ -165,6 +181,9 @@ int main(int argc, char** argv) {
   try {
     llama::on_device(device, "llama_step_bench", [&]<class BE>() {
       benchmark::RegisterBenchmark("lora_step", lora_step<BE>)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(smoke ? 1 : 3);
+      // the frozen projections in bf16 (milora-finetune --dtype bf16): on a GPU, tensor-core products
+      benchmark::RegisterBenchmark("lora_step_bf16", lora_step<BE, milora::Bf16Weights>)
+          ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(smoke ? 1 : 3);
       // 2048^2 keeps a CPU busy for a while; a GPU needs 8192^2 to reach its rate.
       const Index n = smoke ? 64 : device == "cuda" ? 8192 : 2048;
       benchmark::RegisterBenchmark("sgemm_peak", sgemm_peak<BE>)->Arg(n)->Unit(benchmark::kMillisecond)->UseRealTime();

@@ -138,6 +138,18 @@ TEST_CASE_TEMPLATE("add_product_to_bf16 rounds each entry once", B, MILORA_TEST_
   CHECK_THROWS_AS(B::add_product_to_bf16(1, device<B>(b), bad, wb), milora::shape_error);
 }
 
+TEST_CASE_TEMPLATE("OwningLinear / owning_linear_from: the storage's own layer, holding W or round(W)", B, MILORA_TEST_BACKENDS) {
+  static_assert(std::is_same_v<milora::OwningLinear<B, milora::NativeWeights>, milora::Linear<B>>);
+  static_assert(std::is_same_v<milora::OwningLinear<B, milora::Bf16Weights>, milora::Bf16Linear<B>>);
+  const HostMatrix w = random_normal(5, 7, 271);
+  const auto native = milora::owning_linear_from<milora::NativeWeights, B>(device<B>(w));
+  CHECK(host<B>(native.weight()) == host<B>(device<B>(w)));
+  const auto bf16 = milora::owning_linear_from<milora::Bf16Weights, B>(device<B>(w));
+  CHECK(host_bf16<B>(bf16.weight()) == round_bf16(host<B>(device<B>(w))));
+  CHECK(bf16.out_features() == 5);
+  CHECK(bf16.in_features() == 7);
+}
+
 TEST_CASE_TEMPLATE("Bf16Linear: forward and backward_input are the bf16 products", B, MILORA_TEST_BACKENDS) {
   const HostMatrix w = random_normal(12, 9, 541), bias = random_normal(1, 12, 542), x = random_normal(4, 9, 543),
                    dy = random_normal(4, 12, 544);

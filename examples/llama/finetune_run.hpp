@@ -1,9 +1,10 @@
 // milora-finetune's work, templated on the backend (see milora_finetune.cpp for the tool): the
-// options, add_adapters_for<BE> (the init policy that --method and --solver name, calibrated where
-// it is data-driven) and run_on<BE> (load, initialise the adapters, train, print the JSON line).
+// options, add_adapters_for (the init policy that --method and --solver name, calibrated where it
+// is data-driven), finetune<BE, Weights> (load, initialise the adapters, train, print the JSON
+// line) and run_on<BE>, which picks the frozen weights' storage from --dtype.
 //
-// The model and its trainer are compiled once per backend: the adapters hold their policy as an
-// AnyInit, so only add_adapters_for is instantiated per policy. A header so that the CPU and the
+// The model and its trainer are compiled once per backend and storage: the adapters hold their
+// policy as an AnyInit, so only add_adapters_for is instantiated per policy. A header so that the CPU and the
 // CUDA instantiations compile in two translation units (milora_finetune.cpp and
 // milora_finetune_cuda.cpp), in parallel.
 #pragma once
@@ -25,7 +26,7 @@ using milora::detail::concat;
 namespace fs = std::filesystem;
 
 struct Options {
-  std::string model, data, val_data, method = "milora", solver = "exact", out, resume, device = "cpu";
+  std::string model, data, val_data, method = "milora", solver = "exact", out, resume, device = "cpu", dtype = "float32";
   std::string targets = "q_proj,k_proj,v_proj,up_proj,down_proj";  // MiLoRA's and PiSSA's experiments
   Index rank = 16;
   Index calibration_batches = 8;  // corda-kpm / corda-ipm / eva / lora-ga: batches of --data they see
@@ -39,9 +40,10 @@ struct Options {
 
 /// Adds the adapters of --method (--solver for the SVD-based ones) to `model`; data-driven policies
 /// calibrate on the first --calibration-batches batches of `tokens`. Returns the calibration tokens.
-template <class BE>
-Index add_adapters_for(const Options& o, llama::Llama<BE>& model, const std::vector<std::string>& targets,
+template <class Model>
+Index add_adapters_for(const Options& o, Model& model, const std::vector<std::string>& targets,
                        const milora::AdapterConfig& config, const std::vector<llama::Token>& tokens) {
+  using BE = typename Model::backend;
   const bool fast = o.solver == "fast";
   auto with = [&]<class Init>() {
     return llama::add_adapters_calibrated<Init>(model, targets, config, tokens, o.train.batch, o.train.seq, o.calibration_batches);
@@ -71,9 +73,9 @@ Index add_adapters_for(const Options& o, llama::Llama<BE>& model, const std::vec
   throw milora::value_error(concat("unknown --method '", o.method, "'"));
 }
 
-template <class BE>
-void run_on(const Options& o) {
-  using Model = llama::Llama<BE>;
+template <class BE, class Weights>
+void finetune(const Options& o) {
+  using Model = llama::Llama<BE, Weights>;
   const milora::io::HFModel hf(o.model);
   auto model = llama::from_pretrained<Model>(hf);
   const auto& cfg = model->config();
@@ -98,7 +100,7 @@ void run_on(const Options& o) {
   auto t0 = std::chrono::steady_clock::now();
   const milora::AdapterConfig adapter_config{.rank = o.rank, .alpha = alpha, .seed = o.seed};
   // CorDA / EVA / LoRA-GA first see --calibration-batches batches of the training data through the base model
-  const Index calibration_tokens = add_adapters_for<BE>(o, *model, targets, adapter_config, loader.tokens());
+  const Index calibration_tokens = add_adapters_for(o, *model, targets, adapter_config, loader.tokens());
   llama::use_tf32<BE>(o.tf32);  // after the init: its SVDs and QRs run in full float
   std::cerr << "milora-finetune: " << o.method << " r = " << o.rank << " on " << model->num_adapters() << " projections ("
             << model->num_trainable() << " trainable of " << model->num_frozen() << " frozen parameters), initialised in "
@@ -110,6 +112,7 @@ void run_on(const Options& o) {
                               {"steps", o.train.steps}, {"weight_decay", o.train.weight_decay},
                               {"grad_clip", o.train.grad_clip}, {"train_tokens", n_train}};
   if (calibration_tokens > 0) run["calibration_batches"] = o.calibration_batches;
+  if (o.dtype != "float32") run["dtype"] = o.dtype;  // a bf16 run resumes in bf16 (absent: float32, as before --dtype)
   llama::TrainConfig tc = o.train;
   tc.out = o.out;
   tc.progress = !o.quiet;
@@ -131,6 +134,14 @@ void run_on(const Options& o) {
     result["val_perplexity"] = std::exp(*trainer.last_val_loss());
   }
   std::cout << result.dump() << std::endl;
+}
+
+/// finetune with the frozen projections stored as --dtype says.
+template <class BE>
+void run_on(const Options& o) {
+  if (o.dtype == "bf16") finetune<BE, milora::Bf16Weights>(o);
+  else if (o.dtype == "float32") finetune<BE, milora::NativeWeights>(o);
+  else throw milora::value_error(concat("unknown --dtype '", o.dtype, "' (float32 | bf16)"));
 }
 
 #if defined(MILORA_LLAMA_CUDA)

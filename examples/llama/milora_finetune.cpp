@@ -27,7 +27,7 @@ void run(const Options& o) {
 int main(int argc, char** argv) {
   Options o;
   auto& t = o.train;
-  CLI::App app{"milora-finetune: fine-tune a Hugging Face LLaMA folder with LoRA / PiSSA / MiLoRA / ... adapters (float32, CPU or CUDA)."};
+  CLI::App app{"milora-finetune: fine-tune a Hugging Face LLaMA folder with LoRA / PiSSA / MiLoRA / ... adapters (float32 or bf16 frozen weights, CPU or CUDA)."};
   app.add_option("--model", o.model, "Hugging Face LLaMA folder (config.json, safetensors, tokenizer.model)")->required()->check(CLI::ExistingDirectory);
   app.add_option("--data", o.data, "training data: text, or little-endian uint32 token ids in a .u32 file")->required()->check(CLI::ExistingFile);
   app.add_option("--val-data", o.val_data, "held-out data (default: the last --val-fraction of --data)")->check(CLI::ExistingFile);
@@ -43,6 +43,11 @@ int main(int argc, char** argv) {
   app.add_option("--device", o.device, std::string(llama::kDeviceHelp) + ": a run may move between them with --resume")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--dtype", o.dtype, "storage of the frozen projection weights: float32, or bf16 (half the memory; products of "
+                                    "bf16-rounded operands accumulated in float32; adapters, optimizer state, embedding, norms, "
+                                    "head and activations stay float32)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"float32", "bf16"}));
   app.add_flag("--tf32", o.tf32, "with --device cuda: float products on tensor cores in TF32 after the init (faster, ~1e-3 per product)");
   app.add_option("--solver", o.solver, "exact (LAPACK) | fast (randomized SVD / Cholesky-Krylov)")->capture_default_str()->check(CLI::IsMember({"exact", "fast"}));
   app.add_option("--rank", o.rank, "adapter rank r")->capture_default_str()->check(CLI::PositiveNumber);

@@ -1,4 +1,4 @@
-// Llama<Backend>: the LLaMA architecture of Hugging Face's LlamaForCausalLM, with milora adapters on
+// Llama<Backend, Weights>: the LLaMA architecture of Hugging Face's LlamaForCausalLM, with milora adapters on
 // any of its linear layers, forward and hand-written backward (as llm.c does).
 //
 //   x = embed(tokens)
@@ -16,6 +16,12 @@
 // The init policy is an argument of add_adapters, not of the model: the adapters hold it as an
 // AnyInit (milora/init/any.hpp), so one Llama<Backend> (and one Trainer of it) serves every policy
 // and a program that picks the policy at run time compiles the model once per backend.
+//
+// Weights is the storage of the seven projections' frozen weights (milora/core/weight_storage.hpp):
+// the backend's scalar (NativeWeights), or bf16 (Bf16Weights: half the memory, products of
+// bf16-rounded operands accumulated in the scalar, as a bf16 model computes them). The embedding,
+// the norms and the LM head, the adapters, their optimizer state and every activation stay in the
+// scalar. docs/llama.md, "bf16 frozen weights".
 #pragma once
 
 #include <algorithm>
@@ -54,24 +60,32 @@ milora::matrix_t<BE> ones(Index n) {
 inline constexpr std::array<std::string_view, 7> kProjectionNames = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                                                      "gate_proj", "up_proj", "down_proj"};
 
-template <milora::Backend BE>
+template <milora::Backend BE, class Weights = milora::NativeWeights>
+  requires milora::WeightStorage<Weights, BE>
 class Llama {
  public:
   using backend = BE;
+  using weight_storage = Weights;
+  /// Whether the projections' weights are in the backend's scalar (else: full training and
+  /// weight(name) by reference are not available).
+  static constexpr bool kNativeWeights = std::is_same_v<Weights, milora::NativeWeights>;
   using K = LlamaKernels<BE>;
   static_assert(LlamaKernelSet<K, BE>, "LlamaKernels<Backend> must supply every kernel of kernels.hpp");
   using scalar = milora::scalar_t<BE>;
   using matrix = milora::matrix_t<BE>;
   using view = milora::view_t<BE>;
   using const_view = milora::const_view_t<BE>;
-  using AdapterT = milora::AnyAdapter<BE>;  // any init policy (add_adapters' argument)
+  using AdapterT = milora::AnyAdapter<BE, Weights>;  // any init policy (add_adapters' argument)
+  using Layer = milora::OwningLinear<BE, Weights>;    // a projection without adapter
+  /// What weight(name) returns: the weight itself, or with bf16 projections a copy in the scalar.
+  using WeightResult = std::conditional_t<kNativeWeights, const matrix&, matrix>;
   /// Supplies the weight called `name` (transformers' name) with the given shape.
   using WeightSource = std::function<matrix(const std::string& name, Index rows, Index cols)>;
 
   /// One linear layer of a block, with its adapter when it is a target.
   struct Projection {
     std::string module;  // "model.layers.0.self_attn.q_proj": the module path PEFT's keys use
-    milora::Linear<BE> linear{0, 0};
+    Layer linear = milora::owning_linear_from<Weights, BE>(BE::zeros(0, 0));
     std::optional<AdapterT> adapter;
     matrix h;     // x A^T of the last forward (tokens x rank), which the adapter's backward needs
     matrix grad;  // dL/dW in full training (enable_full_training) or collect_weight_gradients, else empty
@@ -120,7 +134,7 @@ class Llama {
       auto b = std::make_unique<Block>();
       auto proj = [&](Projection& pr, const std::string& module) {
         pr.module = p + module;
-        pr.linear = milora::Linear<BE>(next(pr.module + ".weight"));
+        pr.linear = milora::owning_linear_from<Weights, BE>(next(pr.module + ".weight"));
       };
       b->input_norm = next(p + "input_layernorm.weight");
       proj(b->q, "self_attn.q_proj");
@@ -144,6 +158,9 @@ class Llama {
   /// adapters are compared with): gradients are allocated for all of them and parameters() lists
   /// them under their transformers names. Not together with adapters.
   void enable_full_training() {
+    if constexpr (!kNativeWeights)
+      throw milora::state_error(milora::detail::concat("Llama::enable_full_training: the projections' weights are stored in ",
+                                                       Weights::name, " (frozen); full training needs them in the backend's scalar"));
     if (num_adapters() != 0) throw milora::state_error("Llama::enable_full_training: the model has adapters");
     if (full_) return;
     auto zeros_like = [](const matrix& m) { return BE::zeros(BE::rows(m), BE::cols(m)); };
@@ -153,7 +170,7 @@ class Llama {
     for (auto& b : blocks_) {
       b->d_input_norm = zeros_like(b->input_norm);
       b->d_post_attention_norm = zeros_like(b->post_attention_norm);
-      for (Projection* p : b->projections()) p->grad = zeros_like(p->linear.weight());
+      for (Projection* p : b->projections()) p->grad = BE::zeros(p->linear.out_features(), p->linear.in_features());
     }
     full_ = true;
     act_ = Activations{};  // buffers sized before full training lack the gradients' (prepare)
@@ -169,6 +186,12 @@ class Llama {
         for (auto& param : p->adapter->parameters()) out.push_back(param);
       return out;
     }
+    if constexpr (kNativeWeights) add_full_training_parameters(out);
+    return out;
+  }
+
+ private:
+  void add_full_training_parameters(std::vector<milora::Parameter<BE>>& out) {
     auto add = [&](matrix& w, matrix& g) { out.push_back({weight_names_[out.size()], w, g}); };
     add(embed_, d_embed_);
     for (auto& b : blocks_) {
@@ -179,9 +202,9 @@ class Llama {
     }
     add(final_norm_, d_final_norm_);
     if (!config_.tie_word_embeddings) add(lm_head_, d_lm_head_);
-    return out;
   }
 
+ public:
   /// Adds an adapter started by `init` (LoRA's KaimingUniform by default; MinorSVD<> for MiLoRA,
   /// ...) to every projection named in `targets` (q_proj, ..., down_proj), each with its own seed
   /// (config.seed + its index), in the model's layer order. Throws value_error for an unknown name
@@ -303,20 +326,36 @@ class Llama {
   const matrix& lm_head() const { return config_.tie_word_embeddings ? embed_ : lm_head_; }
   const std::vector<std::string>& targets() const { return targets_; }
   /// A base weight by its transformers name (the weight as the adapter sees it: W' for residual
-  /// adapters, merged or not as the model is). Throws for an unknown name.
-  const matrix& weight(const std::string& name) {
-    if (name == "model.embed_tokens.weight") return embed_;
-    if (name == "model.norm.weight") return final_norm_;
-    if (name == "lm_head.weight" && !config_.tie_word_embeddings) return lm_head_;
-    for (auto& b : blocks_) {
-      const std::string prefix = b->q.module.substr(0, b->q.module.rfind("self_attn"));
-      if (name.rfind(prefix, 0) != 0) continue;
-      if (name == prefix + "input_layernorm.weight") return b->input_norm;
-      if (name == prefix + "post_attention_layernorm.weight") return b->post_attention_norm;
-      for (Projection* p : b->projections())
-        if (name == p->module + ".weight") return p->linear.weight();
+  /// adapters, merged or not as the model is), in the backend's scalar: a reference, or with bf16
+  /// projections a copy (a projection's weight widened, exactly). Throws for an unknown name.
+  WeightResult weight(const std::string& name) {
+    if (Projection* p = projection_of_weight(name)) {
+      if constexpr (kNativeWeights) return p->linear.weight();
+      else return BE::from_bf16(p->linear.weight());
     }
-    throw milora::value_error("Llama: no weight '" + name + "'");
+    matrix* m = nullptr;
+    if (name == "model.embed_tokens.weight") m = &embed_;
+    else if (name == "model.norm.weight") m = &final_norm_;
+    else if (name == "lm_head.weight" && !config_.tie_word_embeddings) m = &lm_head_;
+    for (auto& b : blocks_) {
+      if (m != nullptr) break;
+      const std::string prefix = layer_prefix(*b);
+      if (name == prefix + "input_layernorm.weight") m = &b->input_norm;
+      else if (name == prefix + "post_attention_layernorm.weight") m = &b->post_attention_norm;
+    }
+    if (m == nullptr) throw milora::value_error("Llama: no weight '" + name + "'");
+    if constexpr (kNativeWeights) return *m;
+    else return BE::clone(*m);
+  }
+  /// The projection whose weight is called `name` ("model.layers.0.self_attn.q_proj.weight"), or
+  /// nullptr.
+  Projection* projection_of_weight(const std::string& name) {
+    for (auto& b : blocks_) {
+      if (name.rfind(layer_prefix(*b), 0) != 0) continue;
+      for (Projection* p : b->projections())
+        if (name == p->module + ".weight") return p;
+    }
+    return nullptr;
   }
   const milora::AdapterConfig& adapter_config() const { return adapter_config_; }
 
@@ -485,6 +524,8 @@ class Llama {
   }
 
  private:
+  static std::string layer_prefix(const Block& b) { return b.q.module.substr(0, b.q.module.rfind("self_attn")); }
+
   static void check_targets(const std::vector<std::string>& targets, const char* who) {
     if (targets.empty()) throw milora::value_error(std::string(who) + ": no target modules");
     for (const auto& t : targets)

@@ -83,9 +83,9 @@ void merge_peft_adapter(Model& model, const milora::io::PeftAdapter<typename Mod
                                         lin.out_features(), "x", lin.in_features()));
   }
   const auto s = typename Model::scalar(adapter.config.scale());
-  for (const auto& [module, f] : adapter.modules)
-    BE::gemm(s, milora::io::to_backend<BE>(f.B), milora::Trans::no, milora::io::to_backend<BE>(f.A), milora::Trans::no, 1,
-             by_module.at(module)->linear.weight());
+  for (const auto& [module, f] : adapter.modules)  // W = round(W + s B A) for bf16 weights
+    Model::weight_storage::template add_product<BE>(s, milora::io::to_backend<BE>(f.B), milora::io::to_backend<BE>(f.A),
+                                                    by_module.at(module)->linear.weight());
 }
 
 }  // namespace llama

@@ -2,7 +2,8 @@
 // golden model of tests/data/llama_tiny with MiLoRA adapters on every projection, one forward and
 // backward on both. Logits, loss and every adapter gradient agree to 1e-4 relative in float (two
 // float computations with different summation orders: cuBLAS vs OpenBLAS, a thread per row vs
-// Eigen) and to 1e-10 in double. Without a GPU the suite's main skips every case (exit 77).
+// Eigen) and to 1e-10 in double; with bf16 frozen projections on both sides, to 2e-2. Without a
+// GPU the suite's main skips every case (exit 77).
 #include <doctest/doctest.h>
 
 #include <algorithm>
@@ -32,15 +33,15 @@ double rel(const HostM<T>& got, const HostM<T>& want) {
   return double((got - want).norm()) / std::max(double(want.norm()), 1e-30);
 }
 
-template <class T>
-void check_parity(double tol) {
+template <class T, class Weights = milora::NativeWeights>
+void check_parity(double tol, double grad_tol) {
   using CB = milora::EigenBackend<T>;
   using GB = milora::CudaBackend<T>;
   // MILORA_TEST_DATA in the environment wins: scripts/gpu.sh runs this build from another checkout
   const char* data = std::getenv("MILORA_TEST_DATA");
   const milora::io::HFModel hf(std::string(data != nullptr ? data : MILORA_TEST_DATA) + "/llama_tiny/model");
-  auto cpu = llama::from_pretrained<llama::Llama<CB>>(hf);
-  auto gpu = llama::from_pretrained<llama::Llama<GB>>(hf);
+  auto cpu = llama::from_pretrained<llama::Llama<CB, Weights>>(hf);
+  auto gpu = llama::from_pretrained<llama::Llama<GB, Weights>>(hf);
   const std::vector<std::string> targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
   cpu->add_adapters(targets, {.rank = 4, .alpha = 8}, milora::MinorSVD<>{});
   gpu->add_adapters(targets, {.rank = 4, .alpha = 8}, milora::MinorSVD<>{});
@@ -62,16 +63,23 @@ void check_parity(double tol) {
   for (std::size_t i = 0; i < a.size(); ++i) {
     CAPTURE(a[i]->module);
     CHECK(rel<T>(host<GB>(b[i]->adapter->A()), a[i]->adapter->A()) <= tol);  // the same start (sign-fixed SVD)
-    CHECK(rel<T>(host<GB>(b[i]->adapter->grad_A()), a[i]->adapter->grad_A()) <= 10 * tol);
-    CHECK(rel<T>(host<GB>(b[i]->adapter->grad_B()), a[i]->adapter->grad_B()) <= 10 * tol);
+    CHECK(rel<T>(host<GB>(b[i]->adapter->grad_A()), a[i]->adapter->grad_A()) <= grad_tol);
+    CHECK(rel<T>(host<GB>(b[i]->adapter->grad_B()), a[i]->adapter->grad_B()) <= grad_tol);
   }
 }
 
 }  // namespace
 
 TEST_CASE("CUDA LLaMA parity: logits, loss and adapter gradients of the tiny golden model match the CPU (float 1e-4, double 1e-10)") {
-  check_parity<float>(1e-4);
-  check_parity<double>(1e-10);
+  check_parity<float>(1e-4, 1e-3);
+  check_parity<double>(1e-10, 1e-9);
+}
+
+// bf16 projections on both sides (cuBLAS bf16 tensor-core products vs the CPU's widened panels):
+// the same rounded operands, so what differs is summation order and, where an activation lands on
+// the other side of a bf16 rounding boundary, one bf16 step (2^-8) in that entry. Issue 8's bound.
+TEST_CASE("CUDA LLaMA parity, bf16 frozen projections: logits, loss and adapter gradients match the CPU's bf16 model (2e-2)") {
+  check_parity<float, milora::Bf16Weights>(2e-2, 2e-2);
 }
 
 TEST_CASE("CUDA LLaMA: bad tokens and targets are refused on the host, with the CPU's messages") {

@@ -105,3 +105,62 @@ TEST_CASE("merge_peft_adapter: the base model with the adapter merged computes t
   other->forward(tokens, golden.info("tokens").shape[0], golden.info("tokens").shape[1]);
   CHECK(max_abs_diff(BE::to_host(other->logits()), want) > 1e-3);  // nothing was merged
 }
+
+// bf16 frozen projections (Llama<B, Bf16Weights>): the same golden files, now with the model
+// computing as a bf16 model does (every product with a projection's weight multiplies bf16-rounded
+// operands, docs/math.md "bf16 frozen weights"), so against PyTorch's float32 numbers only to bf16
+// precision. How far that is, measured on these files: rounding the projections' weights alone (a
+// float32 model with round(W)) moves the logits by 1.2e-2 of the largest; rounding x too (the bf16
+// model), 1.6e-2; adapter gradients by up to 3.9e-2. The bounds, 3e-2 for logits and loss and 6e-2
+// for gradients, leave room for summation order and catch what a wrong composition does (a
+// projection left out of bf16 or a wrong backward moves gradients by O(1)). A float32 model matches
+// the files to 1.5e-6; the bf16 one must be farther than 1e-5 (else it did not compute in bf16).
+TEST_CASE("Llama<float, Bf16Weights>: bf16 projections with a PEFT adapter are PyTorch's float32 logits, loss and adapter "
+          "gradients to bf16 precision, and really bf16") {
+  using Bf16Model = llama::Llama<BE, milora::Bf16Weights>;
+  static_assert(std::is_same_v<decltype(Bf16Model::Projection::linear), milora::Bf16Linear<BE>>);
+  const milora::io::HFModel hf(kDir / "model");
+  auto model = llama::from_pretrained<Bf16Model>(hf);
+  // the projections hold round(W) (widened exactly by weight()); the embedding and norms are float32 as loaded
+  const auto q = hf.load<float>("model.layers.1.self_attn.q_proj.weight");
+  const auto q_stored = BE::to_host(model->weight("model.layers.1.self_attn.q_proj.weight"));
+  std::size_t differ = 0;
+  for (std::size_t i = 0; i < q.data.size(); ++i) differ += q_stored[i] != milora::round_to_bf16(q.data[i]);
+  CHECK(differ == 0);
+  CHECK(BE::to_host(model->weight("model.embed_tokens.weight")) == hf.load<float>("model.embed_tokens.weight").data);
+  // full training needs the weights in float: refused, nothing changed
+  CHECK_THROWS_WITH_AS(model->enable_full_training(), doctest::Contains("stored in bf16"), milora::state_error);
+  CHECK_FALSE(model->full_training());
+
+  const auto adapter = milora::io::load_peft_adapter<float>(kDir / "adapter");
+  model->add_adapters(adapter.config.target_modules, adapter.config.adapter_config());
+  llama::import_adapters(*model, adapter, "tests/data/llama_tiny/adapter");
+  REQUIRE(model->num_adapters() == 14);
+  const milora::io::SafetensorsFile golden(kDir / "golden.safetensors");
+  const auto tokens = int32_tensor(golden, "tokens"), targets = int32_tensor(golden, "targets");
+  const Index batch = golden.info("tokens").shape[0], seq = golden.info("tokens").shape[1];
+  model->zero_grad();
+  const double loss = model->forward_backward(tokens, targets, batch, seq);
+  const auto want_logits = golden.load<float>("logits").data;
+  const double logit_err = max_abs_diff(BE::to_host(model->logits()), want_logits) / max_abs(want_logits);
+  CAPTURE(logit_err);
+  CHECK(logit_err < 3e-2);
+  CHECK(logit_err > 1e-5);
+  const double want_loss = golden.load<double>("loss").data.at(0);
+  CHECK(std::abs(loss - want_loss) / want_loss < 3e-2);
+
+  for (auto* p : model->adapted())
+    for (char f : {'A', 'B'}) {
+      const std::string key = milora::io::peft_key(p->module, f) + ".grad";
+      const auto want = golden.load<float>(key).data;
+      const double err = max_abs_diff(BE::to_host(f == 'A' ? p->adapter->grad_A() : p->adapter->grad_B()), want) / max_abs(want);
+      CAPTURE(key);
+      CHECK(err < 6e-2);
+    }
+
+  // merge_peft_adapter into bf16 weights (one rounding per entry): the adapted logits again
+  auto merged = llama::from_pretrained<Bf16Model>(hf);
+  llama::merge_peft_adapter(*merged, adapter, "adapter");
+  merged->forward(tokens, batch, seq);
+  CHECK(max_abs_diff(BE::to_host(merged->logits()), want_logits) / max_abs(want_logits) < 3e-2);
+}

@@ -149,4 +149,31 @@ class WeightRef {
   const_view_t<B> bias_;
 };
 
+namespace detail {
+template <Backend B, class Weights>
+struct owning_linear;
+template <Backend B>
+struct owning_linear<B, NativeWeights> {
+  using type = Linear<B>;
+  static type from(matrix_t<B> w) { return type(std::move(w)); }
+};
+template <Bf16Backend B>
+struct owning_linear<B, Bf16Weights> {
+  using type = Bf16Linear<B>;
+  static type from(matrix_t<B> w) { return type::rounded(w); }
+};
+}  // namespace detail
+
+/// The layer that owns a weight stored as `Weights` says: Linear<B> for NativeWeights, Bf16Linear<B>
+/// for Bf16Weights. For code written once over the storage (a model whose storage is a parameter).
+template <Backend B, class Weights>
+using OwningLinear = typename detail::owning_linear<B, Weights>::type;
+
+/// An OwningLinear<B, Weights> holding `w` (a weight in the backend's scalar), rounded to bf16 for
+/// Bf16Weights.
+template <class Weights, Backend B>
+OwningLinear<B, Weights> owning_linear_from(matrix_t<B> w) {
+  return detail::owning_linear<B, Weights>::from(std::move(w));
+}
+
 }  // namespace milora

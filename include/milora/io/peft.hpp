@@ -158,9 +158,9 @@ inline std::string module_of_weight(const std::string& weight_name) {
   return weight_name.substr(0, weight_name.size() - suffix.size());
 }
 
-/// Host copies of an adapter's A and B.
-template <Backend BE, class Init>
-LoraFactors<scalar_t<BE>> factors_of(const Adapter<BE, Init>& adapter) {
+/// Host copies of an adapter's A and B (whatever its weights' storage: A and B are in the scalar).
+template <Backend BE, class Init, class Weights>
+LoraFactors<scalar_t<BE>> factors_of(const Adapter<BE, Init, Weights>& adapter) {
   return {to_host_matrix<BE>(adapter.A()), to_host_matrix<BE>(adapter.B())};
 }
 
