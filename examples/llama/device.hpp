@@ -1,4 +1,4 @@
-// --device for the LLaMA tools: run a piece of code on EigenBackend<float> ("cpu") or, in a
+// --device and --dtype for the LLaMA tools: run a piece of code on EigenBackend<float> ("cpu") or, in a
 // program built with the LLaMA's CUDA kernels (MILORA_LLAMA_CUDA), on CudaBackend<float> ("cuda").
 //
 // The code is a lambda templated on the backend, written once:
@@ -15,6 +15,7 @@
 
 #include "kernels_cpu.hpp"
 #include "milora/core/errors.hpp"
+#include "milora/core/weight_storage.hpp"
 #if defined(MILORA_LLAMA_CUDA)
 #include "kernels_cuda.hpp"
 #endif
@@ -38,6 +39,20 @@ void on_device(const std::string& device, [[maybe_unused]] const std::string& to
 #else
   throw milora::value_error("--device cuda: this " + tool + " was built without the CUDA toolkit");
 #endif
+}
+
+/// The values --dtype accepts.
+inline constexpr const char* kDtypeHelp =
+    "storage of the frozen projection weights: float32, or bf16 (half the memory; products of bf16-rounded operands "
+    "accumulated in float32; adapters, optimizer state, embedding, norms, head and activations stay float32)";
+
+/// Runs run.template operator()<Weights>() with the storage --dtype names: milora::NativeWeights for
+/// float32, milora::Bf16Weights for bf16 (the second template argument of Llama).
+template <class Run>
+void with_dtype(const std::string& dtype, Run&& run) {
+  if (dtype == "float32") run.template operator()<milora::NativeWeights>();
+  else if (dtype == "bf16") run.template operator()<milora::Bf16Weights>();
+  else throw milora::value_error("--dtype '" + dtype + "': expected float32 or bf16");
 }
 
 inline constexpr const char* kTf32NeedsCuda = "--tf32 needs --device cuda (TF32 is a tensor-core format)";

@@ -139,9 +139,7 @@ void finetune(const Options& o) {
 /// finetune with the frozen projections stored as --dtype says.
 template <class BE>
 void run_on(const Options& o) {
-  if (o.dtype == "bf16") finetune<BE, milora::Bf16Weights>(o);
-  else if (o.dtype == "float32") finetune<BE, milora::NativeWeights>(o);
-  else throw milora::value_error(concat("unknown --dtype '", o.dtype, "' (float32 | bf16)"));
+  llama::with_dtype(o.dtype, [&]<class Weights>() { finetune<BE, Weights>(o); });
 }
 
 #if defined(MILORA_LLAMA_CUDA)

@@ -14,13 +14,14 @@
 
 namespace llama {
 
-/// The model in `model_dir` on backend BE, with the plain-LoRA adapter in `adapter_dir` (if not
-/// empty) merged into its weights. A milora-finetune checkpoint of PiSSA / MiLoRA is applied
-/// through its plain_lora/ folder, the form that fits the original model.
-template <class BE>
-std::unique_ptr<Llama<BE>> load_for_inference(const std::string& model_dir, const std::string& adapter_dir) {
+/// The model in `model_dir` on backend BE, its projections stored as Weights says, with the
+/// plain-LoRA adapter in `adapter_dir` (if not empty) merged into its weights (rounded once per
+/// entry for bf16). A milora-finetune checkpoint of PiSSA / MiLoRA is applied through its
+/// plain_lora/ folder, the form that fits the original model.
+template <class BE, class Weights = milora::NativeWeights>
+std::unique_ptr<Llama<BE, Weights>> load_for_inference(const std::string& model_dir, const std::string& adapter_dir) {
   const milora::io::HFModel hf(model_dir);
-  auto model = from_pretrained<Llama<BE>>(hf);
+  auto model = from_pretrained<Llama<BE, Weights>>(hf);
   if (!adapter_dir.empty()) {
     std::filesystem::path dir = adapter_dir;
     if (std::filesystem::exists(dir / "plain_lora" / milora::io::kAdapterConfigFile)) {

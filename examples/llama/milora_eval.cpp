@@ -1,6 +1,7 @@
 // milora-eval: mean loss and perplexity of a LLaMA folder (with an optional PEFT adapter) on a data file.
 //
 //   milora-eval --model DIR [--adapter DIR] --data FILE [--seq 256] [--batch 4] [--device cpu|cuda]
+//               [--dtype float32|bf16]
 //
 // The text is cut into consecutive windows of --seq tokens, each predicting its next tokens; the
 // last line of output is JSON: {"loss": ..., "perplexity": ..., "tokens": ...}.
@@ -13,7 +14,7 @@
 #include "trainer.hpp"
 
 int main(int argc, char** argv) {
-  std::string model_dir, adapter_dir, data, device = "cpu";
+  std::string model_dir, adapter_dir, data, device = "cpu", dtype = "float32";
   milora::Index seq = 256, batch = 4, max_batches = 0;
   CLI::App app{"milora-eval: mean next-token loss and perplexity of a LLaMA (optionally with a LoRA adapter) on a data file."};
   app.add_option("--model", model_dir, "Hugging Face LLaMA folder")->required()->check(CLI::ExistingDirectory);
@@ -23,14 +24,15 @@ int main(int argc, char** argv) {
   app.add_option("--batch", batch, "windows per forward pass")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--max-batches", max_batches, "stop after this many batches (0: the whole file)")->capture_default_str();
   app.add_option("--device", device, llama::kDeviceHelp)->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--dtype", dtype, llama::kDtypeHelp)->capture_default_str()->check(CLI::IsMember({"float32", "bf16"}));
   return milora::tools::run_tool("milora-eval", app, argc, argv, [&] {
-    llama::on_device(device, "milora-eval", [&]<class BE>() {
-      auto model = llama::load_for_inference<BE>(model_dir, adapter_dir);
+    llama::on_device(device, "milora-eval", [&]<class BE>() { llama::with_dtype(dtype, [&]<class Weights>() {
+      auto model = llama::load_for_inference<BE, Weights>(model_dir, adapter_dir);
       const auto& cfg = model->config();
       const auto tokens = llama::load_tokens(data, llama::Tokenizer::for_model(model_dir, cfg.vocab_size), cfg.vocab_size);
       const auto [loss, n] = llama::evaluate(*model, tokens, batch, std::min(seq, cfg.max_position_embeddings), max_batches);
       std::cerr << "milora-eval: " << n << " tokens, mean loss " << loss << ", perplexity " << std::exp(loss) << "\n";
       std::cout << nlohmann::json{{"loss", loss}, {"perplexity", std::exp(loss)}, {"tokens", n}}.dump() << std::endl;
-    });
+    }); });
   });
 }

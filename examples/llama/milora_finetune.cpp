@@ -43,9 +43,7 @@ int main(int argc, char** argv) {
   app.add_option("--device", o.device, std::string(llama::kDeviceHelp) + ": a run may move between them with --resume")
       ->capture_default_str()
       ->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_option("--dtype", o.dtype, "storage of the frozen projection weights: float32, or bf16 (half the memory; products of "
-                                    "bf16-rounded operands accumulated in float32; adapters, optimizer state, embedding, norms, "
-                                    "head and activations stay float32)")
+  app.add_option("--dtype", o.dtype, llama::kDtypeHelp)
       ->capture_default_str()
       ->check(CLI::IsMember({"float32", "bf16"}));
   app.add_flag("--tf32", o.tf32, "with --device cuda: float products on tensor cores in TF32 after the init (faster, ~1e-3 per product)");

@@ -1,7 +1,7 @@
 // milora-generate: continue a prompt with a LLaMA folder (and an optional PEFT adapter).
 //
 //   milora-generate --model DIR [--adapter DIR] --prompt "Once upon a time" [--max-new-tokens 64]
-//                   [--temperature 0.8 --top-k 40 --seed 1] [--device cpu|cuda]
+//                   [--temperature 0.8 --top-k 40 --seed 1] [--device cpu|cuda] [--dtype float32|bf16]
 //
 // Temperature 0 is greedy decoding. Each new token re-runs the model on the whole context (no KV
 // cache: this is the reference, written to be read); the context keeps the last
@@ -14,7 +14,7 @@
 #include "inference.hpp"
 
 int main(int argc, char** argv) {
-  std::string model_dir, adapter_dir, prompt, device = "cpu";
+  std::string model_dir, adapter_dir, prompt, device = "cpu", dtype = "float32";
   milora::Index max_new = 64, top_k = 0;
   double temperature = 0;
   std::uint64_t seed = 0;
@@ -27,9 +27,10 @@ int main(int argc, char** argv) {
   app.add_option("--top-k", top_k, "sample among the k most likely tokens (0: all)")->capture_default_str()->check(CLI::NonNegativeNumber);
   app.add_option("--seed", seed, "sampling seed")->capture_default_str();
   app.add_option("--device", device, llama::kDeviceHelp)->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
+  app.add_option("--dtype", dtype, llama::kDtypeHelp)->capture_default_str()->check(CLI::IsMember({"float32", "bf16"}));
   return milora::tools::run_tool("milora-generate", app, argc, argv, [&] {
-    llama::on_device(device, "milora-generate", [&]<class BE>() {
-      auto model = llama::load_for_inference<BE>(model_dir, adapter_dir);
+    llama::on_device(device, "milora-generate", [&]<class BE>() { llama::with_dtype(dtype, [&]<class Weights>() {
+      auto model = llama::load_for_inference<BE, Weights>(model_dir, adapter_dir);
       const auto& cfg = model->config();
       const auto tokenizer = llama::Tokenizer::for_model(model_dir, cfg.vocab_size);
       std::vector<llama::Token> context = tokenizer.encode(prompt);
@@ -46,6 +47,6 @@ int main(int argc, char** argv) {
         generated.push_back(next);
       }
       std::cout << prompt << tokenizer.decode(generated) << std::endl;
-    });
+    }); });
   });
 }

@@ -99,7 +99,8 @@ TEST_CASE("milora-finetune / -eval / -generate: train, checkpoint, resume bit fo
 // --dtype bf16: the frozen projections in bf16, everything the run saves in float32 as before. The
 // run is its own (resumes bit for bit in bf16, refuses to resume as float32), and its checkpoint is
 // an ordinary PEFT folder: milora-eval on the original float32 model gives its held-out loss to
-// bf16 precision (2e-2, issue 8's bf16 tolerance), as does the float32 run of the same settings.
+// bf16 precision (2e-2, issue 8's bf16 tolerance), as does the float32 run of the same settings, and
+// milora-eval / milora-generate --dtype bf16 (the model in bf16, the adapter merged into it) run.
 TEST_CASE("milora-finetune --dtype bf16: trains as float32 does to 2e-2, resumes bit for bit, refuses a float32 resume, "
           "its checkpoint evaluates on the float32 model") {
   milora_test::ScratchDir dir;
@@ -132,7 +133,21 @@ TEST_CASE("milora-finetune --dtype bf16: trains as float32 does to 2e-2, resumes
                              (dir / "val.txt").string() + " --seq 32 --batch 2",
           dir);
   REQUIRE_MESSAGE(r.status == 0, r.err);
-  CHECK(std::abs(r.last_json()["loss"].get<double>() - v16) <= 2e-2 * v16);
+  const double eval32 = r.last_json()["loss"];
+  CHECK(std::abs(eval32 - v16) <= 2e-2 * v16);
+  // and on the model in bf16 (--dtype bf16 of milora-eval: the adapter merged into bf16 weights)
+  r = run("milora-eval", "--model " + kModel.string() + " --adapter " + (dir / "bf16/checkpoint-6").string() + " --data " +
+                             (dir / "val.txt").string() + " --seq 32 --batch 2 --dtype bf16",
+          dir);
+  REQUIRE_MESSAGE(r.status == 0, r.err);
+  const double eval16 = r.last_json()["loss"];
+  CHECK(std::abs(eval16 - v16) <= 2e-2 * v16);
+  CHECK(eval16 != eval32);
+  r = run("milora-generate", "--model " + kModel.string() + " --adapter " + (dir / "bf16/checkpoint-6").string() +
+                                 " --prompt 'low rank' --max-new-tokens 6 --dtype bf16",
+          dir);
+  REQUIRE_MESSAGE(r.status == 0, r.err);
+  CHECK(r.out.rfind("low rank", 0) == 0);
 }
 
 // The checkpoint's plain_lora export exists exactly for the methods whose init changed the base
