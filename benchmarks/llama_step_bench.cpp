@@ -10,7 +10,8 @@
 // Counters: tokens/s (items_per_second), GFLOP/s of the step (matrix products only, counted from
 // the shapes: see flops_per_token), peak resident memory of the process in MiB (a high-water mark:
 // it includes the benchmarks before), the frozen weights' size as stored (frozen_MiB); lora_step_bf16
-// is the step with the projections in bf16 (--dtype bf16); with --device cuda
+// is the step with the projections and the saved activations in bf16 (--dtype bf16), saved_act_MiB
+// the activations kept from forward to backward; with --device cuda
 // (CudaBackend<float>, scripts/gpu.sh), the step and sgemm_peak run on the GPU, each iteration
 // ends with the device idle, and gpu_used_MiB is the device memory in use after the steps
 // (cudaMemGetInfo: the model, its activations and the CUDA context); lora_step_tf32 and
@@ -102,6 +103,7 @@ template <class BE, class Weights = milora::NativeWeights>
 void lora_step(benchmark::State& state) {
   using Model = llama::Llama<BE, Weights>;
   auto model = llama::random_model<Model>(g.config, 1);
+  model->keep_activations_in_bf16(!Model::kNativeWeights);  // as milora-finetune --dtype bf16
   model->add_adapters(g.targets, {.rank = g.rank, .alpha = 2.0 * double(g.rank)});
   std::vector<llama::Token> tokens(std::size_t(g.batch * g.seq + 1));
   for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = llama::Token((i * 2654435761u) % std::size_t(g.config.vocab_size));
@@ -124,6 +126,7 @@ void lora_step(benchmark::State& state) {
                                                  benchmark::Counter::kIsRate);
   state.counters["peak_MiB"] = peak_rss_mib();
   state.counters["frozen_MiB"] = frozen_mib(*model);
+  state.counters["saved_act_MiB"] = model->saved_activation_bytes() / (1024.0 * 1024.0);
   record_device_memory<BE>(state);
 }
 

@@ -78,6 +78,7 @@ void finetune(const Options& o) {
   using Model = llama::Llama<BE, Weights>;
   const milora::io::HFModel hf(o.model);
   auto model = llama::from_pretrained<Model>(hf);
+  model->keep_activations_in_bf16(o.dtype == "bf16");  // bf16 fine-tuning: frozen weights and saved activations
   const auto& cfg = model->config();
   const auto tokenizer = llama::Tokenizer::for_model(o.model, cfg.vocab_size);
   auto tokens = llama::load_tokens(o.data, tokenizer, cfg.vocab_size);

@@ -34,6 +34,7 @@
 #include <string>
 #include <string_view>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "kernels.hpp"
@@ -57,6 +58,17 @@ milora::matrix_t<BE> ones(Index n) {
   return BE::from_host(1, n, std::vector<milora::scalar_t<BE>>(std::size_t(n), milora::scalar_t<BE>(1)));
 }
 
+namespace detail {
+template <class BE, bool = milora::Bf16Backend<BE>>
+struct Bf16MatrixOf {
+  using type = typename BE::bf16_matrix;
+};
+template <class BE>
+struct Bf16MatrixOf<BE, false> {
+  using type = milora::matrix_t<BE>;  // never holds anything: keep_activations_in_bf16 refuses such a backend
+};
+}  // namespace detail
+
 inline constexpr std::array<std::string_view, 7> kProjectionNames = {"q_proj",    "k_proj",  "v_proj",   "o_proj",
                                                                      "gate_proj", "up_proj", "down_proj"};
 
@@ -75,6 +87,8 @@ class Llama {
   using matrix = milora::matrix_t<BE>;
   using view = milora::view_t<BE>;
   using const_view = milora::const_view_t<BE>;
+  /// The backend's bf16 matrix where it has one (for activations kept in bf16), else unused.
+  using bf16_matrix = typename detail::Bf16MatrixOf<BE>::type;
   using AdapterT = milora::AnyAdapter<BE, Weights>;  // any init policy (add_adapters' argument)
   using Layer = milora::OwningLinear<BE, Weights>;    // a projection without adapter
   /// What weight(name) returns: the weight itself, or with bf16 projections a copy in the scalar.
@@ -398,13 +412,13 @@ class Llama {
     if (act_.batch < 0) return {};
     // in forward order, so the first hit names the layer where the overflow started
     const auto layer = [](std::size_t l) { return "model.layers." + std::to_string(l); };
-    for (std::size_t l = 0; l < act_.layers.size(); ++l) {
-      const auto& s = act_.layers[l];
-      if (auto m = non_finite_entry(s.x, l == 0 ? std::string("the embedding output") : "the output of " + layer(l - 1)); !m.empty())
+    for (std::size_t l = 0; l < blocks_.size(); ++l) {
+      if (auto m = non_finite_entry(kept(l, &LayerActivations::x), l == 0 ? std::string("the embedding output") : "the output of " + layer(l - 1));
+          !m.empty())
         return m;
-      if (auto m = non_finite_entry(s.x_mid, "the attention half of " + layer(l)); !m.empty()) return m;
+      if (auto m = non_finite_entry(kept(l, &LayerActivations::x_mid), "the attention half of " + layer(l)); !m.empty()) return m;
     }
-    if (auto m = non_finite_entry(act_.x_final, "the output of " + layer(act_.layers.size() - 1) + " (the last layer)"); !m.empty())
+    if (auto m = non_finite_entry(act_.x_final, "the output of " + layer(blocks_.size() - 1) + " (the last layer)"); !m.empty())
       return m;
     return non_finite_entry(act_.logits, "the logits");
   }
@@ -429,6 +443,38 @@ class Llama {
     for (Projection* p : adapted()) p->adapter->unmerge();
   }
 
+  // ---- the activations kept for the backward -----------------------------------------------------
+  /// Keeps what the backward needs of each layer's forward in bf16 (on) or in the scalar (off, the
+  /// default). The forward computes in the scalar either way (in one layer's working buffers, then
+  /// rounds that layer's activations of tokens x features into its saved set), so logits and loss
+  /// are the same; the backward widens them back, so gradients move at bf16 precision. Memory: the
+  /// saved activations take about half (saved_activation_bytes), plus one layer's working set.
+  /// value_error on a backend without bf16 storage.
+  void keep_activations_in_bf16(bool on) {
+    if constexpr (!milora::Bf16Backend<BE>)
+      if (on) throw milora::value_error("Llama::keep_activations_in_bf16: this backend has no bf16 storage");
+    if (on == bf16_activations_) return;
+    bf16_activations_ = on;
+    act_ = Activations{};  // the next forward allocates for the new form
+  }
+  bool activations_in_bf16() const { return bf16_activations_; }
+  /// Bytes of the activations kept from forward to backward for every layer (for the last batch
+  /// shape; 0 before a forward): what keep_activations_in_bf16 halves.
+  double saved_activation_bytes() const {
+    const double w = double(sizeof(scalar));
+    double bytes = 0;
+    for (const auto& s : act_.layers)
+      for (auto m : kRounded) bytes += w * double(milora::numel<BE>(s.*m));
+    for (const auto& s : act_.layers)
+      for (auto m : kKept) bytes += w * double(milora::numel<BE>(s.*m));
+    if constexpr (milora::Bf16Backend<BE>)
+      for (const auto& d : act_.saved) {
+        for (const auto& r : d.rounded) bytes += 2.0 * double(BE::bf16_rows(r)) * double(BE::bf16_cols(r));
+        for (const auto& k : d.kept) bytes += w * double(milora::numel<BE>(k));
+      }
+    return bytes;
+  }
+
   // ---- forward / backward ----------------------------------------------------------------------
   /// Runs the model on `batch` sequences of `seq` tokens (row-major: sequence b is
   /// tokens[b*seq, (b+1)*seq)). Afterwards logits() is (batch*seq) x vocab. Throws for a token
@@ -437,11 +483,14 @@ class Llama {
     prepare(tokens.size(), batch, seq);
     Activations& a = act_;
     if (full_) a.tokens.assign(tokens.begin(), tokens.end());  // the embedding's backward needs them
-    K::embed(embed_, tokens, a.layers[0].x);
+    // With activations kept in bf16, every layer computes in one set of working buffers (a.work)
+    // and then rounds what its backward needs into a.saved[l].
+    const bool b16 = bf16_activations_;
+    K::embed(embed_, tokens, b16 ? a.work.x : a.layers[0].x);
     for (std::size_t l = 0; l < blocks_.size(); ++l) {
       Block& b = *blocks_[l];
-      LayerActivations& s = a.layers[l];
-      matrix& x_out = l + 1 < blocks_.size() ? a.layers[l + 1].x : a.x_final;
+      LayerActivations& s = b16 ? a.work : a.layers[l];
+      matrix& x_out = l + 1 == blocks_.size() ? a.x_final : b16 ? a.x_next : a.layers[l + 1].x;
       // attention half: x_mid = x + attention(rope(q), rope(k), v) Wo^T
       K::rmsnorm_forward(s.x, b.input_norm, config_.rms_norm_eps, s.xn1, s.rstd1);
       b.q.forward(s.xn1, s.q);
@@ -459,6 +508,10 @@ class Llama {
       K::swiglu_forward(s.gate, s.up, s.act);
       b.down.forward(s.act, x_out);
       BE::axpy(1, s.x_mid, x_out);
+      if (b16) {
+        stash(l);
+        if (l + 1 < blocks_.size()) std::swap(a.work.x, a.x_next);  // the next layer's input
+      }
     }
     K::rmsnorm_forward(a.x_final, final_norm_, config_.rms_norm_eps, a.xn_final, a.rstd_final);
     BE::gemm(1, a.xn_final, milora::Trans::no, lm_head(), milora::Trans::yes, 0, a.logits);
@@ -497,7 +550,8 @@ class Llama {
     K::rmsnorm_backward(g.dxn, a.x_final, final_norm_, a.rstd_final, g.dres);
     for (std::size_t l = blocks_.size(); l-- > 0;) {
       Block& b = *blocks_[l];
-      LayerActivations& s = a.layers[l];
+      if (bf16_activations_) unstash(l);
+      LayerActivations& s = bf16_activations_ ? a.work : a.layers[l];
       // MLP half (dres is dL/dx_out; the residual passes it to x_mid unchanged)
       b.down.backward(s.act, g.dres, g.dact);
       K::swiglu_backward(g.dact, s.gate, s.up, g.dgate, g.dup);
@@ -559,13 +613,54 @@ class Llama {
   struct LayerActivations {
     matrix x, xn1, rstd1, q, k, v, att_saved, att, x_mid, xn2, rstd2, gate, up, act;
   };
+  // What keep_activations_in_bf16 rounds: the layer's activations of tokens x features; the
+  // others (rstd1, rstd2: one number per token; att_saved: the attention's own) stay in the scalar.
+  static constexpr std::array<matrix LayerActivations::*, 11> kRounded = {
+      &LayerActivations::x,     &LayerActivations::xn1, &LayerActivations::q,    &LayerActivations::k,
+      &LayerActivations::v,     &LayerActivations::att, &LayerActivations::x_mid, &LayerActivations::xn2,
+      &LayerActivations::gate, &LayerActivations::up,  &LayerActivations::act};
+  static constexpr std::array<matrix LayerActivations::*, 3> kKept = {&LayerActivations::rstd1, &LayerActivations::rstd2,
+                                                                     &LayerActivations::att_saved};
+  struct SavedLayer {  // one layer's activations between forward and backward, with keep_activations_in_bf16
+    std::vector<bf16_matrix> rounded;  // kRounded's, in bf16
+    std::vector<matrix> kept;          // kKept's, in the scalar
+  };
   struct Activations {
     Index batch = -1, seq = -1;
     AttentionShape shape{};
-    std::vector<LayerActivations> layers;
+    std::vector<LayerActivations> layers;  // every layer's, in the scalar (empty with bf16 activations)
+    LayerActivations work;                 // with bf16 activations: the one layer computing now
+    matrix x_next;                         // with bf16 activations: the output of the layer computing now
+    std::vector<SavedLayer> saved;         // with bf16 activations: every layer's
     matrix x_final, xn_final, rstd_final, logits;
     std::vector<Token> tokens;  // full training only
   };
+
+  // The working buffers of layer l's forward, rounded into (stash) and widened back from (unstash)
+  // its saved activations.
+  void stash(std::size_t l) {
+    if constexpr (milora::Bf16Backend<BE>) {
+      SavedLayer& d = act_.saved[l];
+      for (std::size_t i = 0; i < kRounded.size(); ++i) BE::round_into_bf16(act_.work.*kRounded[i], d.rounded[i]);
+      for (std::size_t i = 0; i < kKept.size(); ++i) BE::copy(act_.work.*kKept[i], d.kept[i]);
+    }
+  }
+  void unstash(std::size_t l) {
+    if constexpr (milora::Bf16Backend<BE>) {
+      const SavedLayer& d = act_.saved[l];
+      for (std::size_t i = 0; i < kRounded.size(); ++i) BE::from_bf16_into(d.rounded[i], act_.work.*kRounded[i]);
+      for (std::size_t i = 0; i < kKept.size(); ++i) BE::copy(d.kept[i], act_.work.*kKept[i]);
+    }
+  }
+  // Layer l's activation `member` as the last forward left it (widened from bf16 if kept so).
+  matrix kept(std::size_t l, matrix LayerActivations::*member) const {
+    if (!bf16_activations_) return BE::clone(act_.layers[l].*member);
+    if constexpr (milora::Bf16Backend<BE>) {
+      for (std::size_t i = 0; i < kRounded.size(); ++i)
+        if (kRounded[i] == member) return BE::from_bf16(act_.saved[l].rounded[i]);
+    }
+    throw milora::state_error("Llama: that activation is not kept");
+  }
   struct Gradients {
     matrix dlogits, dxn, dres, dtmp, datt, dq, dk, dv, dact, dgate, dup;
   };
@@ -588,11 +683,22 @@ class Llama {
     a.batch = batch;
     a.seq = seq;
     a.shape = {batch, seq, config_.num_attention_heads, config_.num_key_value_heads, hd};
-    a.layers.resize(blocks_.size());
     const MatrixShape saved = K::attention_saved_shape(a.shape);
-    for (auto& s : a.layers) {
-      s = {z(n, c), z(n, c), z(1, n), z(n, cq), z(n, ckv), z(n, ckv), z(saved.rows, saved.cols),
-           z(n, cq), z(n, c), z(n, c), z(1, n), z(n, inter), z(n, inter), z(n, inter)};
+    auto layer_buffers = [&] {
+      return LayerActivations{z(n, c), z(n, c), z(1, n), z(n, cq), z(n, ckv), z(n, ckv), z(saved.rows, saved.cols),
+                              z(n, cq), z(n, c), z(n, c), z(1, n), z(n, inter), z(n, inter), z(n, inter)};
+    };
+    if (!bf16_activations_) {
+      a.layers.resize(blocks_.size());
+      for (auto& s : a.layers) s = layer_buffers();
+    } else if constexpr (milora::Bf16Backend<BE>) {
+      a.work = layer_buffers();
+      a.x_next = z(n, c);
+      a.saved.resize(blocks_.size());
+      for (auto& d : a.saved) {
+        for (auto m : kRounded) d.rounded.push_back(BE::to_bf16(a.work.*m));
+        for (auto m : kKept) d.kept.push_back(BE::clone(a.work.*m));
+      }
     }
     a.x_final = z(n, c);
     a.xn_final = z(n, c);
@@ -628,6 +734,7 @@ class Llama {
   matrix d_embed_, d_final_norm_, d_lm_head_;  // full training only
   bool full_ = false;
   bool probing_ = false;  // collect_weight_gradients is running: targeted weights get dL/dW
+  bool bf16_activations_ = false;  // keep_activations_in_bf16
   std::vector<std::string> weight_names_;     // config.weights() order: the names parameters() uses
   milora::AdapterConfig adapter_config_{};
   std::vector<std::string> targets_;

@@ -256,6 +256,16 @@ struct CudaBackend {
     cuda::kernels::widen_bf16<T>(w, out, stream());
     return out;
   }
+  /// dst = round(src) and dst = widen(src) into existing storage of the same shape (no allocation:
+  /// what a model that keeps its activations in bf16 does every layer).
+  static void round_into_bf16(const_view src, bf16_view dst) {
+    detail::require_same_shape(src.rows(), src.cols(), dst.rows(), dst.cols(), "round_into_bf16");
+    cuda::kernels::round_to_bf16<T>(src, dst, stream());
+  }
+  static void from_bf16_into(bf16_const_view src, view dst) {
+    detail::require_same_shape(src.rows(), src.cols(), dst.rows(), dst.cols(), "from_bf16_into");
+    cuda::kernels::widen_bf16<T>(src, dst, stream());
+  }
 
   /// c = alpha op(round(x)) op(w) + beta c, accumulated in T.
   static void gemm_bf16(T alpha, const_view x, Trans tx, bf16_const_view w, Trans tw, T beta, view c) {

@@ -191,12 +191,18 @@ struct EigenBackend {
   }
   /// dst = round(src), same shapes.
   static void round_into_bf16(const_view src, bf16_view dst) {
+    detail::require_same_shape(src.rows(), src.cols(), dst.rows(), dst.cols(), "round_into_bf16");
     for (Index i = 0; i < src.rows(); ++i)
       for (Index j = 0; j < src.cols(); ++j)
         dst(i, j) = std::bit_cast<Eigen::bfloat16>(float_to_bf16(float(src(i, j))));
   }
   /// w widened to T (exact).
   static matrix from_bf16(bf16_const_view w) { return w.template cast<float>().template cast<T>(); }
+  /// dst = src widened (exact), same shapes, into existing storage.
+  static void from_bf16_into(bf16_const_view src, view dst) {
+    detail::require_same_shape(src.rows(), src.cols(), dst.rows(), dst.cols(), "from_bf16_into");
+    dst = src.template cast<float>().template cast<T>();
+  }
   /// c = alpha op(round(x)) op(w) + beta c, accumulated in T.
   static void gemm_bf16(T alpha, const_view x, Trans tx, bf16_const_view w, Trans tw, T beta, view c) {
     detail::gemm_bf16_by_panels<EigenBackend>(alpha, x, tx, w, tw, beta, c, bf16_panel_bytes);

@@ -229,15 +229,21 @@ struct XtensorBackend {
   }
   /// dst = round(src), same shapes.
   static void round_into_bf16(const_view src, bf16_view dst) {
+    detail::require_same_shape(src.rows(), src.cols(), dst.rows(), dst.cols(), "round_into_bf16");
     for (Index i = 0; i < src.rows(); ++i)
       for (Index j = 0; j < src.cols(); ++j) dst(i, j) = bf16{float_to_bf16(float(src(i, j)))};
   }
   /// w widened to T (exact).
   static matrix from_bf16(bf16_const_view w) {
     matrix out = matrix::from_shape({std::size_t(w.rows()), std::size_t(w.cols())});
-    for (Index i = 0; i < w.rows(); ++i)
-      for (Index j = 0; j < w.cols(); ++j) out(std::size_t(i), std::size_t(j)) = T(bf16_to_float(w(i, j).bits));
+    from_bf16_into(w, out);
     return out;
+  }
+  /// dst = src widened (exact), same shapes, into existing storage.
+  static void from_bf16_into(bf16_const_view src, view dst) {
+    detail::require_same_shape(src.rows(), src.cols(), dst.rows(), dst.cols(), "from_bf16_into");
+    for (Index i = 0; i < src.rows(); ++i)
+      for (Index j = 0; j < src.cols(); ++j) dst(i, j) = T(bf16_to_float(src(i, j).bits));
   }
   /// c = alpha op(round(x)) op(w) + beta c, accumulated in T.
   static void gemm_bf16(T alpha, const_view x, Trans tx, bf16_const_view w, Trans tw, T beta, view c) {

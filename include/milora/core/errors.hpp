@@ -67,5 +67,11 @@ std::string concat(Args&&... args) {
 /// "3x4", the way shapes appear in every message.
 inline std::string shape_str(Index rows, Index cols) { return concat(rows, 'x', cols); }
 
+/// Throws shape_error unless a (source) and b (destination) have one shape: "WHAT: RxC into RxC".
+inline void require_same_shape(Index a_rows, Index a_cols, Index b_rows, Index b_cols, const char* what) {
+  if (a_rows != b_rows || a_cols != b_cols)
+    throw shape_error(concat(what, ": ", shape_str(a_rows, a_cols), " into ", shape_str(b_rows, b_cols)));
+}
+
 }  // namespace detail
 }  // namespace milora
