@@ -69,6 +69,24 @@ TEST_CASE_TEMPLATE("bf16 storage: rounding to nearest even, exact widening, bits
   CHECK_THROWS_AS(B::bf16_from_host(2, 3, five), milora::shape_error);
 }
 
+TEST_CASE_TEMPLATE("round_into_bf16 / from_bf16_into: the same rounding and widening into existing storage, shapes checked",
+                   B, MILORA_TEST_BACKENDS) {
+  const HostMatrix x = random_normal(7, 10, 505);
+  auto dst = B::to_bf16(B::zeros(7, 10));
+  B::round_into_bf16(device<B>(x), dst);
+  CHECK(B::bf16_to_host(dst) == B::bf16_to_host(B::to_bf16(device<B>(x))));
+  auto big = device<B>(random_normal(9, 14, 506));  // widened into a block: a row stride other than cols
+  const HostMatrix around = host<B>(big);
+  B::from_bf16_into(dst, B::block(big, 1, 2, 7, 10));
+  HostMatrix want = around;
+  want.block(1, 2, 7, 10) = round_bf16(host<B>(device<B>(x)));
+  CHECK(host<B>(big) == want);
+  auto wrong = B::to_bf16(B::zeros(10, 7));
+  CHECK_THROWS_WITH_AS(B::round_into_bf16(device<B>(x), wrong), "round_into_bf16: 7x10 into 10x7", milora::shape_error);
+  CHECK_THROWS_WITH_AS(B::from_bf16_into(wrong, B::block(big, 0, 0, 7, 10)), "from_bf16_into: 10x7 into 7x10", milora::shape_error);
+  CHECK(host<B>(big) == want);  // a refused call writes nothing
+}
+
 TEST_CASE_TEMPLATE("gemm_bf16 multiplies the bf16-rounded operands", B, MILORA_TEST_BACKENDS) {
   using milora::Trans;
   for (const Trans tx : {Trans::no, Trans::yes})
