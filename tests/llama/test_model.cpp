@@ -87,7 +87,7 @@ TEST_CASE("Llama<double>: every adapter gradient (all 7 targets, GQA, tied and u
   }
 }
 
-TEST_CASE("Llama<double>: PiSSA and MiLoRA starts leave the logits unchanged, LoRA (B = 0) too") {
+TEST_CASE("Llama<double>: PiSSA and MiLoRA starts leave the logits unchanged, LoRA (B = 0) too, also mixed per projection") {
   using BE = milora::EigenBackend<double>;
   const auto cfg = llama_test::tiny_config();
   const Index batch = 1, seq = 6;
@@ -106,6 +106,26 @@ TEST_CASE("Llama<double>: PiSSA and MiLoRA starts leave the logits unchanged, Lo
   check_start(milora::MinorSVD<>{}, "MiLoRA");
   check_start(milora::PrincipalSVD<>{}, "PiSSA");
   check_start(milora::KaimingUniform{}, "LoRA");
+
+  // One model, a policy per projection (the adapters hold AnyInit): MiLoRA on attention, PiSSA on
+  // down_proj, LoRA elsewhere; each adapter starts as its own policy, the logits stay unchanged.
+  auto mixed = llama::random_model<llama::Llama<BE>>(cfg, 5, 0.3);
+  mixed->add_adapters_with({"q_proj", "v_proj", "up_proj", "down_proj"}, {.rank = 3, .alpha = 6},
+                           [](const std::string& module) -> milora::AnyInit<BE> {
+                             if (module.find("self_attn") != std::string::npos) return milora::MinorSVD<>{};
+                             if (module.ends_with("down_proj")) return milora::PrincipalSVD<>{};
+                             return milora::KaimingUniform{};
+                           });
+  for (auto* p : mixed->adapted()) {
+    CAPTURE(p->module);
+    const std::string_view want = p->module.find("self_attn") != std::string::npos ? "milora"
+                                  : p->module.ends_with("down_proj")               ? "pissa"
+                                                                                    : "lora";
+    CHECK(p->adapter->init().policy_name() == want);
+    CHECK(p->adapter->residual() == (want != "lora"));
+  }
+  mixed->forward(tokens, batch, seq);
+  CHECK((mixed->logits() - reference).cwiseAbs().maxCoeff() < 1e-12);
 }
 
 TEST_CASE("Llama<double>: collect_input_statistics sees each projection's input, CorDA / EVA starts from it leave the logits "
