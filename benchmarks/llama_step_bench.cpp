@@ -10,8 +10,9 @@
 // Counters: tokens/s (items_per_second), GFLOP/s of the step (matrix products only, counted from
 // the shapes: see flops_per_token), peak resident memory of the process in MiB (a high-water mark:
 // it includes the benchmarks before), the frozen weights' size as stored (frozen_MiB); lora_step_bf16
-// is the step with the projections and the saved activations in bf16 (--dtype bf16), saved_act_MiB
-// the activations kept from forward to backward; with --device cuda
+// is the step with the projections and the saved activations in bf16 (--dtype bf16),
+// lora_step_bf16_weights with the projections alone in bf16, saved_act_MiB the activations kept
+// from forward to backward; with --device cuda
 // (CudaBackend<float>, scripts/gpu.sh), the step and sgemm_peak run on the GPU, each iteration
 // ends with the device idle, and gpu_used_MiB is the device memory in use after the steps
 // (cudaMemGetInfo: the model, its activations and the CUDA context); lora_step_tf32 and
@@ -99,11 +100,11 @@ double frozen_mib(const Model& m) {
   return bytes / (1024.0 * 1024.0);
 }
 
-template <class BE, class Weights = milora::NativeWeights>
+template <class BE, class Weights = milora::NativeWeights, bool kBf16Activations = false>
 void lora_step(benchmark::State& state) {
   using Model = llama::Llama<BE, Weights>;
   auto model = llama::random_model<Model>(g.config, 1);
-  model->keep_activations_in_bf16(!Model::kNativeWeights);  // as milora-finetune --dtype bf16
+  model->keep_activations_in_bf16(kBf16Activations);
   model->add_adapters(g.targets, {.rank = g.rank, .alpha = 2.0 * double(g.rank)});
   std::vector<llama::Token> tokens(std::size_t(g.batch * g.seq + 1));
   for (std::size_t i = 0; i < tokens.size(); ++i) tokens[i] = llama::Token((i * 2654435761u) % std::size_t(g.config.vocab_size));
@@ -184,8 +185,11 @@ int main(int argc, char** argv) {
   try {
     llama::on_device(device, "llama_step_bench", [&]<class BE>() {
       benchmark::RegisterBenchmark("lora_step", lora_step<BE>)->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(smoke ? 1 : 3);
-      // the frozen projections in bf16 (milora-finetune --dtype bf16): on a GPU, tensor-core products
-      benchmark::RegisterBenchmark("lora_step_bf16", lora_step<BE, milora::Bf16Weights>)
+      // the frozen projections and the kept activations in bf16 (milora-finetune --dtype bf16): on a
+      // GPU, tensor-core products; and the projections alone, for what rounding the activations costs
+      benchmark::RegisterBenchmark("lora_step_bf16", lora_step<BE, milora::Bf16Weights, true>)
+          ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(smoke ? 1 : 3);
+      benchmark::RegisterBenchmark("lora_step_bf16_weights", lora_step<BE, milora::Bf16Weights, false>)
           ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(smoke ? 1 : 3);
       // 2048^2 keeps a CPU busy for a while; a GPU needs 8192^2 to reach its rate.
       const Index n = smoke ? 64 : device == "cuda" ? 8192 : 2048;

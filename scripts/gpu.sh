@@ -104,10 +104,11 @@ for step, gemm in (("lora_step", "sgemm_peak"), ("lora_step_tf32", "sgemm_peak_t
     m, peak = b[step], b[gemm]["GFLOP/s"]
     print(f"milora {step:15s} {m['items_per_second']:10.0f} tokens/s  {m['GFLOP/s'] / 1e3:.1f} TFLOP/s "
           f"= {m['GFLOP/s'] / peak:.0%} of cuBLAS {gemm}'s {peak / 1e3:.1f}  device memory {m['gpu_used_MiB']:.0f} MiB")
-if "lora_step_bf16" in b:  # frozen projections in bf16 (--dtype bf16); MFU against H100/H200's dense bf16 peak
-    m = b["lora_step_bf16"]
-    print(f"milora lora_step_bf16  {m['items_per_second']:10.0f} tokens/s  {m['GFLOP/s'] / 1e3:.1f} TFLOP/s "
-          f"= {m['GFLOP/s'] / 989e3:.0%} of 989 (dense bf16)  device memory {m['gpu_used_MiB']:.0f} MiB")
+for step in ("lora_step_bf16", "lora_step_bf16_weights"):  # --dtype bf16; weights alone. MFU against H100/H200's dense bf16 peak
+    if step in b:
+        m = b[step]
+        print(f"milora {step:22s} {m['items_per_second']:10.0f} tokens/s  {m['GFLOP/s'] / 1e3:.1f} TFLOP/s "
+              f"= {m['GFLOP/s'] / 989e3:.0%} of 989 (dense bf16)  device memory {m['gpu_used_MiB']:.0f} MiB")
 for dt in ("f32", "tf32", "bf16"):
     m = b["lora_step_bf16" if dt == "bf16" and "lora_step_bf16" in b else "lora_step_tf32"]
     t = dict(l.strip().split("=", 1) for l in open(f"{d}/peft_step_{dt}.txt") if "=" in l)
