@@ -20,8 +20,9 @@
 // Weights is the storage of the seven projections' frozen weights (milora/core/weight_storage.hpp):
 // the backend's scalar (NativeWeights), or bf16 (Bf16Weights: half the memory, products of
 // bf16-rounded operands accumulated in the scalar, as a bf16 model computes them). The embedding,
-// the norms and the LM head, the adapters, their optimizer state and every activation stay in the
-// scalar. docs/llama.md, "bf16 frozen weights".
+// the norms and the LM head, the adapters and their optimizer state stay in the scalar; the
+// activations kept for the backward may be bf16 too (keep_activations_in_bf16). docs/llama.md,
+// "bf16 frozen weights and saved activations".
 #pragma once
 
 #include <algorithm>
