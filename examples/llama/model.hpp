@@ -638,19 +638,20 @@ class Llama {
   };
 
   // The working buffers of layer l's forward, rounded into (stash) and widened back from (unstash)
-  // its saved activations.
+  // its saved activations. kKept's are swapped, not copied (every layer's have one shape): the
+  // attention's probabilities on the CPU are as large as the rest together.
   void stash(std::size_t l) {
     if constexpr (milora::Bf16Backend<BE>) {
       SavedLayer& d = act_.saved[l];
       for (std::size_t i = 0; i < kRounded.size(); ++i) BE::round_into_bf16(act_.work.*kRounded[i], d.rounded[i]);
-      for (std::size_t i = 0; i < kKept.size(); ++i) BE::copy(act_.work.*kKept[i], d.kept[i]);
+      for (std::size_t i = 0; i < kKept.size(); ++i) std::swap(act_.work.*kKept[i], d.kept[i]);
     }
   }
   void unstash(std::size_t l) {
     if constexpr (milora::Bf16Backend<BE>) {
-      const SavedLayer& d = act_.saved[l];
+      SavedLayer& d = act_.saved[l];
       for (std::size_t i = 0; i < kRounded.size(); ++i) BE::from_bf16_into(d.rounded[i], act_.work.*kRounded[i]);
-      for (std::size_t i = 0; i < kKept.size(); ++i) BE::copy(d.kept[i], act_.work.*kKept[i]);
+      for (std::size_t i = 0; i < kKept.size(); ++i) std::swap(d.kept[i], act_.work.*kKept[i]);
     }
   }
   // Layer l's activation `member` as the last forward left it (widened from bf16 if kept so).
