@@ -1,9 +1,12 @@
 // Definitions of the LLaMA's CUDA kernels (declared in kernels_cuda_launch.hpp), for nvcc only: compile
 // kernels_cuda.cu once into a program that runs the model on CudaBackend.
 //
-// Every kernel is a grid-stride loop that hands one row (or one element) to the shared math of
-// kernels_rows.hpp. One thread per row is the plain choice (a row of 4096 floats is read by one
-// thread); block-per-row reductions are the obvious next step once a GPU can measure them.
+// Element-wise kernels are a grid-stride loop that hands one element to the shared math of
+// kernels_rows.hpp. The row reductions (RMSNorm, cross-entropy) give a row to a warp: its 32 lanes
+// read the row's consecutive elements together and reduce with shuffles, where one thread per row
+// read a 32000-wide row of logits alone. The attention runs in shared-memory tiles for float and
+// head_dim 16 / 32 / 64 / 128 (attention_tiled.cuh), FusedAttention's one thread per row otherwise.
+// MILORA_CUDA_PROFILE=1 times every launch by name (kernel_profile.hpp).
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -11,7 +14,10 @@
 #endif
 
 #include <algorithm>
+#include <type_traits>
 
+#include "attention_tiled.cuh"
+#include "kernel_profile.hpp"
 #include "kernels_cuda_launch.hpp"
 #include "kernels_rows.hpp"
 
@@ -32,8 +38,42 @@ __global__ void each_index(Index n, F f) {
 template <class F>
 void launch(Index n, F f, cudaStream_t s, const char* name) {
   if (n <= 0) return;
+  const profile::Scope timer(name, s);
   each_index<<<blocks_for(n), threads, 0, s>>>(n, f);
   milora::cuda::check_launch(name);
+}
+
+constexpr int kLanes = 32;
+constexpr unsigned kAllLanes = 0xffffffffu;
+
+// f(row, lane) for every row, a warp per row: every lane of a warp sees the same row, so f may
+// reduce across the warp with shuffles.
+template <class F>
+__global__ void each_row(Index rows, F f) {
+  const Index warps = Index(gridDim.x) * (blockDim.x / kLanes);
+  for (Index r = (Index(blockIdx.x) * blockDim.x + threadIdx.x) / kLanes; r < rows; r += warps) f(r, int(threadIdx.x % kLanes));
+}
+
+template <class F>
+void launch_rows(Index rows, F f, cudaStream_t s, const char* name) {
+  if (rows <= 0) return;
+  const profile::Scope timer(name, s);
+  each_row<<<blocks_for(rows * kLanes), threads, 0, s>>>(rows, f);
+  milora::cuda::check_launch(name);
+}
+
+__device__ inline double warp_sum(double v) {
+  for (int o = kLanes / 2; o > 0; o /= 2) v += __shfl_xor_sync(kAllLanes, v, o);
+  return v;
+}
+
+template <class T>
+__device__ T warp_max(T v) {
+  for (int o = kLanes / 2; o > 0; o /= 2) {
+    const T w = __shfl_xor_sync(kAllLanes, v, o);
+    v = w > v ? w : v;
+  }
+  return v;
 }
 
 template <class T>
@@ -62,8 +102,14 @@ void embed_backward(DeviceView<const T> dout, const Token* tokens, DeviceView<T>
 template <class T>
 void rmsnorm_forward(DeviceView<const T> x, const T* w, double eps, DeviceView<T> y, T* rstd, cudaStream_t s) {
   const Index c = x.cols();
-  device::launch(x.rows(), [=] __device__(Index i) {
-    rstd[i] = rows::rmsnorm_forward(device::row(x, i), w, c, eps, device::row(y, i));
+  device::launch_rows(x.rows(), [=] __device__(Index i, int lane) {  // rows::rmsnorm_forward, a warp per row
+    const T* xi = device::row(x, i);
+    T* yi = device::row(y, i);
+    double ss = 0;
+    for (Index j = lane; j < c; j += device::kLanes) ss += double(xi[j]) * double(xi[j]);
+    const T r = T(1 / sqrt(device::warp_sum(ss) / double(c) + eps));
+    for (Index j = lane; j < c; j += device::kLanes) yi[j] = w[j] * (xi[j] * r);
+    if (lane == 0) rstd[i] = r;
   }, s, "llama rmsnorm_forward");
 }
 
@@ -71,8 +117,13 @@ template <class T>
 void rmsnorm_backward(DeviceView<const T> dy, DeviceView<const T> x, const T* w, const T* rstd, DeviceView<T> dx,
                       cudaStream_t s) {
   const Index c = x.cols();
-  device::launch(x.rows(), [=] __device__(Index i) {
-    rows::rmsnorm_backward(device::row(dy, i), device::row(x, i), w, double(rstd[i]), c, device::row(dx, i));
+  device::launch_rows(x.rows(), [=] __device__(Index i, int lane) {  // rows::rmsnorm_backward, a warp per row
+    const T *dyi = device::row(dy, i), *xi = device::row(x, i);
+    T* dxi = device::row(dx, i);
+    double dot = 0;
+    for (Index j = lane; j < c; j += device::kLanes) dot += double(w[j]) * double(dyi[j]) * double(xi[j]);
+    const double r = double(rstd[i]), k = r * r * r * device::warp_sum(dot) / double(c);
+    for (Index j = lane; j < c; j += device::kLanes) dxi[j] += T(r * double(w[j]) * double(dyi[j]) - k * double(xi[j]));
   }, s, "llama rmsnorm_backward");
 }
 
@@ -99,10 +150,18 @@ void rope(DeviceView<T> x, DeviceView<const T> cos, DeviceView<const T> sin, Ind
 template <class T>
 rows::RowPtr<T> rows_of(DeviceView<T> m) { return {m.data(), m.ld()}; }
 
-// One thread per query row; the threads of a warp are consecutive positions of one (sequence,
-// head), so they read the same key and value rows at about the same time.
+// Float with head_dim 16 / 32 / 64 / 128: the tiled kernels of attention_tiled.cuh. Otherwise one
+// thread per query row (double, which the parity test uses to check FusedAttention's math on the
+// GPU to 1e-10; other head sizes): the threads of a warp are consecutive positions of one
+// (sequence, head), so they read the same key and value rows at about the same time.
 template <class T>
 void attention_forward(const rows::FusedAttention<T>& a, Index batch, DeviceView<T> out, T* lse, cudaStream_t s) {
+  if constexpr (std::is_same_v<T, float>) {
+    if (tiled::supports(a.head_dim)) {
+      tiled::with_head_dim(a.head_dim, [&]<int D>() { tiled::forward<D>(a, batch, out, lse, s); });
+      return;
+    }
+  }
   const rows::FusedAttention<T> f = a;  // by value into the kernel
   const auto o = rows_of(out);
   device::launch(batch * a.heads * a.seq, [=] __device__(Index r) { lse[r] = f.forward(r, o); }, s,
@@ -117,6 +176,14 @@ void attention_backward(const rows::FusedAttention<T>& a, Index batch, DeviceVie
   const auto gq = rows_of(dq), gk = rows_of(dk), gv = rows_of(dv);
   const Index query_rows = batch * a.heads * a.seq, key_rows = batch * a.kv_heads * a.seq;
   device::launch(query_rows, [=] __device__(Index r) { delta[r] = f.delta(r, go, o); }, s, "llama attention delta");
+  if constexpr (std::is_same_v<T, float>) {
+    if (tiled::supports(a.head_dim)) {
+      tiled::with_head_dim(a.head_dim, [&]<int D>() {
+        tiled::backward<D>(a, batch, dout.data(), dout.ld(), lse, delta, dq, dk, dv, s);
+      });
+      return;
+    }
+  }
   device::launch(query_rows, [=] __device__(Index r) { f.dq(r, go, lse, delta, gq); }, s, "llama attention dq (fused)");
   device::launch(key_rows, [=] __device__(Index r) { f.dkv(r, go, lse, delta, gk, gv); }, s,
                  "llama attention dk dv (fused)");
@@ -147,16 +214,29 @@ void cross_entropy(DeviceView<const T> logits, const Token* targets, double k, D
                    cudaStream_t s) {
   const Index vocab = logits.cols();
   const bool grad = dlogits.data() != nullptr;
-  device::launch(logits.rows(), [=] __device__(Index i) {
+  device::launch_rows(logits.rows(), [=] __device__(Index i, int lane) {  // rows::cross_entropy, a warp per row
     const Token t = targets[i];
+    const T* z = device::row(logits, i);
     T* d = grad ? device::row(dlogits, i) : nullptr;
     if (t == kIgnoreIndex) {
-      row_loss[i] = 0;
+      if (lane == 0) row_loss[i] = 0;
       if (d != nullptr)
-        for (Index j = 0; j < vocab; ++j) d[j] = T(0);
+        for (Index j = lane; j < vocab; j += device::kLanes) d[j] = T(0);
       return;
     }
-    row_loss[i] = rows::cross_entropy(device::row(logits, i), vocab, t, k, d);
+    T mx = z[0];
+    for (Index j = lane; j < vocab; j += device::kLanes) mx = z[j] > mx ? z[j] : mx;
+    mx = device::warp_max(mx);
+    double sum = 0;
+    for (Index j = lane; j < vocab; j += device::kLanes) sum += exp(double(z[j] - mx));
+    sum = device::warp_sum(sum);
+    if (d != nullptr) {
+      const double scale = k / sum;
+      for (Index j = lane; j < vocab; j += device::kLanes) d[j] = T(exp(double(z[j] - mx)) * scale);
+      __syncwarp();  // the lane that wrote d[t] is done
+      if (lane == 0) d[t] -= T(k);
+    }
+    if (lane == 0) row_loss[i] = double(mx) + log(sum) - double(z[t]);
   }, s, "llama cross_entropy");
 }
 

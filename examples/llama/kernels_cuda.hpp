@@ -3,14 +3,15 @@
 // Host code, for the host compiler: checks (shapes, tokens, targets: on the host, where the token
 // lists are), the token upload, and launchers declared here and defined in kernels_cuda.cuh, which
 // a program compiles once with nvcc by adding kernels_cuda.cu to its sources (as milora's own
-// kernels.cu). Each kernel runs the row math of kernels_rows.hpp, one thread per row or element:
-// the math is tested on the CPU in CI, where there is no GPU, against the CPU kernels.
+// kernels.cu). The element-wise kernels run the row math of kernels_rows.hpp, one thread per
+// element; the row reductions (RMSNorm, cross-entropy) the same formulas with a warp per row. The
+// math is tested on the CPU in CI, where there is no GPU, against the CPU kernels.
 //
 // The attention is fused (FusedAttention in kernels_rows.hpp): it keeps one logsumexp per query
-// row instead of the seq x seq probabilities, and its backward recomputes them. Every kernel uses
-// one thread per row (no shared-memory tiles, no tensor cores, no block reductions) and everything
-// is stored in float: tiling and bf16 storage are the next steps of issue 8, to be tuned on a GPU;
-// they change this file and kernels_cuda.cuh, not the model.
+// row instead of the seq x seq probabilities, and its backward recomputes them. For float and
+// head_dim 16/32/64/128 it runs in shared-memory tiles of 64 rows (attention_tiled.cuh); double and
+// other head sizes keep one thread per row. Products are float on CUDA cores; tensor-core
+// attention is the next step of issue 8 (docs/benchmarks.md has the profile that says so).
 #pragma once
 
 #include <algorithm>
@@ -66,7 +67,7 @@ struct LlamaKernels<milora::CudaBackend<T>> {
   /// seq^2.
   static MatrixShape attention_saved_shape(const AttentionShape& s) { return {1, s.batch * s.heads * s.seq}; }
 
-  /// out = softmax(Q K^T / sqrt(d) + causal mask) V, one thread per query row (online softmax);
+  /// out = softmax(Q K^T / sqrt(d) + causal mask) V, online softmax over key tiles (or rows);
   /// lse keeps each row's logsumexp for the backward.
   static void attention_forward(const_view q, const_view k, const_view v, const AttentionShape& s, view out, view lse) {
     check_attention(q, k, v, s, out, lse);

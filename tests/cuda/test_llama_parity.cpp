@@ -7,7 +7,9 @@
 #include <doctest/doctest.h>
 
 #include <algorithm>
+#include <cstdint>
 #include <cstdlib>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -83,6 +85,56 @@ TEST_CASE("CUDA LLaMA parity: logits, loss and adapter gradients of the tiny gol
 // the other side of a bf16 rounding boundary, one bf16 step (2^-8) in that entry. Issue 8's bound.
 TEST_CASE("CUDA LLaMA parity, bf16 frozen projections and saved activations: logits, loss and adapter gradients match the CPU's bf16 model (2e-2)") {
   check_parity<float, milora::Bf16Weights>(2e-2, 2e-2);
+}
+
+// The tiled attention kernels (attention_tiled.cuh: float, head_dim 16/32/64/128) where the golden
+// model cannot reach them: several 64-row tiles with a partial last one, and head sizes 64 and 128,
+// against the CPU kernels in double (the seq x seq probabilities, an independent computation).
+// Float products of 64- and 128-term dots and softmax sums over 150 keys: ~1e-6 relative; 1e-4 is
+// issue 8's float bound. A wrong mask, tile offset or head mapping is off by O(1).
+TEST_CASE("CUDA LLaMA attention: the tiled kernels at seq 150 (three tiles), head_dim 64 and 128, grouped heads, match the CPU kernels in double (1e-4)") {
+  using CB = milora::EigenBackend<double>;
+  using GB = milora::CudaBackend<float>;
+  using CK = llama::LlamaKernels<CB>;
+  using GK = llama::LlamaKernels<GB>;
+  for (const llama::Index head_dim : {64, 128}) {
+    CAPTURE(head_dim);
+    const llama::AttentionShape shape{.batch = 2, .seq = 150, .heads = 4, .kv_heads = 2, .head_dim = head_dim};
+    const llama::Index rows = shape.batch * shape.seq;
+    auto random = [&](llama::Index cols, std::uint64_t seed) {
+      auto m = CB::zeros(rows, cols);
+      CB::fill_normal(m, 0.0, 1.0, seed);
+      return m;
+    };
+    const auto q = random(shape.heads * head_dim, 1), k = random(shape.kv_heads * head_dim, 2);
+    const auto v = random(shape.kv_heads * head_dim, 3), dout = random(shape.heads * head_dim, 4);
+    auto to_gpu = [](const CB::matrix& m) {
+      const Eigen::MatrixXf f = m.cast<float>();
+      const HostM<float> r = f;  // row-major, as from_host reads
+      return GB::from_host(m.rows(), m.cols(), std::span<const float>(r.data(), std::size_t(r.size())));
+    };
+    const auto gq = to_gpu(q), gk = to_gpu(k), gv = to_gpu(v), gdout = to_gpu(dout);
+
+    const auto saved = CK::attention_saved_shape(shape);
+    auto out = CB::zeros(rows, q.cols()), probs = CB::zeros(saved.rows, saved.cols);
+    auto dq = CB::zeros(rows, q.cols()), dk = CB::zeros(rows, k.cols()), dv = CB::zeros(rows, v.cols());
+    CK::attention_forward(q, k, v, shape, out, probs);
+    CK::attention_backward(dout, q, k, v, out, probs, shape, dq, dk, dv);
+
+    const auto gsaved = GK::attention_saved_shape(shape);
+    auto gout = GB::zeros(rows, q.cols()), lse = GB::zeros(gsaved.rows, gsaved.cols);
+    auto gdq = GB::zeros(rows, q.cols()), gdk = GB::zeros(rows, k.cols()), gdv = GB::zeros(rows, v.cols());
+    GK::attention_forward(gq, gk, gv, shape, gout, lse);
+    GK::attention_backward(gdout, gq, gk, gv, gout, lse, shape, gdq, gdk, gdv);
+
+    auto widened = [](const HostM<float>& m) -> HostM<double> { return m.cast<double>(); };
+    CHECK(rel<double>(widened(host<GB>(gout)), out) <= 1e-4);
+    CHECK(rel<double>(widened(host<GB>(gdq)), dq) <= 1e-4);
+    CHECK(rel<double>(widened(host<GB>(gdk)), dk) <= 1e-4);
+    CHECK(rel<double>(widened(host<GB>(gdv)), dv) <= 1e-4);
+    // the last query row of each sequence sees all 150 keys; the first sees one (its output is v_0)
+    CHECK(rel<double>(widened(host<GB>(gout)).row(0), out.row(0)) <= 1e-6);
+  }
 }
 
 TEST_CASE("CUDA LLaMA: bad tokens and targets are refused on the host, with the CPU's messages") {
