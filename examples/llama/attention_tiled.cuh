@@ -14,8 +14,9 @@
 // The math is FusedAttention's (kernels_rows.hpp): the forward keeps a running maximum and sum per
 // row (online softmax) and writes each row's logsumexp; the backward recomputes P from q, k and
 // the logsumexp, with D = rowsum(dO * O) from the row kernel:
-//   dk, dv: one block per (sequence, kv head, key tile), over the query heads of the group and the
-//           query tiles at or after the key tile;
+//   dk, dv: one block per (sequence, head, key tile), over the query tiles at or after the key
+//           tile; with grouped heads each query head's share goes to a buffer and group_sum adds
+//           the group's shares in head order;
 //   dq:     one block per (sequence, head, query tile), over the key tiles at or before it.
 // Every output element has one writer (no atomics), so a run repeats bit for bit. Products and
 // sums are float (the row kernel's are double); tests/cuda/test_llama_parity.cpp holds both to the
@@ -26,6 +27,7 @@
 #error "attention_tiled.cuh needs nvcc"
 #endif
 
+#include <algorithm>
 #include <cmath>
 
 #include "kernel_profile.hpp"
@@ -234,11 +236,15 @@ __device__ inline void stage_row_stats(const float* lse, const float* delta, Ind
   }
 }
 
-// Grid: (key tiles, batch * kv_heads). Shared: k, v, q, dO tiles, P and dS, the query tile's L, D.
+// Grid: (key tiles, batch * heads): one query head's share of its kv head's dk and dv, written at
+// column h * D of per-head buffers (or at g * D of dk, dv themselves when every kv head has one
+// query head); group_sum adds the shares. One block per kv head instead would leave the first key
+// tile's block 8 heads x 16 query tiles of serial work at TinyLlama's shape, and it measured 2x
+// slower than dq. Shared: k, v, q, dO tiles, P and dS, the query tile's L and D.
 template <int D>
 __global__ void __launch_bounds__(kThreads) dkv_kernel(rows::FusedAttention<float> f, const float* dout, Index ld_do,
-                                                       const float* lse, const float* delta, float* dk, Index ld_dk,
-                                                       float* dv, Index ld_dv) {
+                                                       const float* lse, const float* delta, bool per_head, float* dk,
+                                                       Index ld_dk, float* dv, Index ld_dv) {
   using G = Geometry<D>;
   extern __shared__ float smem[];
   float* ks = smem;
@@ -249,30 +255,43 @@ __global__ void __launch_bounds__(kThreads) dkv_kernel(rows::FusedAttention<floa
   float* dss = ps + G::scores;
   float* lse_s = dss + G::scores;
   float* delta_s = lse_s + kTile;
-  const Index kt = blockIdx.x, b = Index(blockIdx.y) / f.kv_heads, g = Index(blockIdx.y) % f.kv_heads;
-  const Index base = b * f.seq, k0 = kt * kTile, kc = g * D, tiles = (f.seq + kTile - 1) / kTile;
+  const Index kt = blockIdx.x, b = Index(blockIdx.y) / f.heads, h = Index(blockIdx.y) % f.heads, g = h / f.group();
+  const Index base = b * f.seq, k0 = kt * kTile, kc = g * D, qc = h * D, tiles = (f.seq + kTile - 1) / kTile;
   const float scale = float(f.scale);
   stage<D>(f.k.row(base), f.k.ld, k0, f.seq, kc, ks);
   stage<D>(f.v.row(base), f.v.ld, k0, f.seq, kc, vs);
   float gk[kPer][G::cols] = {}, gv[kPer][G::cols] = {};
-  for (Index h = g * f.group(); h < (g + 1) * f.group(); ++h)
-    for (Index qt = kt; qt < tiles; ++qt) {
-      const Index q0 = qt * kTile, qc = h * D;
-      __syncthreads();
-      stage<D>(f.q.row(base), f.q.ld, q0, f.seq, qc, qs);
-      stage<D>(dout + base * ld_do, ld_do, q0, f.seq, qc, dos);
-      stage_row_stats(lse, delta, (b * f.heads + h) * f.seq, q0, f.seq, lse_s, delta_s);
-      __syncthreads();
-      float s[kPer][kPer] = {}, dp[kPer][kPer] = {};
-      scores<D>(ks, qs, s);
-      scores<D>(vs, dos, dp);
-      probabilities<true>(s, dp, lse_s, delta_s, q0, k0, f.seq, scale, ps, dss);
-      __syncthreads();
-      times_tile<D>(ps, dos, gv);
-      times_tile<D>(dss, qs, gk);
-    }
-  write_rows<D>(gk, scale, dk + base * ld_dk, ld_dk, k0, f.seq, kc);
-  write_rows<D>(gv, 1.f, dv + base * ld_dv, ld_dv, k0, f.seq, kc);
+  for (Index qt = kt; qt < tiles; ++qt) {
+    const Index q0 = qt * kTile;
+    __syncthreads();
+    stage<D>(f.q.row(base), f.q.ld, q0, f.seq, qc, qs);
+    stage<D>(dout + base * ld_do, ld_do, q0, f.seq, qc, dos);
+    stage_row_stats(lse, delta, (b * f.heads + h) * f.seq, q0, f.seq, lse_s, delta_s);
+    __syncthreads();
+    float s[kPer][kPer] = {}, dp[kPer][kPer] = {};
+    scores<D>(ks, qs, s);
+    scores<D>(vs, dos, dp);
+    probabilities<true>(s, dp, lse_s, delta_s, q0, k0, f.seq, scale, ps, dss);
+    __syncthreads();
+    times_tile<D>(ps, dos, gv);
+    times_tile<D>(dss, qs, gk);
+  }
+  const Index oc = per_head ? qc : kc;
+  write_rows<D>(gk, scale, dk + base * ld_dk, ld_dk, k0, f.seq, oc);
+  write_rows<D>(gv, 1.f, dv + base * ld_dv, ld_dv, k0, f.seq, oc);
+}
+
+// out[r][g * D + d] = sum over the group's query heads u of part[r][(g * group + u) * D + d], in
+// head order: a fixed order, so the sum repeats bit for bit.
+template <int D>
+__global__ void group_sum(const float* part, Index rows, Index heads, Index group, float* out, Index ld_out) {
+  const Index cols = heads / group * D;
+  for (Index e = Index(blockIdx.x) * blockDim.x + threadIdx.x; e < rows * cols; e += Index(blockDim.x) * gridDim.x) {
+    const Index r = e / cols, c = e % cols, g = c / D, d = c % D;
+    float acc = 0;
+    for (Index u = 0; u < group; ++u) acc += part[r * heads * D + (g * group + u) * D + d];
+    out[r * ld_out + c] = acc;
+  }
 }
 
 // Grid: (query tiles, batch * heads). Shared: q, dO, k, v tiles, dS, the query tile's L and D.
@@ -336,8 +355,23 @@ void backward(const rows::FusedAttention<float>& f, Index batch, const float* do
   using G = Geometry<D>;
   const unsigned tiles = unsigned((f.seq + kTile - 1) / kTile);
   const std::size_t dkv_shared = sizeof(float) * (4 * G::tile + 2 * G::scores + 2 * kTile);
-  launch(dkv_kernel<D>, dim3(tiles, unsigned(batch * f.kv_heads)), dkv_shared, s, "llama attention dk dv (tiled)", f,
-         dout, ld_do, lse, delta, dk.data(), dk.ld(), dv.data(), dv.ld());
+  const dim3 per_head_grid(tiles, unsigned(batch * f.heads));
+  if (f.group() == 1) {
+    launch(dkv_kernel<D>, per_head_grid, dkv_shared, s, "llama attention dk dv (tiled)", f, dout, ld_do, lse, delta,
+           false, dk.data(), dk.ld(), dv.data(), dv.ld());
+  } else {
+    const Index rows = batch * f.seq, ld = f.heads * D;
+    milora::cuda::DeviceBuffer<float> part(std::size_t(2 * rows * ld));  // stream-ordered where the device has it
+    float* part_k = part.data();
+    float* part_v = part_k + rows * ld;
+    launch(dkv_kernel<D>, per_head_grid, dkv_shared, s, "llama attention dk dv (tiled)", f, dout, ld_do, lse, delta, true,
+           part_k, ld, part_v, ld);
+    const unsigned blocks = unsigned(std::min<Index>((rows * f.kv_heads * D + 255) / 256, 8192));
+    const profile::Scope timer("llama attention dk dv group sum", s);
+    group_sum<D><<<blocks, 256, 0, s>>>(part_k, rows, f.heads, f.group(), dk.data(), dk.ld());
+    group_sum<D><<<blocks, 256, 0, s>>>(part_v, rows, f.heads, f.group(), dv.data(), dv.ld());
+    milora::cuda::check_launch("llama attention dk dv group sum");
+  }
   const std::size_t dq_shared = sizeof(float) * (4 * G::tile + G::scores + 2 * kTile);
   launch(dq_kernel<D>, dim3(tiles, unsigned(batch * f.heads)), dq_shared, s, "llama attention dq (tiled)", f, dout, ld_do,
          lse, delta, dq.data(), dq.ld());

@@ -43,16 +43,20 @@ MILORA_HOST_DEVICE void rmsnorm_backward(const T* dy, const T* x, const T* w, do
   for (Index j = 0; j < c; ++j) dx[j] += T(r * double(w[j]) * double(dy[j]) - k * double(x[j]));
 }
 
-/// One head in place, rotate-half layout: x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin
-/// (sign = -1: the inverse rotation, which is the backward pass). cos, sin: the position's row.
+/// Pair i of one head in place, rotate-half layout: x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin
+/// with x1 = p[i], x2 = p[i + half] (sign = -1: the inverse rotation, which is the backward pass).
+template <class T>
+MILORA_HOST_DEVICE void rope_pair(T* p, T cos, T sin, Index i, Index half, double sign) {
+  const T s = T(sign) * sin;
+  const T a = p[i], b = p[i + half];
+  p[i] = a * cos - b * s;
+  p[i + half] = b * cos + a * s;
+}
+
+/// One head in place (every pair). cos, sin: the position's row.
 template <class T>
 MILORA_HOST_DEVICE void rope_head(T* p, const T* cos, const T* sin, Index half, double sign) {
-  for (Index i = 0; i < half; ++i) {
-    const T c = cos[i], s = T(sign) * sin[i];
-    const T a = p[i], b = p[i + half];
-    p[i] = a * c - b * s;
-    p[i + half] = b * c + a * s;
-  }
+  for (Index i = 0; i < half; ++i) rope_pair(p, cos[i], sin[i], i, half, sign);
 }
 
 template <class T>
