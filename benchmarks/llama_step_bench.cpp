@@ -204,6 +204,9 @@ int main(int argc, char** argv) {
         };
         benchmark::RegisterBenchmark("lora_step_tf32", tf32(lora_step<BE>))
             ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(smoke ? 1 : 3);
+        // bf16 projections and activations, the products that stay float (LM head, adapters) on TF32
+        benchmark::RegisterBenchmark("lora_step_bf16_tf32", tf32(lora_step<BE, milora::Bf16Weights, true>))
+            ->Unit(benchmark::kMillisecond)->UseRealTime()->Iterations(smoke ? 1 : 3);
         benchmark::RegisterBenchmark("sgemm_peak_tf32", tf32(sgemm_peak<BE>))->Arg(n)->Unit(benchmark::kMillisecond)->UseRealTime();
       }
       benchmark::Initialize(&argc, argv);

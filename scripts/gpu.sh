@@ -125,11 +125,12 @@ for step, gemm in (("lora_step", "sgemm_peak"), ("lora_step_tf32", "sgemm_peak_t
         m, peak = b[step], b[gemm]["GFLOP/s"]
         print(f"milora {step:22s} {m['items_per_second']:10.0f} tokens/s  {m['GFLOP/s'] / 1e3:.1f} TFLOP/s "
               f"= {m['GFLOP/s'] / peak:.0%} of cuBLAS {gemm}'s {peak / 1e3:.1f}  device memory {m['gpu_used_MiB']:.0f} MiB")
-for step in ("lora_step_bf16", "lora_step_bf16_weights"):  # --dtype bf16; weights alone. MFU against H100/H200's dense bf16 peak
+for step in ("lora_step_bf16", "lora_step_bf16_weights", "lora_step_bf16_tf32"):  # --dtype bf16; weights alone. MFU against H100/H200's dense bf16 peak
     if step in b:
         m = b[step]
         print(f"milora {step:22s} {m['items_per_second']:10.0f} tokens/s  {m['GFLOP/s'] / 1e3:.1f} TFLOP/s "
-              f"= {m['GFLOP/s'] / 989e3:.0%} of 989 (dense bf16)  device memory {m['gpu_used_MiB']:.0f} MiB")
+              f"= {m['GFLOP/s'] / 989e3:.0%} of 989 (dense bf16)  device memory {m['gpu_used_MiB']:.0f} MiB, "
+              f"saved activations {m['saved_act_MiB']:.0f} MiB, frozen weights {m['frozen_MiB']:.0f} MiB")
 t = {}
 for dt in ("f32", "tf32", "bf16"):
     mine = "lora_step_bf16" if dt == "bf16" else "lora_step_tf32"
@@ -198,9 +199,9 @@ PY
     --benchmark_out="$log/llama_step_cuda.json" --benchmark_out_format=json || fails+=(llama_step_cuda)
   # where the step's time goes: every LLaMA kernel timed by name (kernel_profile.hpp)
   stage llama_step_profile 60 env MILORA_CUDA_PROFILE=1 "$out/benchmarks/llama_step_bench" $shape --device cuda \
-    --benchmark_filter='^lora_step$' || fails+=(llama_step_profile)
+    --benchmark_filter='^lora_step/' || fails+=(llama_step_profile)
   stage llama_step_profile_bf16 60 env MILORA_CUDA_PROFILE=1 "$out/benchmarks/llama_step_bench" $shape --device cuda \
-    --benchmark_filter='^lora_step_bf16$' || fails+=(llama_step_profile_bf16)
+    --benchmark_filter='^lora_step_bf16/' || fails+=(llama_step_profile_bf16)
   stage peft_step_bf16 60 python3 "$root/benchmarks/peft_step.py" $shape --dtype bfloat16 || fails+=(peft_step_bf16)
   stage peft_step_tf32 60 python3 "$root/benchmarks/peft_step.py" $shape --dtype float32 --tf32 || fails+=(peft_step_tf32)
   stage peft_step_f32 60 python3 "$root/benchmarks/peft_step.py" $shape --dtype float32 || fails+=(peft_step_f32)
