@@ -133,7 +133,7 @@ for step in ("lora_step_bf16", "lora_step_bf16_weights", "lora_step_bf16_tf32"):
               f"saved activations {m['saved_act_MiB']:.0f} MiB, frozen weights {m['frozen_MiB']:.0f} MiB")
 t = {}
 for dt in ("f32", "tf32", "bf16"):
-    mine = "lora_step_bf16" if dt == "bf16" else "lora_step_tf32"
+    mine = {"f32": "lora_step", "tf32": "lora_step_tf32", "bf16": "lora_step_bf16"}[dt]
     try:
         t = dict(l.strip().split("=", 1) for l in open(f"{d}/peft_step_{dt}.log") if "=" in l)
     except OSError:
