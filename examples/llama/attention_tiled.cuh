@@ -20,7 +20,9 @@
 //   dq:     one block per (sequence, head, query tile), over the key tiles at or before it.
 // Every output element has one writer (no atomics), so a run repeats bit for bit. Products and
 // sums are float (the row kernel's are double); tests/cuda/test_llama_parity.cpp holds both to the
-// double computation of the rows.
+// double computation of the rows. attention_tensor_core.cuh is the same schedule with the
+// products on tensor cores (TF32), chosen when the context allows TF32; a Schedule names either's
+// kernels for run_forward / run_backward.
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -58,11 +60,11 @@ struct Geometry {
 
 /// Rows [row0, row0 + 64) of the D columns from col0 of a row-major matrix into s; rows at or past
 /// `rows` read as zero.
-template <int D>
+template <int D, int kStagedLd = Geometry<D>::ld>
 __device__ void stage(const float* m, Index ld, Index row0, Index rows, Index col0, float* s) {
   for (int e = int(threadIdx.x); e < kTile * D; e += kThreads) {
     const int r = e / D, c = e % D;
-    s[r * Geometry<D>::ld + c] = row0 + r < rows ? m[(row0 + r) * ld + col0 + c] : 0.f;
+    s[r * kStagedLd + c] = row0 + r < rows ? m[(row0 + r) * ld + col0 + c] : 0.f;
   }
 }
 
@@ -283,12 +285,12 @@ __global__ void __launch_bounds__(kThreads) dkv_kernel(rows::FusedAttention<floa
 
 // out[r][g * D + d] = sum over the group's query heads u of part[r][(g * group + u) * D + d], in
 // head order: a fixed order, so the sum repeats bit for bit.
-template <int D>
-__global__ void group_sum(const float* part, Index rows, Index heads, Index group, float* out, Index ld_out) {
+template <class T>
+__global__ void group_sum(const T* part, Index rows, Index heads, Index group, Index D, T* out, Index ld_out) {
   const Index cols = heads / group * D;
   for (Index e = Index(blockIdx.x) * blockDim.x + threadIdx.x; e < rows * cols; e += Index(blockDim.x) * gridDim.x) {
     const Index r = e / cols, c = e % cols, g = c / D, d = c % D;
-    float acc = 0;
+    T acc = 0;
     for (Index u = 0; u < group; ++u) acc += part[r * heads * D + (g * group + u) * D + d];
     out[r * ld_out + c] = acc;
   }
@@ -339,42 +341,67 @@ void launch(Kernel kernel, dim3 grid, std::size_t shared, cudaStream_t s, const 
   milora::cuda::check_launch(name);
 }
 
-template <int D>
-void forward(const rows::FusedAttention<float>& f, Index batch, milora::cuda::DeviceView<float> out, float* lse,
-             cudaStream_t s) {
-  using G = Geometry<D>;
-  const dim3 grid(unsigned((f.seq + kTile - 1) / kTile), unsigned(batch * f.heads));
-  const std::size_t shared = sizeof(float) * (3 * G::tile + G::scores + 3 * kTile);
-  launch(forward_kernel<D>, grid, shared, s, "llama attention forward (tiled)", f, out.data(), out.ld(), lse);
+/// Runs the dk/dv kernel (run(per_head, dk, ld_dk, dv, ld_dv)) into dk and dv directly when every kv
+/// head has one query head, else into per-head buffers whose group shares group_sum then adds.
+template <class RunDkv>
+void per_head_dkv(const rows::FusedAttention<float>& f, Index batch, milora::cuda::DeviceView<float> dk,
+                  milora::cuda::DeviceView<float> dv, cudaStream_t s, RunDkv&& run) {
+  if (f.group() == 1) {
+    run(false, dk.data(), dk.ld(), dv.data(), dv.ld());
+    return;
+  }
+  const Index rows = batch * f.seq, ld = f.heads * f.head_dim;
+  milora::cuda::DeviceBuffer<float> part(std::size_t(2 * rows * ld));  // stream-ordered where the device has it
+  float* part_k = part.data();
+  float* part_v = part_k + rows * ld;
+  run(true, part_k, ld, part_v, ld);
+  const unsigned blocks = unsigned(std::min<Index>((rows * f.kv_heads * f.head_dim + 255) / 256, 8192));
+  const profile::Scope timer("llama attention dk dv group sum", s);
+  group_sum<float><<<blocks, 256, 0, s>>>(part_k, rows, f.heads, f.group(), f.head_dim, dk.data(), dk.ld());
+  group_sum<float><<<blocks, 256, 0, s>>>(part_v, rows, f.heads, f.group(), f.head_dim, dv.data(), dv.ld());
+  milora::cuda::check_launch("llama attention dk dv group sum");
 }
 
+/// One schedule's three kernels and their dynamic shared memory in bytes: schedule<D>() here, and
+/// tensor_core::schedule<D>() (attention_tensor_core.cuh); run_forward / run_backward launch either.
+struct Schedule {
+  void (*forward)(rows::FusedAttention<float>, float*, Index, float*);
+  std::size_t forward_shared;
+  const char* forward_name;
+  void (*dkv)(rows::FusedAttention<float>, const float*, Index, const float*, const float*, bool, float*, Index, float*,
+              Index);
+  std::size_t dkv_shared;
+  const char* dkv_name;
+  void (*dq)(rows::FusedAttention<float>, const float*, Index, const float*, const float*, float*, Index);
+  std::size_t dq_shared;
+  const char* dq_name;
+};
+
 template <int D>
-void backward(const rows::FusedAttention<float>& f, Index batch, const float* dout, Index ld_do, const float* lse,
-              const float* delta, milora::cuda::DeviceView<float> dq, milora::cuda::DeviceView<float> dk,
-              milora::cuda::DeviceView<float> dv, cudaStream_t s) {
+Schedule schedule() {
   using G = Geometry<D>;
-  const unsigned tiles = unsigned((f.seq + kTile - 1) / kTile);
-  const std::size_t dkv_shared = sizeof(float) * (4 * G::tile + 2 * G::scores + 2 * kTile);
-  const dim3 per_head_grid(tiles, unsigned(batch * f.heads));
-  if (f.group() == 1) {
-    launch(dkv_kernel<D>, per_head_grid, dkv_shared, s, "llama attention dk dv (tiled)", f, dout, ld_do, lse, delta,
-           false, dk.data(), dk.ld(), dv.data(), dv.ld());
-  } else {
-    const Index rows = batch * f.seq, ld = f.heads * D;
-    milora::cuda::DeviceBuffer<float> part(std::size_t(2 * rows * ld));  // stream-ordered where the device has it
-    float* part_k = part.data();
-    float* part_v = part_k + rows * ld;
-    launch(dkv_kernel<D>, per_head_grid, dkv_shared, s, "llama attention dk dv (tiled)", f, dout, ld_do, lse, delta, true,
-           part_k, ld, part_v, ld);
-    const unsigned blocks = unsigned(std::min<Index>((rows * f.kv_heads * D + 255) / 256, 8192));
-    const profile::Scope timer("llama attention dk dv group sum", s);
-    group_sum<D><<<blocks, 256, 0, s>>>(part_k, rows, f.heads, f.group(), dk.data(), dk.ld());
-    group_sum<D><<<blocks, 256, 0, s>>>(part_v, rows, f.heads, f.group(), dv.data(), dv.ld());
-    milora::cuda::check_launch("llama attention dk dv group sum");
-  }
-  const std::size_t dq_shared = sizeof(float) * (4 * G::tile + G::scores + 2 * kTile);
-  launch(dq_kernel<D>, dim3(tiles, unsigned(batch * f.heads)), dq_shared, s, "llama attention dq (tiled)", f, dout, ld_do,
-         lse, delta, dq.data(), dq.ld());
+  return {forward_kernel<D>, sizeof(float) * (3 * G::tile + G::scores + 3 * kTile), "llama attention forward (tiled)",
+          dkv_kernel<D>,     sizeof(float) * (4 * G::tile + 2 * G::scores + 2 * kTile), "llama attention dk dv (tiled)",
+          dq_kernel<D>,      sizeof(float) * (4 * G::tile + G::scores + 2 * kTile), "llama attention dq (tiled)"};
+}
+
+// Forward and dq: a block per (query tile, sequence and head); dk, dv: per (key tile, sequence and head).
+inline dim3 grid_of(const rows::FusedAttention<float>& f, Index batch) {
+  return {unsigned((f.seq + kTile - 1) / kTile), unsigned(batch * f.heads)};
+}
+
+inline void run_forward(const Schedule& k, const rows::FusedAttention<float>& f, Index batch,
+                        milora::cuda::DeviceView<float> out, float* lse, cudaStream_t s) {
+  launch(k.forward, grid_of(f, batch), k.forward_shared, s, k.forward_name, f, out.data(), out.ld(), lse);
+}
+
+inline void run_backward(const Schedule& k, const rows::FusedAttention<float>& f, Index batch, const float* dout,
+                         Index ld_do, const float* lse, const float* delta, milora::cuda::DeviceView<float> dq,
+                         milora::cuda::DeviceView<float> dk, milora::cuda::DeviceView<float> dv, cudaStream_t s) {
+  per_head_dkv(f, batch, dk, dv, s, [&](bool per_head, float* gk, Index ld_k, float* gv, Index ld_v) {
+    launch(k.dkv, grid_of(f, batch), k.dkv_shared, s, k.dkv_name, f, dout, ld_do, lse, delta, per_head, gk, ld_k, gv, ld_v);
+  });
+  launch(k.dq, grid_of(f, batch), k.dq_shared, s, k.dq_name, f, dout, ld_do, lse, delta, dq.data(), dq.ld());
 }
 
 /// Runs `body.template operator()<D>()` for head_dim D (one of supports()).

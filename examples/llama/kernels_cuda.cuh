@@ -16,6 +16,7 @@
 #include <algorithm>
 #include <type_traits>
 
+#include "attention_tensor_core.cuh"
 #include "attention_tiled.cuh"
 #include "kernel_profile.hpp"
 #include "kernels_cuda_launch.hpp"
@@ -152,7 +153,8 @@ void rope(DeviceView<T> x, DeviceView<const T> cos, DeviceView<const T> sin, Ind
 template <class T>
 rows::RowPtr<T> rows_of(DeviceView<T> m) { return {m.data(), m.ld()}; }
 
-// Float with head_dim 16 / 32 / 64 / 128: the tiled kernels of attention_tiled.cuh. Otherwise one
+// Float with head_dim 16 / 32 / 64 / 128: the tiled kernels of attention_tiled.cuh, their products on
+// tensor cores in TF32 when the context allows TF32 (attention_tensor_core.cuh). Otherwise one
 // thread per query row (double, which the parity test uses to check FusedAttention's math on the
 // GPU to 1e-10; other head sizes): the threads of a warp are consecutive positions of one
 // (sequence, head), so they read the same key and value rows at about the same time.
@@ -160,7 +162,10 @@ template <class T>
 void attention_forward(const rows::FusedAttention<T>& a, Index batch, DeviceView<T> out, T* lse, cudaStream_t s) {
   if constexpr (std::is_same_v<T, float>) {
     if (tiled::supports(a.head_dim)) {
-      tiled::with_head_dim(a.head_dim, [&]<int D>() { tiled::forward<D>(a, batch, out, lse, s); });
+      tiled::with_head_dim(a.head_dim, [&]<int D>() {
+        const bool tensor_cores = milora::cuda::context().tf32();  // --tf32
+        tiled::run_forward(tensor_cores ? tiled::tensor_core::schedule<D>() : tiled::schedule<D>(), a, batch, out, lse, s);
+      });
       return;
     }
   }
@@ -181,7 +186,9 @@ void attention_backward(const rows::FusedAttention<T>& a, Index batch, DeviceVie
   if constexpr (std::is_same_v<T, float>) {
     if (tiled::supports(a.head_dim)) {
       tiled::with_head_dim(a.head_dim, [&]<int D>() {
-        tiled::backward<D>(a, batch, dout.data(), dout.ld(), lse, delta, dq, dk, dv, s);
+        const bool tensor_cores = milora::cuda::context().tf32();
+        tiled::run_backward(tensor_cores ? tiled::tensor_core::schedule<D>() : tiled::schedule<D>(), a, batch, dout.data(),
+                            dout.ld(), lse, delta, dq, dk, dv, s);
       });
       return;
     }

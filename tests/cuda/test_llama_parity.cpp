@@ -92,48 +92,75 @@ TEST_CASE("CUDA LLaMA parity, bf16 frozen projections and saved activations: log
 // against the CPU kernels in double (the seq x seq probabilities, an independent computation).
 // Float products of 64- and 128-term dots and softmax sums over 150 keys: ~1e-6 relative; 1e-4 is
 // issue 8's float bound. A wrong mask, tile offset or head mapping is off by O(1).
-TEST_CASE("CUDA LLaMA attention: the tiled kernels at seq 150 (three tiles), head_dim 64 and 128, grouped heads, match the CPU kernels in double (1e-4)") {
+// With TF32 allowed (--tf32) the same kernels take their products on tensor cores
+// (attention_tensor_core.cuh): every operand rounded to a 10-bit mantissa (2^-11 relative), so
+// outputs and gradients move by ~1e-3; bound 1e-2, the bound of the --tf32 tool test. That path
+// must also differ from the float one by more than float's own error (1e-5), or it did not run.
+namespace {
+
+struct AttentionRun {
+  HostM<double> out, dq, dk, dv;
+};
+
+AttentionRun cpu_attention(const llama::AttentionShape& shape, const std::vector<milora::EigenBackend<double>::matrix>& in) {
   using CB = milora::EigenBackend<double>;
-  using GB = milora::CudaBackend<float>;
   using CK = llama::LlamaKernels<CB>;
+  const auto saved = CK::attention_saved_shape(shape);
+  const llama::Index rows = shape.batch * shape.seq;
+  auto out = CB::zeros(rows, in[0].cols()), probs = CB::zeros(saved.rows, saved.cols);
+  auto dq = CB::zeros(rows, in[0].cols()), dk = CB::zeros(rows, in[1].cols()), dv = CB::zeros(rows, in[2].cols());
+  CK::attention_forward(in[0], in[1], in[2], shape, out, probs);
+  CK::attention_backward(in[3], in[0], in[1], in[2], out, probs, shape, dq, dk, dv);
+  return {out, dq, dk, dv};
+}
+
+AttentionRun gpu_attention(const llama::AttentionShape& shape, const std::vector<milora::EigenBackend<double>::matrix>& in,
+                           bool tf32) {
+  using GB = milora::CudaBackend<float>;
   using GK = llama::LlamaKernels<GB>;
+  std::vector<GB::matrix> g;
+  for (const auto& m : in) {
+    const HostM<float> r = m.cast<float>();  // row-major, as from_host reads
+    g.push_back(GB::from_host(m.rows(), m.cols(), std::span<const float>(r.data(), std::size_t(r.size()))));
+  }
+  const auto saved = GK::attention_saved_shape(shape);
+  const llama::Index rows = shape.batch * shape.seq;
+  auto out = GB::zeros(rows, g[0].cols()), lse = GB::zeros(saved.rows, saved.cols);
+  auto dq = GB::zeros(rows, g[0].cols()), dk = GB::zeros(rows, g[1].cols()), dv = GB::zeros(rows, g[2].cols());
+  milora::cuda::context().allow_tf32(tf32);
+  GK::attention_forward(g[0], g[1], g[2], shape, out, lse);
+  GK::attention_backward(g[3], g[0], g[1], g[2], out, lse, shape, dq, dk, dv);
+  milora::cuda::context().allow_tf32(false);
+  auto widened = [](const HostM<float>& m) -> HostM<double> { return m.cast<double>(); };
+  return {widened(host<GB>(out)), widened(host<GB>(dq)), widened(host<GB>(dk)), widened(host<GB>(dv))};
+}
+
+}  // namespace
+
+TEST_CASE("CUDA LLaMA attention: the tiled kernels at seq 150 (three tiles), head_dim 64 and 128, grouped heads, match the CPU kernels in double (float 1e-4, TF32 1e-2)") {
+  using CB = milora::EigenBackend<double>;
   for (const llama::Index head_dim : {64, 128}) {
     CAPTURE(head_dim);
     const llama::AttentionShape shape{.batch = 2, .seq = 150, .heads = 4, .kv_heads = 2, .head_dim = head_dim};
-    const llama::Index rows = shape.batch * shape.seq;
-    auto random = [&](llama::Index cols, std::uint64_t seed) {
-      auto m = CB::zeros(rows, cols);
-      CB::fill_normal(m, 0.0, 1.0, seed);
-      return m;
-    };
-    const auto q = random(shape.heads * head_dim, 1), k = random(shape.kv_heads * head_dim, 2);
-    const auto v = random(shape.kv_heads * head_dim, 3), dout = random(shape.heads * head_dim, 4);
-    auto to_gpu = [](const CB::matrix& m) {
-      const Eigen::MatrixXf f = m.cast<float>();
-      const HostM<float> r = f;  // row-major, as from_host reads
-      return GB::from_host(m.rows(), m.cols(), std::span<const float>(r.data(), std::size_t(r.size())));
-    };
-    const auto gq = to_gpu(q), gk = to_gpu(k), gv = to_gpu(v), gdout = to_gpu(dout);
-
-    const auto saved = CK::attention_saved_shape(shape);
-    auto out = CB::zeros(rows, q.cols()), probs = CB::zeros(saved.rows, saved.cols);
-    auto dq = CB::zeros(rows, q.cols()), dk = CB::zeros(rows, k.cols()), dv = CB::zeros(rows, v.cols());
-    CK::attention_forward(q, k, v, shape, out, probs);
-    CK::attention_backward(dout, q, k, v, out, probs, shape, dq, dk, dv);
-
-    const auto gsaved = GK::attention_saved_shape(shape);
-    auto gout = GB::zeros(rows, q.cols()), lse = GB::zeros(gsaved.rows, gsaved.cols);
-    auto gdq = GB::zeros(rows, q.cols()), gdk = GB::zeros(rows, k.cols()), gdv = GB::zeros(rows, v.cols());
-    GK::attention_forward(gq, gk, gv, shape, gout, lse);
-    GK::attention_backward(gdout, gq, gk, gv, gout, lse, shape, gdq, gdk, gdv);
-
-    auto widened = [](const HostM<float>& m) -> HostM<double> { return m.cast<double>(); };
-    CHECK(rel<double>(widened(host<GB>(gout)), out) <= 1e-4);
-    CHECK(rel<double>(widened(host<GB>(gdq)), dq) <= 1e-4);
-    CHECK(rel<double>(widened(host<GB>(gdk)), dk) <= 1e-4);
-    CHECK(rel<double>(widened(host<GB>(gdv)), dv) <= 1e-4);
-    // the last query row of each sequence sees all 150 keys; the first sees one (its output is v_0)
-    CHECK(rel<double>(widened(host<GB>(gout)).row(0), out.row(0)) <= 1e-6);
+    std::vector<CB::matrix> in;  // q, k, v, dout
+    const llama::Index widths[] = {shape.heads, shape.kv_heads, shape.kv_heads, shape.heads};
+    for (std::uint64_t i = 0; i < 4; ++i) {
+      in.push_back(CB::zeros(shape.batch * shape.seq, widths[i] * head_dim));
+      CB::fill_normal(in.back(), 0.0, 1.0, i + 1);
+    }
+    const auto want = cpu_attention(shape, in);
+    const auto got = gpu_attention(shape, in, false), tf32 = gpu_attention(shape, in, true);
+    CHECK(rel<double>(got.out, want.out) <= 1e-4);
+    CHECK(rel<double>(got.dq, want.dq) <= 1e-4);
+    CHECK(rel<double>(got.dk, want.dk) <= 1e-4);
+    CHECK(rel<double>(got.dv, want.dv) <= 1e-4);
+    // the first query row of a sequence sees one key: its output is v_0 (rounded to float)
+    CHECK(rel<double>(got.out.row(0), want.out.row(0)) <= 1e-6);
+    CHECK(rel<double>(tf32.out, want.out) <= 1e-2);
+    CHECK(rel<double>(tf32.dq, want.dq) <= 1e-2);
+    CHECK(rel<double>(tf32.dk, want.dk) <= 1e-2);
+    CHECK(rel<double>(tf32.dv, want.dv) <= 1e-2);
+    CHECK(rel<double>(tf32.out, got.out) > 1e-5);
   }
 }
 
