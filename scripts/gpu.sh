@@ -78,6 +78,7 @@ PY
   local peft="$root/tests/reference/peft_load_check.py --model $tiny --adapter $tmp/cpu/checkpoint-4/plain_lora --data $tmp/val.u32 --seq 32 --batch 2"
   "$tools/milora-finetune" $common --out "$tmp/cpu" | tail -n 1 > "$tmp/finetune_cpu.json" || rc=1
   "$tools/milora-finetune" $common --out "$tmp/gpu" --device cuda | tail -n 1 > "$tmp/finetune_gpu.json" || rc=1
+  "$tools/milora-finetune" $common --out "$tmp/gpu_tf32" --device cuda --tf32 | tail -n 1 > "$tmp/finetune_gpu_tf32.json" || rc=1
   "$tools/milora-finetune" $common --dtype bf16 --out "$tmp/cpu16" | tail -n 1 > "$tmp/finetune_cpu16.json" || rc=1
   "$tools/milora-finetune" $common --dtype bf16 --out "$tmp/gpu16" --device cuda | tail -n 1 > "$tmp/finetune_gpu16.json" || rc=1
   "$tools/milora-eval" $evaluate | tail -n 1 > "$tmp/eval_cpu.json" || rc=1
@@ -94,6 +95,7 @@ def get(name, key):
     except Exception as e:
         return float("nan")
 rows = [("milora-finetune val_loss, cuda vs cpu", get("finetune_gpu", "val_loss"), get("finetune_cpu", "val_loss"), 1e-4),
+        ("... --tf32 (tensor-core products), cuda vs cpu", get("finetune_gpu_tf32", "val_loss"), get("finetune_cpu", "val_loss"), 1e-2),
         ("... --dtype bf16, cuda vs cpu", get("finetune_gpu16", "val_loss"), get("finetune_cpu16", "val_loss"), 2e-2),
         ("milora-eval loss, cuda vs cpu", get("eval_gpu", "loss"), get("eval_cpu", "loss"), 1e-4),
         ("... --dtype bf16 cuda vs float32 cpu", get("eval_gpu16", "loss"), get("eval_cpu", "loss"), 2e-2),
@@ -201,7 +203,7 @@ PY
   stage llama_step_profile 60 env MILORA_CUDA_PROFILE=1 "$out/benchmarks/llama_step_bench" $shape --device cuda \
     --benchmark_filter='^lora_step/' || fails+=(llama_step_profile)
   stage llama_step_profile_bf16 60 env MILORA_CUDA_PROFILE=1 "$out/benchmarks/llama_step_bench" $shape --device cuda \
-    --benchmark_filter='^lora_step_bf16/' || fails+=(llama_step_profile_bf16)
+    --benchmark_filter='^lora_step_bf16_tf32/' || fails+=(llama_step_profile_bf16)
   stage peft_step_bf16 60 python3 "$root/benchmarks/peft_step.py" $shape --dtype bfloat16 || fails+=(peft_step_bf16)
   stage peft_step_tf32 60 python3 "$root/benchmarks/peft_step.py" $shape --dtype float32 --tf32 || fails+=(peft_step_tf32)
   stage peft_step_f32 60 python3 "$root/benchmarks/peft_step.py" $shape --dtype float32 || fails+=(peft_step_f32)
