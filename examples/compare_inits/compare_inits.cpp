@@ -27,7 +27,7 @@
 #include <tuple>
 
 #include "../tools/tool_common.hpp"
-#include "calibration.hpp"
+#include "init_methods.hpp"
 #include "kernels_cpu.hpp"
 #include "subspace.hpp"
 #include "task.hpp"
@@ -42,7 +42,7 @@ using llama::Token;
 using milora::detail::concat;
 
 // Every method compare_inits can run, in the order the help lists them.
-constexpr const char* kMethods = "full,lora,pissa,milora,olora,orthogonal,mica,corda-kpm,corda-ipm,eva,lora-ga";
+const std::string kMethods = std::string("full,") + llama::kInitMethods;  // "full": every weight trained
 
 struct Options {
   std::string out = "compare_inits_out", model, corpus = "/usr/share/games/fortunes", task = "/usr/share/games/fortunes/de";
@@ -141,24 +141,6 @@ std::pair<double, double> task_metrics(const Options& o, Model& model, const Dat
   return {llama::evaluate(model, d.task_test_tokens, 8, o.seq, o.eval_batches).first, -1.0};
 }
 
-/// The adapters of `method` on `model`; CorDA / EVA / LoRA-GA calibrated on the first 8 batches
-/// of the task's training data. The only part of a run compiled per init policy.
-void add_adapters_of(const std::string& m, llama::Llama<BE>& model, const std::vector<std::string>& targets,
-                     const milora::AdapterConfig& cfg, const Options& o, const Data& d) {
-  auto with = [&]<class Init>() { llama::add_adapters_calibrated<Init>(model, targets, cfg, d.task_train, o.batch, o.seq, 8); };
-  if (m == "pissa") with.operator()<milora::PrincipalSVD<>>();
-  else if (m == "milora") with.operator()<milora::MinorSVD<>>();
-  else if (m == "olora") with.operator()<milora::LeadingQR>();
-  else if (m == "orthogonal") with.operator()<milora::OrthogonalInit>();
-  else if (m == "mica") with.operator()<milora::MinorLeftSingular<>>();
-  else if (m == "corda-kpm") with.operator()<milora::ContextOrientedSVD<BE>>();
-  else if (m == "corda-ipm") with.operator()<milora::ContextOrientedSVD<BE, milora::CordaMode::instruction_previewed>>();
-  else if (m == "eva") with.operator()<milora::ActivationPCA<BE>>();
-  else if (m == "lora-ga") with.operator()<milora::GradientApproximation<BE>>();
-  else if (m == "lora") with.operator()<milora::KaimingUniform>();
-  else throw milora::value_error("unknown method '" + m + "' (" + kMethods + ")");
-}
-
 Row run_method(const Options& o, const std::string& method, unsigned seed, const fs::path& model_dir, const Data& d,
                double task_before, double ppl_before, std::ofstream& curves) {
   using Model = llama::Llama<BE>;
@@ -167,7 +149,9 @@ Row run_method(const Options& o, const std::string& method, unsigned seed, const
   const auto targets = milora::tools::split_list(o.targets);
   const auto t0 = std::chrono::steady_clock::now();
   if (method == "full") model->enable_full_training();
-  else add_adapters_of(method, *model, targets, {.rank = o.rank, .alpha = double(o.rank), .seed = seed}, o, d);
+  else  // exact solvers; CorDA / EVA / LoRA-GA calibrated on the first 8 batches of the task's training data
+    llama::add_adapters_for_method(*model, method, false, targets, {.rank = o.rank, .alpha = double(o.rank), .seed = seed},
+                                   d.task_train, o.batch, o.seq, 8);
   Row row;
   row.method = method;
   row.seed = seed;

@@ -13,10 +13,8 @@
 #include <string>
 
 #include "../tools/tool_common.hpp"
-#include "milora/spectral/cholesky_krylov.hpp"
-#include "milora/spectral/randomized.hpp"
-#include "calibration.hpp"
 #include "device.hpp"
+#include "init_methods.hpp"
 #include "trainer.hpp"
 
 namespace llama::finetune {
@@ -38,39 +36,14 @@ struct Options {
   llama::TrainConfig train;
 };
 
-/// Adds the adapters of --method (--solver for the SVD-based ones) to `model`; data-driven policies
-/// calibrate on the first --calibration-batches batches of `tokens`. Returns the calibration tokens.
+/// Adds the adapters of --method (--solver fast: the fast spectral solvers) to `model`; data-driven
+/// policies calibrate on the first --calibration-batches batches of `tokens`. Returns the
+/// calibration tokens.
 template <class Model>
 Index add_adapters_for(const Options& o, Model& model, const std::vector<std::string>& targets,
                        const milora::AdapterConfig& config, const std::vector<llama::Token>& tokens) {
-  using BE = typename Model::backend;
-  const bool fast = o.solver == "fast";
-  auto with = [&]<class Init>() {
-    return llama::add_adapters_calibrated<Init>(model, targets, config, tokens, o.train.batch, o.train.seq, o.calibration_batches);
-  };
-  using enum milora::CordaMode;
-  using milora::CholeskyKrylovSVD, milora::RandomizedSVD;
-  if (o.method == "lora") return with.template operator()<milora::KaimingUniform>();
-  if (o.method == "olora") return with.template operator()<milora::LeadingQR>();
-  if (o.method == "orthogonal") return with.template operator()<milora::OrthogonalInit>();
-  if (o.method == "mica")
-    return fast ? with.template operator()<milora::MinorLeftSingular<CholeskyKrylovSVD>>()
-                : with.template operator()<milora::MinorLeftSingular<>>();
-  if (o.method == "corda-kpm")
-    return fast ? with.template operator()<milora::ContextOrientedSVD<BE, knowledge_preserved, CholeskyKrylovSVD>>()
-                : with.template operator()<milora::ContextOrientedSVD<BE, knowledge_preserved>>();
-  if (o.method == "corda-ipm")
-    return fast ? with.template operator()<milora::ContextOrientedSVD<BE, instruction_previewed, RandomizedSVD>>()
-                : with.template operator()<milora::ContextOrientedSVD<BE, instruction_previewed>>();
-  if (o.method == "eva") return with.template operator()<milora::ActivationPCA<BE>>();
-  if (o.method == "lora-ga")
-    return fast ? with.template operator()<milora::GradientApproximation<BE, RandomizedSVD>>()
-                : with.template operator()<milora::GradientApproximation<BE>>();
-  if (o.method == "pissa")
-    return fast ? with.template operator()<milora::PrincipalSVD<RandomizedSVD>>() : with.template operator()<milora::PrincipalSVD<>>();
-  if (o.method == "milora")
-    return fast ? with.template operator()<milora::MinorSVD<CholeskyKrylovSVD>>() : with.template operator()<milora::MinorSVD<>>();
-  throw milora::value_error(concat("unknown --method '", o.method, "'"));
+  return llama::add_adapters_for_method(model, o.method, o.solver == "fast", targets, config, tokens, o.train.batch,
+                                        o.train.seq, o.calibration_batches);
 }
 
 template <class BE, class Weights>

@@ -36,7 +36,7 @@ int main(int argc, char** argv) {
                                       "corda-kpm | corda-ipm | eva (calibrated on the first --calibration-batches of --data) | "
                                       "lora-ga (from the mean weight gradient over those batches)")
       ->capture_default_str()
-      ->check(CLI::IsMember({"lora", "pissa", "milora", "olora", "orthogonal", "mica", "corda-kpm", "corda-ipm", "eva", "lora-ga"}));
+      ->check(CLI::IsMember(milora::tools::split_list(llama::kInitMethods)));
   app.add_option("--calibration-batches", o.calibration_batches, "batches of --data that CorDA / EVA collect input statistics from, LoRA-GA gradients")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);

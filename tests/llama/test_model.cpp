@@ -2,10 +2,12 @@
 // residual initialisations leave the function unchanged, bad input refused before any work.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
 
+#include "init_methods.hpp"
 #include "kernels_cpu.hpp"
 #include "llama_test_util.hpp"
 #include "model.hpp"
@@ -85,6 +87,58 @@ TEST_CASE("Llama<double>: every adapter gradient (all 7 targets, GQA, tied and u
     CHECK(largest > 1e-3);               // the check is not vacuous
     CHECK(worst < 1e-7 * largest);       // central differences in double: ~1e-10 expected
   }
+}
+
+// milora-finetune --method / --solver and compare_inits --methods go through this one mapping.
+TEST_CASE("add_adapters_for_method: each method name gets its own policy, the fast solvers with fast_solvers, calibration where the policy is data-driven, an unknown name is refused with nothing added") {
+  using BE = milora::EigenBackend<double>;
+  using milora::CholeskyKrylovSVD, milora::RandomizedSVD;
+  using enum milora::CordaMode;
+  const auto cfg = llama_test::tiny_config();
+  const Index batch = 1, seq = 6, batches = 2;
+  const auto tokens = tokens_of(batch * seq * batches + 1, cfg.vocab_size, 4);
+  const std::vector<std::string> targets = {"q_proj", "down_proj"};
+  const std::vector<std::string> methods = {"lora", "pissa", "milora", "olora", "orthogonal",
+                                            "mica", "corda-kpm", "corda-ipm", "eva", "lora-ga"};
+  std::string listed;
+  for (const auto& m : methods) listed += (listed.empty() ? "" : ",") + m;
+  CHECK(listed == llama::kInitMethods);
+  const std::vector<std::string> calibrated = {"corda-kpm", "corda-ipm", "eva", "lora-ga"};
+  for (const bool fast : {false, true})
+    for (const auto& method : methods) {
+      CAPTURE(method);
+      CAPTURE(fast);
+      auto model = llama::random_model<llama::Llama<BE>>(cfg, 5, 0.3);
+      const Index used = llama::add_adapters_for_method(*model, method, fast, targets, {.rank = 2, .alpha = 4}, tokens, batch,
+                                                        seq, batches);
+      const bool data_driven = std::find(calibrated.begin(), calibrated.end(), method) != calibrated.end();
+      CHECK(used == (data_driven ? batches * batch * seq : 0));
+      REQUIRE(model->adapted().size() == targets.size() * std::size_t(cfg.num_hidden_layers));
+      for (const auto* a : model->adapted()) CHECK(a->adapter->init().policy_name() == method);
+      const auto& init = model->adapted().front()->adapter->init();
+      if (method == "milora")
+        CHECK((fast ? init.target<milora::MinorSVD<CholeskyKrylovSVD>>() != nullptr : init.target<milora::MinorSVD<>>() != nullptr));
+      if (method == "pissa")
+        CHECK((fast ? init.target<milora::PrincipalSVD<RandomizedSVD>>() != nullptr
+                    : init.target<milora::PrincipalSVD<>>() != nullptr));
+      if (method == "mica")
+        CHECK((fast ? init.target<milora::MinorLeftSingular<CholeskyKrylovSVD>>() != nullptr
+                    : init.target<milora::MinorLeftSingular<>>() != nullptr));
+      if (method == "corda-kpm")
+        CHECK((fast ? init.target<milora::ContextOrientedSVD<BE, knowledge_preserved, CholeskyKrylovSVD>>() != nullptr
+                    : init.target<milora::ContextOrientedSVD<BE, knowledge_preserved>>() != nullptr));
+      if (method == "corda-ipm")
+        CHECK((fast ? init.target<milora::ContextOrientedSVD<BE, instruction_previewed, RandomizedSVD>>() != nullptr
+                    : init.target<milora::ContextOrientedSVD<BE, instruction_previewed>>() != nullptr));
+      if (method == "lora-ga")
+        CHECK((fast ? init.target<milora::GradientApproximation<BE, RandomizedSVD>>() != nullptr
+                    : init.target<milora::GradientApproximation<BE>>() != nullptr));
+    }
+  auto model = llama::random_model<llama::Llama<BE>>(cfg, 5, 0.3);
+  CHECK_THROWS_WITH_AS(llama::add_adapters_for_method(*model, "dora", false, targets, {.rank = 2, .alpha = 4}, tokens, batch,
+                                                      seq, batches),
+                       doctest::Contains("unknown init method 'dora' (lora,pissa,"), milora::value_error);
+  CHECK(model->adapted().empty());
 }
 
 TEST_CASE("Llama<double>: PiSSA and MiLoRA starts leave the logits unchanged, LoRA (B = 0) too, also mixed per projection") {
