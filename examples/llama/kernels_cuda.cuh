@@ -63,19 +63,24 @@ void launch_rows(Index rows, F f, cudaStream_t s, const char* name) {
   milora::cuda::check_launch(name);
 }
 
-__device__ inline double warp_sum(double v) {
-  for (int o = kLanes / 2; o > 0; o /= 2) v += __shfl_xor_sync(kAllLanes, v, o);
-  return v;
-}
-
-template <class T>
-__device__ T warp_max(T v) {
-  for (int o = kLanes / 2; o > 0; o /= 2) {
-    const T w = __shfl_xor_sync(kAllLanes, v, o);
-    v = w > v ? w : v;
+// rows::OneLane's counterpart: the 32 lanes of a warp share a row and combine with shuffles.
+struct WarpLanes {
+  Index lane;
+  static constexpr Index lanes = kLanes;
+  __device__ double sum(double v) const {
+    for (int o = kLanes / 2; o > 0; o /= 2) v += __shfl_xor_sync(kAllLanes, v, o);
+    return v;
   }
-  return v;
-}
+  template <class T>
+  __device__ T max(T v) const {
+    for (int o = kLanes / 2; o > 0; o /= 2) {
+      const T w = __shfl_xor_sync(kAllLanes, v, o);
+      v = w > v ? w : v;
+    }
+    return v;
+  }
+  __device__ void sync() const { __syncwarp(); }
+};
 
 template <class T>
 __device__ T* row(DeviceView<T> m, Index i) { return m.data() + i * m.ld(); }
@@ -103,13 +108,8 @@ void embed_backward(DeviceView<const T> dout, const Token* tokens, DeviceView<T>
 template <class T>
 void rmsnorm_forward(DeviceView<const T> x, const T* w, double eps, DeviceView<T> y, T* rstd, cudaStream_t s) {
   const Index c = x.cols();
-  device::launch_rows(x.rows(), [=] __device__(Index i, int lane) {  // rows::rmsnorm_forward, a warp per row
-    const T* xi = device::row(x, i);
-    T* yi = device::row(y, i);
-    double ss = 0;
-    for (Index j = lane; j < c; j += device::kLanes) ss += double(xi[j]) * double(xi[j]);
-    const T r = T(1 / sqrt(device::warp_sum(ss) / double(c) + eps));
-    for (Index j = lane; j < c; j += device::kLanes) yi[j] = w[j] * (xi[j] * r);
+  device::launch_rows(x.rows(), [=] __device__(Index i, int lane) {
+    const T r = rows::rmsnorm_forward(device::row(x, i), w, c, eps, device::row(y, i), device::WarpLanes{lane});
     if (lane == 0) rstd[i] = r;
   }, s, "llama rmsnorm_forward");
 }
@@ -118,13 +118,9 @@ template <class T>
 void rmsnorm_backward(DeviceView<const T> dy, DeviceView<const T> x, const T* w, const T* rstd, DeviceView<T> dx,
                       cudaStream_t s) {
   const Index c = x.cols();
-  device::launch_rows(x.rows(), [=] __device__(Index i, int lane) {  // rows::rmsnorm_backward, a warp per row
-    const T *dyi = device::row(dy, i), *xi = device::row(x, i);
-    T* dxi = device::row(dx, i);
-    double dot = 0;
-    for (Index j = lane; j < c; j += device::kLanes) dot += double(w[j]) * double(dyi[j]) * double(xi[j]);
-    const double r = double(rstd[i]), k = r * r * r * device::warp_sum(dot) / double(c);
-    for (Index j = lane; j < c; j += device::kLanes) dxi[j] += T(r * double(w[j]) * double(dyi[j]) - k * double(xi[j]));
+  device::launch_rows(x.rows(), [=] __device__(Index i, int lane) {
+    rows::rmsnorm_backward(device::row(dy, i), device::row(x, i), w, double(rstd[i]), c, device::row(dx, i),
+                           device::WarpLanes{lane});
   }, s, "llama rmsnorm_backward");
 }
 
@@ -223,7 +219,7 @@ void cross_entropy(DeviceView<const T> logits, const Token* targets, double k, D
                    cudaStream_t s) {
   const Index vocab = logits.cols();
   const bool grad = dlogits.data() != nullptr;
-  device::launch_rows(logits.rows(), [=] __device__(Index i, int lane) {  // rows::cross_entropy, a warp per row
+  device::launch_rows(logits.rows(), [=] __device__(Index i, int lane) {
     const Token t = targets[i];
     const T* z = device::row(logits, i);
     T* d = grad ? device::row(dlogits, i) : nullptr;
@@ -233,19 +229,8 @@ void cross_entropy(DeviceView<const T> logits, const Token* targets, double k, D
         for (Index j = lane; j < vocab; j += device::kLanes) d[j] = T(0);
       return;
     }
-    T mx = z[0];
-    for (Index j = lane; j < vocab; j += device::kLanes) mx = z[j] > mx ? z[j] : mx;
-    mx = device::warp_max(mx);
-    double sum = 0;
-    for (Index j = lane; j < vocab; j += device::kLanes) sum += exp(double(z[j] - mx));
-    sum = device::warp_sum(sum);
-    if (d != nullptr) {
-      const double scale = k / sum;
-      for (Index j = lane; j < vocab; j += device::kLanes) d[j] = T(exp(double(z[j] - mx)) * scale);
-      __syncwarp();  // the lane that wrote d[t] is done
-      if (lane == 0) d[t] -= T(k);
-    }
-    if (lane == 0) row_loss[i] = double(mx) + log(sum) - double(z[t]);
+    const double loss = rows::cross_entropy(z, vocab, t, k, d, device::WarpLanes{lane});
+    if (lane == 0) row_loss[i] = loss;
   }, s, "llama cross_entropy");
 }
 

@@ -24,23 +24,37 @@ namespace llama::rows {
 
 using milora::Index;
 
-/// y = w * (x * rstd), rstd = 1/sqrt(mean(x^2) + eps); returns rstd.
-template <class T>
-MILORA_HOST_DEVICE T rmsnorm_forward(const T* x, const T* w, Index c, double eps, T* y) {
+/// Who walks a row: the row reductions below split a row's elements between `lanes` workers, worker
+/// `lane` taking j = lane, lane + lanes, ..., and combine the partial sums and maxima with sum() /
+/// max(). On the host one worker walks the whole row (this struct); on a GPU a warp's 32 lanes share
+/// it and combine with shuffles (kernels_cuda.cuh). Either way the formulas are these functions, so
+/// CI, without a GPU, checks the math the GPU's warps run.
+struct OneLane {
+  Index lane = 0;
+  static constexpr Index lanes = 1;
+  MILORA_HOST_DEVICE double sum(double v) const { return v; }
+  template <class T>
+  MILORA_HOST_DEVICE T max(T v) const { return v; }
+  MILORA_HOST_DEVICE void sync() const {}
+};
+
+/// y = w * (x * rstd), rstd = 1/sqrt(mean(x^2) + eps); returns rstd (to every lane).
+template <class T, class Lanes = OneLane>
+MILORA_HOST_DEVICE T rmsnorm_forward(const T* x, const T* w, Index c, double eps, T* y, const Lanes& l = {}) {
   double ss = 0;
-  for (Index j = 0; j < c; ++j) ss += double(x[j]) * double(x[j]);
-  const T r = T(1 / sqrt(ss / double(c) + eps));
-  for (Index j = 0; j < c; ++j) y[j] = w[j] * (x[j] * r);  // transformers' two roundings, in its order
+  for (Index j = l.lane; j < c; j += l.lanes) ss += double(x[j]) * double(x[j]);
+  const T r = T(1 / sqrt(l.sum(ss) / double(c) + eps));
+  for (Index j = l.lane; j < c; j += l.lanes) y[j] = w[j] * (x[j] * r);  // transformers' two roundings, in its order
   return r;
 }
 
 /// dx += r * (w*dy) - r^3 / c * x * sum(w*dy*x).
-template <class T>
-MILORA_HOST_DEVICE void rmsnorm_backward(const T* dy, const T* x, const T* w, double r, Index c, T* dx) {
+template <class T, class Lanes = OneLane>
+MILORA_HOST_DEVICE void rmsnorm_backward(const T* dy, const T* x, const T* w, double r, Index c, T* dx, const Lanes& l = {}) {
   double dot = 0;
-  for (Index j = 0; j < c; ++j) dot += double(w[j]) * double(dy[j]) * double(x[j]);
-  const double k = r * r * r * dot / double(c);
-  for (Index j = 0; j < c; ++j) dx[j] += T(r * double(w[j]) * double(dy[j]) - k * double(x[j]));
+  for (Index j = l.lane; j < c; j += l.lanes) dot += double(w[j]) * double(dy[j]) * double(x[j]);
+  const double k = r * r * r * l.sum(dot) / double(c);
+  for (Index j = l.lane; j < c; j += l.lanes) dx[j] += T(r * double(w[j]) * double(dy[j]) - k * double(x[j]));
 }
 
 /// Pair i of one head in place, rotate-half layout: x1' = x1 cos - x2 sin, x2' = x2 cos + x1 sin
@@ -78,17 +92,21 @@ MILORA_HOST_DEVICE void swiglu_backward(T dout, T g, T u, T* dgate, T* dup) {
   *dgate = dout * u * sg * (T(1) + g * (T(1) - sg));
 }
 
-/// logsumexp(z) - z[t] for one row of logits; unless d is null, d = k * softmax(z) - k * onehot(t).
-template <class T>
-MILORA_HOST_DEVICE double cross_entropy(const T* z, Index vocab, std::int32_t t, double k, T* d) {
+/// logsumexp(z) - z[t] for one row of logits (to every lane); unless d is null,
+/// d = k * softmax(z) - k * onehot(t).
+template <class T, class Lanes = OneLane>
+MILORA_HOST_DEVICE double cross_entropy(const T* z, Index vocab, std::int32_t t, double k, T* d, const Lanes& l = {}) {
   T mx = z[0];
-  for (Index j = 1; j < vocab; ++j) mx = z[j] > mx ? z[j] : mx;
+  for (Index j = l.lane; j < vocab; j += l.lanes) mx = z[j] > mx ? z[j] : mx;
+  mx = l.max(mx);
   double sum = 0;
-  for (Index j = 0; j < vocab; ++j) sum += exp(double(z[j] - mx));
+  for (Index j = l.lane; j < vocab; j += l.lanes) sum += exp(double(z[j] - mx));
+  sum = l.sum(sum);
   if (d != nullptr) {
     const double scale = k / sum;
-    for (Index j = 0; j < vocab; ++j) d[j] = T(exp(double(z[j] - mx)) * scale);
-    d[t] -= T(k);
+    for (Index j = l.lane; j < vocab; j += l.lanes) d[j] = T(exp(double(z[j] - mx)) * scale);
+    l.sync();  // the lane that wrote d[t] is done
+    if (l.lane == 0) d[t] -= T(k);
   }
   return double(mx) + log(sum) - double(z[t]);
 }
