@@ -154,23 +154,11 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(rows::FusedAttention<
     __syncthreads();
     float* pr = ps + srow * L::sld;
     const Index i = q0 + srow;
-    float mx = -INFINITY;
-    for (int j = spart; j < kTile; j += 4) {
+    for (int j = spart; j < kTile; j += 4) {  // the raw products: scale and mask (tiled's scores do it in registers)
       const Index jj = k0 + j;
-      const float s = jj <= i && jj < f.seq ? pr[j] * scale : -INFINITY;
-      pr[j] = s;
-      mx = fmaxf(mx, s);
+      pr[j] = jj <= i && jj < f.seq ? pr[j] * scale : -INFINITY;
     }
-    const float m_new = fmaxf(m, quad_max(mx));
-    float sum = 0;
-    for (int j = spart; j < kTile; j += 4) {
-      const float p = m_new == -INFINITY ? 0.f : expf(pr[j] - m_new);
-      pr[j] = p;
-      sum += p;
-    }
-    const float alpha = m == -INFINITY ? 0.f : expf(m - m_new);
-    l = l * alpha + quad_sum(sum);
-    m = m_new;
+    const float alpha = online_softmax_step(pr, m, l);
     if (spart == 0) rescale[srow] = alpha;
     __syncthreads();
     {
@@ -188,20 +176,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(rows::FusedAttention<
       for (int c = 0; c < D / kGrid; ++c) o[a][c] = o[a][c] * alpha_a + pv[row * L::ld + tx + kGrid * c];
     }
   }
-  if (spart == 0) {
-    row_max[srow] = m;
-    row_sum[srow] = l;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int a = 0; a < kPer; ++a) {
-    const float inv = 1.f / row_sum[ty + kGrid * a];
-#pragma unroll
-    for (int c = 0; c < D / kGrid; ++c) o[a][c] *= inv;
-  }
-  write_rows<D>(o, 1.f, out + base * ld_out, ld_out, q0, f.seq, qc);
-  if (threadIdx.x < kTile && q0 + Index(threadIdx.x) < f.seq)
-    lse[(b * f.heads + h) * f.seq + q0 + Index(threadIdx.x)] = row_max[threadIdx.x] + logf(row_sum[threadIdx.x]);
+  finish_forward<D>(o, m, l, row_max, row_sum, f, out, ld_out, lse, b, h, q0);
 }
 
 /// s and dp (raw products, rows x cols = keys x queries when keys_are_rows) into P and dS, in place.

@@ -130,6 +130,50 @@ __device__ inline float quad_sum(float v) {
   return v + __shfl_xor_sync(0xffffffffu, v, 2);
 }
 
+/// One key tile of the online softmax for the row that this thread's quad owns (row threadIdx.x / 4,
+/// four consecutive lanes, every fourth column each): pr holds the row's scaled and masked scores
+/// and gets exp(s - m_new); the running maximum m and sum l (a copy per lane) move on. Returns
+/// exp(m_old - m_new), the factor that rescales what the row has accumulated so far.
+__device__ inline float online_softmax_step(float* pr, float& m, float& l) {
+  const int part = int(threadIdx.x) % 4;
+  float mx = -INFINITY;
+  for (int j = part; j < kTile; j += 4) mx = fmaxf(mx, pr[j]);
+  const float m_new = fmaxf(m, quad_max(mx));
+  float sum = 0;
+  for (int j = part; j < kTile; j += 4) {
+    const float p = m_new == -INFINITY ? 0.f : expf(pr[j] - m_new);
+    pr[j] = p;
+    sum += p;
+  }
+  const float alpha = m == -INFINITY ? 0.f : expf(m - m_new);
+  l = l * alpha + quad_sum(sum);
+  m = m_new;
+  return alpha;
+}
+
+/// The forward's end: each row's output divided by its sum, written below the sequence's end, and
+/// L = m + log l. row_max and row_sum: 64 floats of shared memory each.
+template <int D>
+__device__ void finish_forward(float (&o)[kPer][Geometry<D>::cols], float m, float l, float* row_max, float* row_sum,
+                               const rows::FusedAttention<float>& f, float* out, Index ld_out, float* lse, Index b, Index h,
+                               Index q0) {
+  const int ty = int(threadIdx.x) / kGrid;
+  if (threadIdx.x % 4 == 0) {
+    row_max[threadIdx.x / 4] = m;
+    row_sum[threadIdx.x / 4] = l;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int a = 0; a < kPer; ++a) {
+    const float inv = 1.f / row_sum[ty + kGrid * a];
+#pragma unroll
+    for (int c = 0; c < Geometry<D>::cols; ++c) o[a][c] *= inv;
+  }
+  write_rows<D>(o, 1.f, out + b * f.seq * ld_out, ld_out, q0, f.seq, h * D);
+  if (threadIdx.x < kTile && q0 + Index(threadIdx.x) < f.seq)
+    lse[(b * f.heads + h) * f.seq + q0 + Index(threadIdx.x)] = row_max[threadIdx.x] + logf(row_sum[threadIdx.x]);
+}
+
 // Grid: (query tiles, batch * heads). Shared: q, k, v tiles, the scores, and per row the factor
 // that rescales its output and its final maximum and sum.
 template <int D>
@@ -170,19 +214,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(rows::FusedAttention<
         ps[(ty + kGrid * a) * kScoresLd + tx + kGrid * c] = j <= i && j < f.seq ? s[a][c] * scale : -INFINITY;
       }
     __syncthreads();
-    float* pr = ps + srow * kScoresLd;
-    float mx = -INFINITY;
-    for (int j = spart; j < kTile; j += 4) mx = fmaxf(mx, pr[j]);
-    const float m_new = fmaxf(m, quad_max(mx));
-    float sum = 0;
-    for (int j = spart; j < kTile; j += 4) {
-      const float p = m_new == -INFINITY ? 0.f : expf(pr[j] - m_new);
-      pr[j] = p;
-      sum += p;
-    }
-    const float alpha = m == -INFINITY ? 0.f : expf(m - m_new);
-    l = l * alpha + quad_sum(sum);
-    m = m_new;
+    const float alpha = online_softmax_step(ps + srow * kScoresLd, m, l);
     if (spart == 0) rescale[srow] = alpha;
     __syncthreads();
 #pragma unroll
@@ -193,20 +225,7 @@ __global__ void __launch_bounds__(kThreads) forward_kernel(rows::FusedAttention<
     }
     times_tile<D>(ps, vs, o);
   }
-  if (spart == 0) {
-    row_max[srow] = m;
-    row_sum[srow] = l;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int a = 0; a < kPer; ++a) {
-    const float inv = 1.f / row_sum[ty + kGrid * a];
-#pragma unroll
-    for (int c = 0; c < G::cols; ++c) o[a][c] *= inv;
-  }
-  write_rows<D>(o, 1.f, out + base * ld_out, ld_out, q0, f.seq, qc);
-  if (threadIdx.x < kTile && q0 + Index(threadIdx.x) < f.seq)
-    lse[(b * f.heads + h) * f.seq + q0 + Index(threadIdx.x)] = row_max[threadIdx.x] + logf(row_sum[threadIdx.x]);
+  finish_forward<D>(o, m, l, row_max, row_sum, f, out, ld_out, lse, b, h, q0);
 }
 
 /// What the two backward kernels share: P = exp(s - L) and dS = P (dP - D) of a 64 x 64 tile pair,
