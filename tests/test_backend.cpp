@@ -223,4 +223,25 @@ TEST_CASE_TEMPLATE("backend: syrk (full symmetric result) and trsm with a lower 
   CHECK(rel_err(l.transpose() * host<B>(x), rhs) < 100 * contract_tol<B>);
   auto wrong = B::zeros(5, 2);
   CHECK_THROWS_AS(B::trsm(device<B>(l), Trans::no, wrong), milora::shape_error);
+
+  // n = 300: more than two of the host backends' 128-row panels, the last one partial; X a block
+  // of a wider matrix (row stride 9, not 5), whose other columns must stay as they were.
+  const HostMatrix g3 = random_normal(320, 300, 35);
+  const HostMatrix spd3 = g3.transpose() * g3 / 320.0 + HostMatrix::Identity(300, 300);
+  const HostMatrix l3 = host<B>(B::cholesky(device<B>(spd3))), wide = random_normal(300, 9, 36);
+  const HostMatrix rhs3 = wide.block(0, 2, 300, 5), stored = host<B>(device<B>(wide));  // rounded to B's scalar
+  for (const Trans t : {Trans::no, Trans::yes}) {
+    CAPTURE(t == Trans::yes);
+    auto x3 = device<B>(wide);
+    B::trsm(device<B>(l3), t, B::block(x3, 0, 2, 300, 5));
+    const HostMatrix got = host<B>(x3);
+    const HostMatrix op = t == Trans::yes ? HostMatrix(l3.transpose()) : l3;
+    // against a direct solve in double on the host
+    const HostMatrix expected = t == Trans::yes ? HostMatrix(l3.transpose().template triangularView<Eigen::Upper>().solve(rhs3))
+                                                : HostMatrix(l3.template triangularView<Eigen::Lower>().solve(rhs3));
+    CHECK(rel_err(op * got.block(0, 2, 300, 5), rhs3) < 100 * contract_tol<B>);
+    CHECK(rel_err(got.block(0, 2, 300, 5), expected) < 100 * contract_tol<B>);
+    CHECK(got.block(0, 0, 300, 2) == stored.block(0, 0, 300, 2));
+    CHECK(got.block(0, 7, 300, 2) == stored.block(0, 7, 300, 2));
+  }
 }
