@@ -6,6 +6,7 @@
 // subspaces (1 = identical; the MiLoRA target is >= 0.999) and the relative error of the selected
 // singular values.
 #include <string>
+#include <type_traits>
 
 #include "test_util.hpp"
 #include "milora/spectral/cholesky_krylov.hpp"
@@ -163,6 +164,33 @@ TEST_CASE_TEMPLATE("CholeskyKrylovSVD: a phase about to converge runs a block lo
   const auto exact = milora::ExactSVD{}.bottom<B>(w, r);
   CHECK(overlap(host<B>(fast.Vt), host<B>(exact.Vt)) >= 0.999);
   CHECK(sigma_error(host<B>(fast.S), host<B>(exact.S)) <= 1e-4);
+}
+
+// The unshifted phase of a float weight factors the Gram matrix rounded to float. With
+// kappa(W) = 1e4 (sigma from 1 down to 1e-4, geometric) the Gram matrix's kappa is 1e8, beyond
+// float (its rounding moves lambda_min = 1e-8 by ~6e-8): that factorisation fails, and the solver
+// must go on with a double factor (no fallback to the exact SVD, the same subspace). The sigma
+// bound is float W's own resolution, eps_32 * sigma_max = 6e-8, relative to the selected
+// sigma ~ 1.5e-4: 4e-4, so 2e-3 (the double backend meets it by far).
+TEST_CASE_TEMPLATE("CholeskyKrylovSVD: a Gram matrix too ill-conditioned for float still converges", B, MILORA_TEST_BACKENDS) {
+  const Index r = 8, k = 200;
+  std::vector<double> sigma(static_cast<std::size_t>(k));
+  for (Index i = 0; i < k; ++i) sigma[std::size_t(i)] = std::pow(10.0, -4.0 * double(i) / double(k - 1));
+  const auto w = device<B>(with_spectrum(300, k, sigma, 59));
+  if constexpr (std::is_same_v<milora::scalar_t<B>, float>) {
+    using D = milora::rebind_t<B, double>;
+    auto g = D::zeros(k, k);
+    D::syrk(1.0, milora::convert<D, B>(w), milora::Trans::yes, 0.0, g);
+    CHECK_THROWS_AS(B::cholesky(milora::convert<B, D>(g)), milora::numerical_error);  // the path under test
+    CHECK_NOTHROW(D::cholesky(g));
+  }
+  LogCapture log;
+  const auto fast = milora::CholeskyKrylovSVD{.oversampling = 8}.bottom<B>(w, r);
+  CHECK(log.lines.empty());
+  const auto exact = milora::ExactSVD{}.bottom<B>(w, r);
+  CHECK(overlap(host<B>(fast.Vt), host<B>(exact.Vt)) >= 0.999);
+  CHECK(overlap(host<B>(fast.U).transpose(), host<B>(exact.U).transpose()) >= 0.999);
+  CHECK(sigma_error(host<B>(fast.S), host<B>(exact.S)) <= 2e-3);
 }
 
 TEST_CASE_TEMPLATE("CholeskyKrylovSVD falls back to ExactSVD, and says so, when it must", B, MILORA_TEST_BACKENDS) {

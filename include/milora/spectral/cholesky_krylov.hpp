@@ -7,7 +7,8 @@
 //      number costs nothing we need: eps_64 * kappa(W)^2 stays far below float's resolution for
 //      any kappa(W) < 1e4.
 //   2. Block Krylov on (G - mu I)^-1, applied as two triangular solves with the Cholesky factor
-//      of G - mu I, the basis kept orthonormal by block Gram-Schmidt done twice. On the inverse the
+//      of G - mu I, the basis kept orthonormal by block Gram-Schmidt done twice. (The unshifted
+//      phase of a float weight factors G rounded to float: see bottom().) On the inverse the
 //      minor end of the spectrum is the dominant one; a Krylov space converges like a Chebyshev
 //      polynomial in the relative gap, where plain inverse subspace iteration stalls.
 //   3. After each block, Rayleigh-Ritz on G in the basis (G Q is kept, one product per block): the
@@ -42,6 +43,7 @@
 #include <cstdint>
 #include <optional>
 #include <string_view>
+#include <type_traits>
 #include <vector>
 
 #include "milora/core/log.hpp"
@@ -87,8 +89,15 @@ struct CholeskyKrylovSVD {
     // Phase 1: no shift, from a random block. Later phases: shift just below the smallest
     // eigenvalue as estimated so far, restart from the previous phase's Ritz vectors.
     // g is shifted in place from phase to phase (a copy would be k^2 more memory to touch).
-    std::optional<matrix_t<D>> l = factor<D>(g);
-    if (!l) {
+    // Phase 1 only has to locate the minor tail, to ~||r_0||, so its factor is in W's own
+    // precision when that is lower (float: the factorisation and every solve in half the time of
+    // double; G rounded to float moves its eigenvalues by ~eps_32 ||G||, far below ||r_0||). Its
+    // Ritz values and residuals still come from G in double, so the stopping rule stays exact.
+    // A shifted factor must be double: the shift sits ~1e-7 ||G|| below the smallest eigenvalue.
+    Inverse<B, D> inverse;
+    if constexpr (!std::is_same_v<scalar_t<B>, double>) inverse.low = factor<B>(convert<B, D>(g));
+    if (!inverse.low) inverse.high = factor<D>(g);  // double W, or G too ill-conditioned for float
+    if (!inverse.low && !inverse.high) {
       log(detail::concat(name, ": the Gram matrix of a ", detail::shape_str(m, n),
                          " weight is not positive definite (rank deficient?); using the exact SVD"));
       return ExactSVD{}.bottom<B>(w, r);
@@ -100,7 +109,7 @@ struct CholeskyKrylovSVD {
     const auto extra_for = [&](Index used_before) {
       return std::max<Index>(0, std::min({extra_blocks, k / b - per_phase, max_blocks - used_before - per_phase}));
     };
-    Krylov<D> state = krylov<D>(g, *l, start, r, per_phase, extra_for(0));
+    Krylov<D> state = krylov<B, D>(g, inverse, start, r, per_phase, extra_for(0));
     double mu = 0, applied = 0;  // shift of the last factor, shift now on g's diagonal
     Index used = state.blocks;
     while (!state.converged && used + per_phase <= max_blocks) {
@@ -128,11 +137,11 @@ struct CholeskyKrylovSVD {
         if (shifted_l) mu = candidate;
       }
       if (!shifted_l) break;
-      l = std::move(shifted_l);
-      state = krylov<D>(g, *l, state.ritz_block, r, per_phase, extra_for(used));
+      inverse = {std::nullopt, std::move(shifted_l)};
+      state = krylov<B, D>(g, inverse, state.ritz_block, r, per_phase, extra_for(used));
       used += state.blocks;
     }
-    if (state.converged) return triplets_from_subspace<B, D>(wd, state.x, *l, left);
+    if (state.converged) return triplets_from_subspace<B, D>(wd, state.x, inverse, left);
     log(detail::concat(name, ": no convergence on a ", detail::shape_str(m, n), " weight at r = ", r,
                        " (estimated overlap ", 1.0 - state.defect, " after ", used, " blocks of ", b,
                        "); using the exact SVD"));
@@ -151,6 +160,26 @@ struct CholeskyKrylovSVD {
     matrix_t<D> ritz_block;     // k x b Ritz vectors of the b smallest: a warm start
   };
 
+  // A^-1 for A = L L^T, with L in W's own precision (`low`, the unshifted phase of a float
+  // weight) or in double (`high`); exactly one is set.
+  template <Backend B, Backend D>
+  struct Inverse {
+    std::optional<matrix_t<B>> low;
+    std::optional<matrix_t<D>> high;
+
+    void apply(matrix_t<D>& y) const {
+      if (high) {
+        D::trsm(*high, Trans::no, y);
+        D::trsm(*high, Trans::yes, y);
+        return;
+      }
+      auto y_low = convert<B, D>(y);
+      B::trsm(*low, Trans::no, y_low);
+      B::trsm(*low, Trans::yes, y_low);
+      y = convert<D, B>(y_low);
+    }
+  };
+
   // The Cholesky factor, or nothing if the matrix is not (numerically) positive definite.
   template <class D>
   static std::optional<matrix_t<D>> factor(const matrix_t<D>& a) {
@@ -165,12 +194,15 @@ struct CholeskyKrylovSVD {
   // on `a` after each block and the overlap estimate of the header comment. Up to `extra` more
   // blocks while the estimate is below 1/2 and halves with every block: at that pace a few more
   // blocks converge, where stopping would cost a new factorisation (~4 blocks' time) and restart.
-  template <class D>
-  Krylov<D> krylov(const matrix_t<D>& a, const matrix_t<D>& l, const_view_t<D> start, Index r,
+  template <Backend B, Backend D>
+  Krylov<D> krylov(const matrix_t<D>& a, const Inverse<B, D>& inverse, const_view_t<D> start, Index r,
                    Index depth, Index extra) const {
-    const Index k = D::rows(a), b = D::cols(start), most = depth + extra;
-    auto basis = D::zeros(k, b * most);    // Q_0 .. Q_j, orthonormal columns
-    auto a_basis = D::zeros(k, b * most);  // A Q_0 .. A Q_j
+    const Index k = D::rows(a), b = D::cols(start), most = depth + extra, width = b * most;
+    auto basis = D::zeros(k, width);    // Q_0 .. Q_j, orthonormal columns
+    auto a_basis = D::zeros(k, width);  // A Q_0 .. A Q_j
+    // T = Q^T A Q on the host, row-major width x width: each block adds its column of blocks
+    // Q_i^T A Q_j (i <= j) and the mirrored row, so earlier products are not recomputed.
+    std::vector<double> t_all(std::size_t(width * width));
     Krylov<D> out;
     double previous_defect = 1.0;
     for (Index j = 0; j < most; ++j) {
@@ -178,8 +210,7 @@ struct CholeskyKrylovSVD {
       out.blocks = j + 1;
       auto y = D::clone(j == 0 ? start : D::cblock(basis, 0, (j - 1) * b, k, b));
       if (j > 0) {  // A^-1 Q_{j-1} = L^-T L^-1 Q_{j-1}, orthogonalised against the basis, twice
-        D::trsm(l, Trans::no, y);
-        D::trsm(l, Trans::yes, y);
+        inverse.apply(y);
         const auto done = D::cblock(basis, 0, 0, k, j * b);
         auto coeff = D::zeros(j * b, b);
         for (int pass = 0; pass < 2; ++pass) {
@@ -190,14 +221,16 @@ struct CholeskyKrylovSVD {
       D::copy(D::qr(y).Q, D::block(basis, 0, j * b, k, b));
       D::gemm(1.0, a, Trans::no, D::cblock(basis, 0, j * b, k, b), Trans::no, 0.0,
               D::block(a_basis, 0, j * b, k, b));
-      if (j == 0) continue;
-
-      // Rayleigh-Ritz: T = Q^T A Q and its b smallest eigenpairs.
       const Index cols = (j + 1) * b;
       const auto q = D::cblock(basis, 0, 0, k, cols), aq = D::cblock(a_basis, 0, 0, k, cols);
-      auto t = D::zeros(cols, cols);
-      D::gemm(1.0, q, Trans::yes, aq, Trans::no, 0.0, t);
-      const auto ritz = D::eigh(symmetric_part<D>(t), 0, b - 1);
+      add_block_column<D>(q, D::cblock(a_basis, 0, j * b, k, b), width, t_all);
+      if (j == 0) continue;
+
+      // Rayleigh-Ritz: the b smallest eigenpairs of T = Q^T A Q.
+      std::vector<double> t_host(std::size_t(cols * cols));
+      for (Index i = 0; i < cols; ++i)
+        std::copy_n(t_all.begin() + std::ptrdiff_t(i * width), cols, t_host.begin() + std::ptrdiff_t(i * cols));
+      const auto ritz = D::eigh(D::from_host(cols, cols, t_host), 0, b - 1);
       out.theta = D::to_host(ritz.values);
       out.ritz_block = D::zeros(k, b);
       D::gemm(1.0, q, Trans::no, ritz.vectors, Trans::no, 0.0, out.ritz_block);
@@ -230,22 +263,26 @@ struct CholeskyKrylovSVD {
     return out;
   }
 
-  // (T + T^T) / 2: rounding makes Q^T A Q slightly asymmetric, and backends' eigensolvers read
-  // different triangles. T is at most (b * max_blocks)^2, so this is done on the host.
+  // Adds the last block column of T = Q^T A Q, Q_i^T (A Q_j) for every block i <= j, to the host
+  // matrix t_all (row-major, `width` wide), and its mirror as block row j: T is then exactly
+  // symmetric, as backends' eigensolvers (which read different triangles) need. The diagonal
+  // block, which rounding makes slightly asymmetric, is replaced by its symmetric part.
   template <class D>
-  static matrix_t<D> symmetric_part(const_view_t<D> t) {
-    const Index n = D::rows(t);
-    auto h = D::to_host(t);
-    for (Index i = 0; i < n; ++i)
-      for (Index j = i + 1; j < n; ++j) {
-        const double avg = 0.5 * (h[std::size_t(i * n + j)] + h[std::size_t(j * n + i)]);
-        h[std::size_t(i * n + j)] = h[std::size_t(j * n + i)] = avg;
-      }
-    return D::from_host(n, n, h);
+  static void add_block_column(const_view_t<D> q, const_view_t<D> a_q_last, Index width, std::vector<double>& t_all) {
+    const Index cols = D::cols(q), b = D::cols(a_q_last), first = cols - b;
+    auto column = D::zeros(cols, b);
+    D::gemm(1.0, q, Trans::yes, a_q_last, Trans::no, 0.0, column);
+    const auto h = D::to_host(column);
+    auto at = [&](Index i, Index j) -> double& { return t_all[std::size_t(i * width + j)]; };
+    for (Index i = 0; i < first; ++i)
+      for (Index c = 0; c < b; ++c) at(i, first + c) = at(first + c, i) = h[std::size_t(i * b + c)];
+    for (Index i = 0; i < b; ++i)
+      for (Index c = 0; c < b; ++c)
+        at(first + i, first + c) = 0.5 * (h[std::size_t((first + i) * b + c)] + h[std::size_t((first + c) * b + i)]);
   }
 
   // Triplets from an orthonormal basis X of the minor left (left = true) or right singular
-  // subspace, and the Cholesky factor l of the (shifted) Gram matrix A = L L^T.
+  // subspace, and the inverse of the (shifted) Gram matrix A = L L^T of the last phase.
   //
   // The other side is NOT taken as X^T W: an error e in X along a principal direction j comes
   // back multiplied by sigma_j / sigma_i there (x100 on a real weight). Instead Y = orth(W^T A^-1 X)
@@ -254,11 +291,10 @@ struct CholeskyKrylovSVD {
   // X^T W Y, in which the errors of X and Y enter only as their product.
   template <Backend B, Backend D>
   static Triplets<B> triplets_from_subspace(const matrix_t<D>& wd, const matrix_t<D>& x,
-                                            const matrix_t<D>& l, bool left) {
+                                            const Inverse<B, D>& inverse, bool left) {
     const Index m = D::rows(wd), n = D::cols(wd), r = D::cols(x);
     auto z = D::clone(x);  // A^-1 X
-    D::trsm(l, Trans::no, z);
-    D::trsm(l, Trans::yes, z);
+    inverse.apply(z);
     const Index other = left ? n : m;
     auto y = D::zeros(other, r);  // the other side's basis, before orthonormalisation
     D::gemm(1.0, wd, left ? Trans::yes : Trans::no, z, Trans::no, 0.0, y);
