@@ -166,31 +166,36 @@ TEST_CASE_TEMPLATE("CholeskyKrylovSVD: a phase about to converge runs a block lo
   CHECK(sigma_error(host<B>(fast.S), host<B>(exact.S)) <= 1e-4);
 }
 
-// The unshifted phase of a float weight factors the Gram matrix rounded to float. With
-// kappa(W) = 1e4 (sigma from 1 down to 1e-4, geometric) the Gram matrix's kappa is 1e8, beyond
-// float (its rounding moves lambda_min = 1e-8 by ~6e-8): that factorisation fails, and the solver
-// must go on with a double factor (no fallback to the exact SVD, the same subspace). The sigma
-// bound is float W's own resolution, eps_32 * sigma_max = 6e-8, relative to the selected
-// sigma ~ 1.5e-4: 4e-4, so 2e-3 (the double backend meets it by far).
-TEST_CASE_TEMPLATE("CholeskyKrylovSVD: a Gram matrix too ill-conditioned for float still converges", B, MILORA_TEST_BACKENDS) {
+// The unshifted phase of a float weight factors the Gram matrix rounded to float. Here the 8
+// smallest sigma are 1e-6 .. 2e-6 (the rest 1 down to 1e-3, geometric): the Gram matrix's 8
+// smallest eigenvalues, ~1e-12, are far below what rounding it to float moves (~6e-8), so that
+// matrix is indefinite and its factorisation fails (checked below, for LAPACK's and Eigen's), while
+// the double one (kappa 1e12 < 1 / eps_64) succeeds. The solver must go on with the double factor:
+// no fallback to the exact SVD. Reference: the exact SVD in double of the same (float) values,
+// since a float SVD resolves these sigma only to eps_32 * sigma_max = 6e-8, i.e. 6%. Bounds: the
+// Gram matrix in double gives lambda to eps_64 ||G|| = 1e-16, i.e. sigma to ~1e-4 relative here;
+// we allow 1e-3, and overlap 0.999.
+TEST_CASE_TEMPLATE("CholeskyKrylovSVD: a Gram matrix beyond float's range is factored in double", B, MILORA_TEST_BACKENDS) {
+  using D = milora::rebind_t<B, double>;
   const Index r = 8, k = 200;
   std::vector<double> sigma(static_cast<std::size_t>(k));
-  for (Index i = 0; i < k; ++i) sigma[std::size_t(i)] = std::pow(10.0, -4.0 * double(i) / double(k - 1));
+  for (Index i = 0; i < k - r; ++i) sigma[std::size_t(i)] = std::pow(10.0, -3.0 * double(i) / double(k - r - 1));
+  for (Index i = 0; i < r; ++i) sigma[std::size_t(k - r + i)] = 1e-6 * (2.0 - double(i) / double(r));
   const auto w = device<B>(with_spectrum(300, k, sigma, 59));
+  const auto wd = milora::convert<D, B>(w);
   if constexpr (std::is_same_v<milora::scalar_t<B>, float>) {
-    using D = milora::rebind_t<B, double>;
     auto g = D::zeros(k, k);
-    D::syrk(1.0, milora::convert<D, B>(w), milora::Trans::yes, 0.0, g);
+    D::syrk(1.0, wd, milora::Trans::yes, 0.0, g);
     CHECK_THROWS_AS(B::cholesky(milora::convert<B, D>(g)), milora::numerical_error);  // the path under test
     CHECK_NOTHROW(D::cholesky(g));
   }
   LogCapture log;
   const auto fast = milora::CholeskyKrylovSVD{.oversampling = 8}.bottom<B>(w, r);
   CHECK(log.lines.empty());
-  const auto exact = milora::ExactSVD{}.bottom<B>(w, r);
-  CHECK(overlap(host<B>(fast.Vt), host<B>(exact.Vt)) >= 0.999);
-  CHECK(overlap(host<B>(fast.U).transpose(), host<B>(exact.U).transpose()) >= 0.999);
-  CHECK(sigma_error(host<B>(fast.S), host<B>(exact.S)) <= 2e-3);
+  const auto exact = milora::ExactSVD{}.bottom<D>(wd, r);
+  CHECK(overlap(host<B>(fast.Vt), host<D>(exact.Vt)) >= 0.999);
+  CHECK(overlap(host<B>(fast.U).transpose(), host<D>(exact.U).transpose()) >= 0.999);
+  CHECK(sigma_error(host<B>(fast.S), host<D>(exact.S)) <= 1e-3);
 }
 
 TEST_CASE_TEMPLATE("CholeskyKrylovSVD falls back to ExactSVD, and says so, when it must", B, MILORA_TEST_BACKENDS) {
