@@ -124,8 +124,13 @@ TEST_CASE_TEMPLATE("CholeskyKrylovSVD: bottom-r subspace and sigma match ExactSV
       const Index k = std::min(c.out, c.in);
       const auto w = device<B>(with_spectrum(c.out, c.in, c.llm ? llm_like(k) : gapped_spectrum(k, r), 53));
       LogCapture log;
-      const auto fast = solver.bottom<B>(w, r);
+      milora::CholeskyKrylovReport report;
+      const auto fast = solver.bottom<B>(w, r, &report);
       CHECK(log.lines.empty());  // the fast path, not the exact fallback
+      // a float weight: the float pass, accepted by its check in double; a double one: in double
+      CHECK(report.path == (std::is_same_v<milora::scalar_t<B>, float> ? milora::CholeskyKrylovReport::Path::float_pass
+                                                                         : milora::CholeskyKrylovReport::Path::double_pass));
+      CHECK(report.defect <= solver.tolerance);
       const auto exact = milora::ExactSVD{}.bottom<B>(w, r);
       REQUIRE(B::rows(fast.U) == c.out);
       REQUIRE(B::cols(fast.U) == r);
@@ -145,8 +150,10 @@ TEST_CASE_TEMPLATE("CholeskyKrylovSVD: bottom-r subspace and sigma match ExactSV
 // extra_blocks: a phase whose estimate is below 1/2 and halving may run past phase_blocks. With
 // room for at most two more blocks after two phases of 4 (max_blocks = 10), the second phase on
 // this weight ends short of the tolerance: without the extension that is a fallback to the exact
-// SVD (no room for a third phase), with it the phase converges within those two blocks.
-TEST_CASE_TEMPLATE("CholeskyKrylovSVD: a phase about to converge runs a block longer instead of giving up", B, MILORA_TEST_BACKENDS) {
+// SVD (no room for a third phase), with it the phase converges within those two blocks. In double:
+// the phases of a float weight end at a stall instead, and the check in double takes over.
+TEST_CASE_TEMPLATE("CholeskyKrylovSVD: a phase about to converge runs a block longer instead of giving up", Bf, MILORA_TEST_BACKENDS) {
+  using B = milora::rebind_t<Bf, double>;
   const Index r = 8;
   const auto w = device<B>(with_spectrum(400, 300, llm_like(300), 57));
   const milora::CholeskyKrylovSVD strict{.oversampling = 16, .phase_blocks = 4, .max_blocks = 10, .extra_blocks = 0};
@@ -166,12 +173,11 @@ TEST_CASE_TEMPLATE("CholeskyKrylovSVD: a phase about to converge runs a block lo
   CHECK(sigma_error(host<B>(fast.S), host<B>(exact.S)) <= 1e-4);
 }
 
-// The unshifted phase of a float weight factors the Gram matrix rounded to float. Here the 8
-// smallest sigma are 1e-6 .. 2e-6 (the rest 1 down to 1e-3, geometric): the Gram matrix's 8
-// smallest eigenvalues, ~1e-12, are far below what rounding it to float moves (~6e-8), so that
-// matrix is indefinite and its factorisation fails (checked below, for LAPACK's and Eigen's), while
-// the double one (kappa 1e12 < 1 / eps_64) succeeds. The solver must go on with the double factor:
-// no fallback to the exact SVD. Reference: the exact SVD in double of the same (float) values,
+// A float weight's first pass works on the Gram matrix in float. Here the 8 smallest sigma are
+// 1e-6 .. 2e-6 (the rest 1 down to 1e-3, geometric): the Gram matrix's 8 smallest eigenvalues,
+// ~1e-12, are far below what rounding it to float moves (~6e-8), so that matrix is indefinite and
+// its factorisation fails (checked below, for LAPACK's and Eigen's), while the double one
+// (kappa 1e12 < 1 / eps_64) succeeds. The solver must go on in double: no fallback to the exact SVD. Reference: the exact SVD in double of the same (float) values,
 // since a float SVD resolves these sigma only to eps_32 * sigma_max = 6e-8, i.e. 6%. Bounds: the
 // Gram matrix in double gives lambda to eps_64 ||G|| = 1e-16, i.e. sigma to ~1e-4 relative here;
 // we allow 1e-3, and overlap 0.999.
@@ -190,12 +196,51 @@ TEST_CASE_TEMPLATE("CholeskyKrylovSVD: a Gram matrix beyond float's range is fac
     CHECK_NOTHROW(D::cholesky(g));
   }
   LogCapture log;
-  const auto fast = milora::CholeskyKrylovSVD{.oversampling = 8}.bottom<B>(w, r);
+  milora::CholeskyKrylovReport report;
+  const auto fast = milora::CholeskyKrylovSVD{.oversampling = 8}.bottom<B>(w, r, &report);
   CHECK(log.lines.empty());
+  CHECK_FALSE(report.float_tried);
+  CHECK(report.path == milora::CholeskyKrylovReport::Path::double_pass);
   const auto exact = milora::ExactSVD{}.bottom<D>(wd, r);
   CHECK(overlap(host<B>(fast.Vt), host<D>(exact.Vt)) >= 0.999);
   CHECK(overlap(host<B>(fast.U).transpose(), host<D>(exact.U).transpose()) >= 0.999);
   CHECK(sigma_error(host<B>(fast.S), host<D>(exact.S)) <= 1e-3);
+}
+
+// The float pass converges to the minor subspace of the Gram matrix as rounded to float, which is
+// not W's when the minor tail is clustered more tightly than float resolves. Here 24 sigma at
+// 1e-3 * (1 + 1e-3 j), j = 1 .. 24 (the rest 1 down to 1e-2, geometric): eigenvalue gaps of
+// ~2e-9 in the Gram matrix, against ~1e-8 of float noise in it. The float Gram matrix's own 8
+// smallest eigenvectors are far off (overlap < 0.9, checked), and a float SVD is off too; the
+// check in double must see that and its Davidson steps must find W's subspace. Reference: the SVD
+// in double of the same float values. Bounds: the check accepts an estimated overlap of
+// 1 - 1e-4 (Davis-Kahan), so 0.999 with margin; sigma from the core SVD in double ~1e-7 (measured
+// 6e-8), we allow 1e-5. A check that accepted the float pass as it is, or that took the other side
+// through the float factor, fails these; one that never accepted it fails the path check.
+TEST_CASE_TEMPLATE("CholeskyKrylovSVD: the float pass is checked and corrected in double", Bd, MILORA_TEST_BACKENDS) {
+  using B = milora::rebind_t<Bd, float>;
+  using D = milora::rebind_t<Bd, double>;
+  const Index r = 8, k = 300, tail = 24;
+  std::vector<double> sigma(static_cast<std::size_t>(k));
+  for (Index i = 0; i < k - tail; ++i) sigma[std::size_t(i)] = std::pow(10.0, -2.0 * double(i) / double(k - tail - 1));
+  for (Index j = 0; j < tail; ++j) sigma[std::size_t(k - tail + j)] = 1e-3 * (1.0 + 1e-3 * double(tail - j));
+  const auto w = device<B>(with_spectrum(400, k, sigma, 61));
+  const auto exact = milora::ExactSVD{}.bottom<D>(milora::convert<D, B>(w), r);
+  {
+    auto g = B::zeros(k, k);
+    B::syrk(1.0f, w, milora::Trans::yes, 0.0f, g);
+    const HostMatrix float_minor = host<B>(B::eigh(g, 0, r - 1).vectors);
+    CHECK(overlap(float_minor.transpose(), host<D>(exact.Vt)) < 0.9);  // the premise
+  }
+  LogCapture log;
+  milora::CholeskyKrylovReport report;
+  const auto fast = milora::CholeskyKrylovSVD{.oversampling = 8}.bottom<B>(w, r, &report);
+  CHECK(log.lines.empty());
+  CHECK(report.path == milora::CholeskyKrylovReport::Path::float_pass);
+  CHECK(report.polish_steps >= 1);
+  CHECK(overlap(host<B>(fast.Vt), host<D>(exact.Vt)) >= 0.999);
+  CHECK(overlap(host<B>(fast.U).transpose(), host<D>(exact.U).transpose()) >= 0.999);
+  CHECK(sigma_error(host<B>(fast.S), host<D>(exact.S)) <= 1e-5);
 }
 
 TEST_CASE_TEMPLATE("CholeskyKrylovSVD falls back to ExactSVD, and says so, when it must", B, MILORA_TEST_BACKENDS) {
@@ -215,7 +260,11 @@ TEST_CASE_TEMPLATE("CholeskyKrylovSVD falls back to ExactSVD, and says so, when 
   SUBCASE("a Krylov space too shallow for the tolerance") {
     const auto w = device<B>(with_spectrum(300, 200, llm_like(200), 56));
     LogCapture log;
-    const auto fast = milora::CholeskyKrylovSVD{.oversampling = 4, .phase_blocks = 2, .max_blocks = 2, .tolerance = 1e-12}.bottom<B>(w, r);
+    milora::CholeskyKrylovReport report;
+    const auto fast = milora::CholeskyKrylovSVD{.oversampling = 4, .phase_blocks = 2, .max_blocks = 2, .tolerance = 1e-12}
+                          .bottom<B>(w, r, &report);
+    CHECK(report.path == milora::CholeskyKrylovReport::Path::exact);
+    CHECK(report.float_tried == std::is_same_v<milora::scalar_t<B>, float>);  // rejected, then double
     REQUIRE(log.lines.size() == 1);
     CHECK(log.lines[0].find("no convergence") != std::string::npos);
     CHECK(host<B>(fast.S) == host<B>(milora::ExactSVD{}.bottom<B>(w, r).S));
@@ -224,9 +273,14 @@ TEST_CASE_TEMPLATE("CholeskyKrylovSVD falls back to ExactSVD, and says so, when 
                   milora::value_error);
   CHECK_THROWS_AS(milora::CholeskyKrylovSVD{.extra_blocks = -1}.bottom<B>(device<B>(random_normal(50, 50, 1)), 2),
                   milora::value_error);
-  for (const double bad : {0.0, 1.5})
+  for (const double bad : {0.0, 1.5}) {
     CHECK_THROWS_AS(milora::CholeskyKrylovSVD{.first_shift = bad}.bottom<B>(device<B>(random_normal(50, 50, 1)), 2),
                     milora::value_error);
+    CHECK_THROWS_AS(milora::CholeskyKrylovSVD{.stall_defect = bad}.bottom<B>(device<B>(random_normal(50, 50, 1)), 2),
+                    milora::value_error);
+  }
+  CHECK_THROWS_AS(milora::CholeskyKrylovSVD{.polish_steps = -1}.bottom<B>(device<B>(random_normal(50, 50, 1)), 2),
+                  milora::value_error);
   CHECK_THROWS_AS(milora::RandomizedSVD{.oversampling = -2}.top<B>(device<B>(random_normal(50, 50, 1)), 2),
                   milora::value_error);
 }

@@ -1,16 +1,13 @@
 // CholeskyKrylovSVD: the r SMALLEST singular triplets without a full SVD, for MiLoRA.
 //
 // Randomized SVD finds the largest triplets; the smallest are the largest of an inverse. With
-// k = min(m, n) and G the k x k Gram matrix of the smaller side (W W^T or W^T W), in double:
+// k = min(m, n) and G the k x k Gram matrix of the smaller side (W W^T or W^T W):
 //
-//   1. G = syrk(W) in double. W's float values are exact in double, and squaring the condition
-//      number costs nothing we need: eps_64 * kappa(W)^2 stays far below float's resolution for
-//      any kappa(W) < 1e4.
+//   1. G = syrk(W), in W's precision (the "working precision" P of steps 2-4).
 //   2. Block Krylov on (G - mu I)^-1, applied as two triangular solves with the Cholesky factor
-//      of G - mu I, the basis kept orthonormal by block Gram-Schmidt done twice. (The unshifted
-//      phase of a float weight factors G rounded to float: see bottom().) On the inverse the
-//      minor end of the spectrum is the dominant one; a Krylov space converges like a Chebyshev
-//      polynomial in the relative gap, where plain inverse subspace iteration stalls.
+//      of G - mu I, the basis kept orthonormal by block Gram-Schmidt done twice. On the inverse
+//      the minor end of the spectrum is the dominant one; a Krylov space converges like a
+//      Chebyshev polynomial in the relative gap, where plain inverse subspace iteration stalls.
 //   3. After each block, Rayleigh-Ritz on G in the basis (G Q is kept, one product per block): the
 //      r + 1 smallest Ritz pairs (theta_i, x_i) and residuals r_i = G x_i - theta_i x_i. By
 //      Davis-Kahan, x_i is within angle ||r_i|| / (theta_r - theta_i) of the true minor subspace
@@ -27,13 +24,26 @@
 //      fail; the shift then steps down 4x. Each phase costs one Cholesky factorisation, so a phase
 //      that is about to converge may run up to extra_blocks past phase_blocks instead.
 //      (docs/benchmarks.md, issue 4, counts the phases and blocks on several spectra.)
-//   5. X spans the minor left (or right) singular subspace. The other side is orth(W^T A^-1 X)
+//   5. Float W only: steps 1-4 in float, then a check in double (polish()). Rounding G to float,
+//      and float products with it, leave ~eps_32 * |W|^T |W| of noise in every residual: on the
+//      LLM-like spectrum at n = 4096 that is 1e-8 against eigenvalue gaps of 5e-8, so the float
+//      estimate stalls near 1e-2 where it should read 1e-5. A float phase therefore ends when its
+//      estimate stalls (below stall_defect, no longer halving), and its b Ritz vectors go to
+//      Rayleigh-Ritz with G applied exactly, as W^T (W X) in double. If that estimate misses the
+//      tolerance, the residuals, preconditioned by the last float factor, join the basis (a
+//      Davidson step: one more block of shift-invert Krylov on the exact operator) up to
+//      polish_steps times. Only this double estimate decides convergence. A float G that is not
+//      positive definite (kappa(W) beyond ~1 / sqrt(eps_32)), or a float pass that does not
+//      converge, hands over to steps 1-4 in double; G in double costs twice the time but squares
+//      the condition number harmlessly: eps_64 * kappa(W)^2 stays far below float's resolution
+//      for any kappa(W) < 1e4.
+//   6. X spans the minor left (or right) singular subspace. The other side is orth(W^T A^-1 X)
 //      (A = G - mu I), which damps rather than amplifies X's error along principal directions;
 //      sigma comes from the SVD of the r x r core X^T W Y (triplets_from_subspace).
 //
-// If neither phase meets the tolerance, or W is numerically rank deficient (Cholesky of G fails),
-// the solver logs one line (milora::log) and returns ExactSVD's answer: never a silently wrong
-// subspace. Matrices too small for a Krylov space to pay (2 b > k) go to ExactSVD directly.
+// If no pass meets the tolerance, or W is numerically rank deficient (Cholesky of G fails in
+// double), the solver logs one line (milora::log) and returns ExactSVD's answer: never a silently
+// wrong subspace. Matrices too small for a Krylov space to pay (2 b > k) go to ExactSVD directly.
 //
 // Needs the backend in double: B::rebind<double> (milora/core/precision.hpp).
 #pragma once
@@ -53,6 +63,16 @@
 
 namespace milora {
 
+/// What one CholeskyKrylovSVD::bottom call did, for benchmarks, tests and the curious.
+struct CholeskyKrylovReport {
+  enum class Path { exact, float_pass, double_pass };
+  Path path = Path::exact;   ///< which pass produced the answer (exact: ExactSVD's)
+  bool float_tried = false;  ///< a float pass ran (float W with a positive definite float Gram matrix)
+  Index blocks = 0;          ///< Krylov blocks, all passes together
+  Index polish_steps = 0;    ///< Davidson steps in double after the float pass
+  double defect = 1.0;       ///< the last pass's final estimate of 1 - overlap
+};
+
 struct CholeskyKrylovSVD {
   static constexpr std::string_view name = "cholesky-krylov";
   Index oversampling = 16;   ///< p: the Krylov block has b = r + p columns
@@ -61,11 +81,14 @@ struct CholeskyKrylovSVD {
   Index extra_blocks = 4;    ///< a phase may run this many blocks longer while its estimate halves per block
   double first_shift = 0.25; ///< the first shift tried after the unshifted phase: theta_0 - first_shift ||r_0||
   double tolerance = 1e-4;   ///< accepted 1 - (estimated subspace overlap)
+  double stall_defect = 0.05; ///< float W: a float phase below this estimate that stops halving goes to polish
+  Index polish_steps = 3;    ///< float W: Davidson steps in double after the float pass
   std::uint64_t seed = 0x2545F4914F6CDD1DULL;
 
   /// The r smallest singular triplets, sigma descending (as ExactSVD::bottom returns them).
+  /// `report`, if given, says which path produced them (it is reset first).
   template <Backend B>
-  Triplets<B> bottom(const_view_t<B> w, Index r) const {
+  Triplets<B> bottom(const_view_t<B> w, Index r, CholeskyKrylovReport* report = nullptr) const {
     static_assert(Rebindable<B, double>,
                   "CholeskyKrylovSVD needs the backend in double: declare template <class U> using "
                   "rebind = YourBackend<U> (milora/core/precision.hpp)");
@@ -73,51 +96,133 @@ struct CholeskyKrylovSVD {
     const Index m = B::rows(w), n = B::cols(w), k = std::min(m, n);
     detail::check_triplet_count(r, m, n, name);
     if (oversampling < 0 || phase_blocks < 2 || max_blocks < phase_blocks || !(tolerance > 0) ||
-        extra_blocks < 0 || !(first_shift > 0 && first_shift <= 1))
+        extra_blocks < 0 || !(first_shift > 0 && first_shift <= 1) || !(stall_defect > 0 && stall_defect < 1) ||
+        polish_steps < 0)
       throw value_error(detail::concat("CholeskyKrylovSVD: oversampling ", oversampling, ", phase_blocks ",
                                        phase_blocks, ", max_blocks ", max_blocks, ", tolerance ", tolerance,
                                        ", extra_blocks ", extra_blocks, ", first_shift ", first_shift,
-                                       " (need >= 0, >= 2, >= phase_blocks, > 0, >= 0, in (0, 1])"));
+                                       ", stall_defect ", stall_defect, ", polish_steps ", polish_steps,
+                                       " (need >= 0, >= 2, >= phase_blocks, > 0, >= 0, in (0, 1], in (0, 1), >= 0)"));
+    CholeskyKrylovReport local;
+    auto& rep = report ? *report : local;
+    rep = {};
     const Index b = r + oversampling;
     if (2 * b > k) return ExactSVD{}.bottom<B>(w, r);  // the Krylov space would be most of R^k
 
     const bool left = m <= n;  // the Gram matrix of the smaller side
+    const Trans side = left ? Trans::no : Trans::yes;
     const auto wd = convert<D, B>(w);
+    if constexpr (!std::is_same_v<scalar_t<B>, double>) {
+      auto g = B::zeros(k, k);
+      B::syrk(scalar_t<B>(1), w, side, scalar_t<B>(0), g);
+      // Stops at a stall: the float estimate cannot read the tolerance (step 5).
+      if (auto pass = phases<B>(g, b, r, /*until_stall=*/true)) {
+        g = B::zeros(0, 0);  // k^2 floats the double steps below need no more
+        rep.float_tried = true;
+        rep.blocks = pass->blocks;
+        auto checked = polish<B, D>(wd, left, *pass, r);
+        rep.polish_steps = checked.steps;
+        rep.defect = checked.defect;
+        if (checked.x) {
+          rep.path = CholeskyKrylovReport::Path::float_pass;
+          return triplets_from_subspace<B, D>(wd, *checked.x, *checked.damped, left);
+        }
+      }
+      // Not positive definite in float, or no convergence: the same in double.
+    }
     auto g = D::zeros(k, k);
-    D::syrk(1.0, wd, left ? Trans::no : Trans::yes, 0.0, g);
-
-    // Phase 1: no shift, from a random block. Later phases: shift just below the smallest
-    // eigenvalue as estimated so far, restart from the previous phase's Ritz vectors.
-    // g is shifted in place from phase to phase (a copy would be k^2 more memory to touch).
-    // Phase 1 only has to locate the minor tail, to ~||r_0||, so its factor is in W's own
-    // precision when that is lower (float: the factorisation and every solve in half the time of
-    // double; G rounded to float moves its eigenvalues by ~eps_32 ||G||, far below ||r_0||). Its
-    // Ritz values and residuals still come from G in double, so the stopping rule stays exact.
-    // A shifted factor must be double: the shift sits ~1e-7 ||G|| below the smallest eigenvalue.
-    Inverse<B, D> inverse;
-    if constexpr (!std::is_same_v<scalar_t<B>, double>) inverse.low = factor<B>(convert<B, D>(g));
-    if (!inverse.low) inverse.high = factor<D>(g);  // double W, or G too ill-conditioned for float
-    if (!inverse.low && !inverse.high) {
+    D::syrk(1.0, wd, side, 0.0, g);
+    auto pass = phases<D>(g, b, r, /*until_stall=*/false);
+    if (!pass) {
       log(detail::concat(name, ": the Gram matrix of a ", detail::shape_str(m, n),
                          " weight is not positive definite (rank deficient?); using the exact SVD"));
       return ExactSVD{}.bottom<B>(w, r);
     }
-    auto start = D::zeros(k, b);
-    D::fill_normal(start, 0.0, 1.0, seed);
+    rep.blocks += pass->blocks;
+    rep.defect = pass->state.defect;
+    if (pass->state.converged) {
+      rep.path = CholeskyKrylovReport::Path::double_pass;
+      auto damped = D::clone(pass->state.x);
+      solve<D, D>(pass->factor, damped);
+      return triplets_from_subspace<B, D>(wd, pass->state.x, damped, left);
+    }
+    log(detail::concat(name, ": no convergence on a ", detail::shape_str(m, n), " weight at r = ", r,
+                       " (estimated overlap ", 1.0 - pass->state.defect, " after ", pass->blocks, " blocks of ", b,
+                       "); using the exact SVD"));
+    return ExactSVD{}.bottom<B>(w, r);
+  }
+
+ private:
+  template <Backend P>
+  struct Krylov {
+    bool converged = false;
+    bool stalled = false;       // the estimate stopped halving below stall_defect (until_stall only)
+    Index blocks = 0;           // Krylov blocks this phase ran
+    double defect = 1.0;        // estimated 1 - overlap
+    double residual0 = 0;       // ||r_0||, of the smallest Ritz pair
+    std::vector<double> theta;  // b smallest Ritz values, ascending
+    matrix_t<P> x;              // k x r Ritz vectors of the r smallest
+    matrix_t<P> ritz_block;     // k x b Ritz vectors of the b smallest: a warm start
+  };
+
+  // The phases of steps 2-4 in precision P, on g = G (shifted in place).
+  template <Backend P>
+  struct Pass {
+    Krylov<P> state;   // of the last phase
+    matrix_t<P> factor;  // Cholesky factor of G - mu I, the last phase's
+    double mu = 0;
+    Index blocks = 0;  // all phases together
+  };
+
+  // The Cholesky factor, or nothing if the matrix is not (numerically) positive definite.
+  template <Backend P>
+  static std::optional<matrix_t<P>> factor(const matrix_t<P>& a) {
+    try {
+      return P::cholesky(a);
+    } catch (const numerical_error&) {
+      return std::nullopt;
+    }
+  }
+
+  // y <- (L L^T)^-1 y, with L in precision P (y in D).
+  template <Backend P, Backend D>
+  static void solve(const matrix_t<P>& l, matrix_t<D>& y) {
+    if constexpr (std::is_same_v<matrix_t<P>, matrix_t<D>>) {
+      D::trsm(l, Trans::no, y);
+      D::trsm(l, Trans::yes, y);
+    } else {
+      auto yp = convert<P, D>(y);
+      solve<P, P>(l, yp);
+      y = convert<D, P>(yp);
+    }
+  }
+
+  // Steps 2-4 on g = G in precision P: the unshifted phase from a random block, then shifted
+  // phases from the previous phase's Ritz vectors. g is shifted in place from phase to phase (a
+  // copy would be k^2 more memory to touch). Nothing if G itself is not positive definite.
+  // until_stall: a phase whose estimate stalls (step 5) ends the pass, for polish().
+  template <Backend P>
+  std::optional<Pass<P>> phases(matrix_t<P>& g, Index b, Index r, bool until_stall) const {
+    const Index k = P::rows(g);
+    auto l = factor<P>(g);
+    if (!l) return std::nullopt;
+    auto start = P::zeros(k, b);
+    P::fill_normal(start, 0.0, 1.0, seed);
     const Index per_phase = std::min(phase_blocks, k / b);
     // Blocks a phase may add beyond per_phase: within the Krylov space's limit and max_blocks.
     const auto extra_for = [&](Index used_before) {
       return std::max<Index>(0, std::min({extra_blocks, k / b - per_phase, max_blocks - used_before - per_phase}));
     };
-    Krylov<D> state = krylov<B, D>(g, inverse, start, r, per_phase, extra_for(0));
-    double mu = 0, applied = 0;  // shift of the last factor, shift now on g's diagonal
-    Index used = state.blocks;
-    while (!state.converged && used + per_phase <= max_blocks) {
+    Pass<P> pass{krylov<P>(g, *l, start, r, per_phase, extra_for(0), until_stall), std::move(*l), 0.0, 0};
+    auto& state = pass.state;
+    pass.blocks = state.blocks;
+    double applied = 0;  // shift now on g's diagonal
+    while (!state.converged && !state.stalled && pass.blocks + per_phase <= max_blocks) {
       // Ritz values are upper bounds: the smallest eigenvalue is below theta_0, and the wanted
       // ones spread over ~ theta_r - theta_0. If the shift is still above the smallest
       // eigenvalue, Cholesky fails and we step down by 4x the distance. (Adding ||r_0|| to every
       // step, the safe choice, measured 3x more phases on the test spectra.)
-      const double theta0 = state.theta[0] + mu;  // back to G's eigenvalues
+      const double theta0 = state.theta[0] + pass.mu;  // back to G's eigenvalues
       // After the unshifted phase theta_0 is still far off, by up to ||r_0|| (measured: stepping
       // by half the width there failed two Cholesky attempts out of three). The bound is loose,
       // though: on the LLM-like spectrum theta_0 was off by 0.19 ||r_0||, and a shift of
@@ -125,176 +230,235 @@ struct CholeskyKrylovSVD {
       // only locating it; if that shift fails, the next is ||r_0||, the safe one.
       // After a shifted phase theta_0 is accurate and half the width is the right distance.
       const double half_width = 0.5 * (state.theta[std::size_t(r)] - state.theta[0]);
-      const double step = mu == 0 ? std::max(half_width, state.residual0) : half_width;
-      const double first_margin = mu == 0 && state.residual0 > half_width ? first_shift : 1.0;
-      std::optional<matrix_t<D>> shifted_l;
+      const double step = pass.mu == 0 ? std::max(half_width, state.residual0) : half_width;
+      const double first_margin = pass.mu == 0 && state.residual0 > half_width ? first_shift : 1.0;
+      std::optional<matrix_t<P>> shifted_l;
       for (double margin = first_margin; margin <= 64 && !shifted_l; margin *= 4) {
         const double candidate = theta0 - margin * step;
         if (candidate <= 0) break;  // no better than no shift
-        D::add_diagonal(g, applied - candidate);  // g = G - candidate * I
+        P::add_diagonal(g, scalar_t<P>(applied - candidate));  // g = G - candidate * I
         applied = candidate;
-        shifted_l = factor<D>(g);
-        if (shifted_l) mu = candidate;
+        shifted_l = factor<P>(g);
+        if (shifted_l) pass.mu = candidate;
       }
       if (!shifted_l) break;
-      inverse = {std::nullopt, std::move(shifted_l)};
-      state = krylov<B, D>(g, inverse, state.ritz_block, r, per_phase, extra_for(used));
-      used += state.blocks;
+      pass.factor = std::move(*shifted_l);
+      state = krylov<P>(g, pass.factor, state.ritz_block, r, per_phase, extra_for(pass.blocks), until_stall);
+      pass.blocks += state.blocks;
     }
-    if (state.converged) return triplets_from_subspace<B, D>(wd, state.x, inverse, left);
-    log(detail::concat(name, ": no convergence on a ", detail::shape_str(m, n), " weight at r = ", r,
-                       " (estimated overlap ", 1.0 - state.defect, " after ", used, " blocks of ", b,
-                       "); using the exact SVD"));
-    return ExactSVD{}.bottom<B>(w, r);
-  }
-
- private:
-  template <class D>
-  struct Krylov {
-    bool converged = false;
-    Index blocks = 0;           // Krylov blocks this phase ran
-    double defect = 1.0;        // estimated 1 - overlap
-    double residual0 = 0;       // ||r_0||, of the smallest Ritz pair
-    std::vector<double> theta;  // r + 1 smallest Ritz values, ascending
-    matrix_t<D> x;              // k x r Ritz vectors of the r smallest
-    matrix_t<D> ritz_block;     // k x b Ritz vectors of the b smallest: a warm start
-  };
-
-  // A^-1 for A = L L^T, with L in W's own precision (`low`, the unshifted phase of a float
-  // weight) or in double (`high`); exactly one is set.
-  template <Backend B, Backend D>
-  struct Inverse {
-    std::optional<matrix_t<B>> low;
-    std::optional<matrix_t<D>> high;
-
-    void apply(matrix_t<D>& y) const {
-      if (high) {
-        D::trsm(*high, Trans::no, y);
-        D::trsm(*high, Trans::yes, y);
-        return;
-      }
-      auto y_low = convert<B, D>(y);
-      B::trsm(*low, Trans::no, y_low);
-      B::trsm(*low, Trans::yes, y_low);
-      y = convert<D, B>(y_low);
-    }
-  };
-
-  // The Cholesky factor, or nothing if the matrix is not (numerically) positive definite.
-  template <class D>
-  static std::optional<matrix_t<D>> factor(const matrix_t<D>& a) {
-    try {
-      return D::cholesky(a);
-    } catch (const numerical_error&) {
-      return std::nullopt;
-    }
+    return pass;
   }
 
   // Block Krylov on a^-1 = (l l^T)^-1 from `start` (k x b), `depth` blocks, with Rayleigh-Ritz
   // on `a` after each block and the overlap estimate of the header comment. Up to `extra` more
   // blocks while the estimate is below 1/2 and halves with every block: at that pace a few more
   // blocks converge, where stopping would cost a new factorisation (~4 blocks' time) and restart.
-  template <Backend B, Backend D>
-  Krylov<D> krylov(const matrix_t<D>& a, const Inverse<B, D>& inverse, const_view_t<D> start, Index r,
-                   Index depth, Index extra) const {
-    const Index k = D::rows(a), b = D::cols(start), most = depth + extra, width = b * most;
-    auto basis = D::zeros(k, width);    // Q_0 .. Q_j, orthonormal columns
-    auto a_basis = D::zeros(k, width);  // A Q_0 .. A Q_j
+  template <Backend P>
+  Krylov<P> krylov(const matrix_t<P>& a, const matrix_t<P>& l, const_view_t<P> start, Index r, Index depth,
+                   Index extra, bool until_stall) const {
+    using T = scalar_t<P>;
+    const Index k = P::rows(a), b = P::cols(start), most = depth + extra, width = b * most;
+    auto basis = P::zeros(k, width);    // Q_0 .. Q_j, orthonormal columns
+    auto a_basis = P::zeros(k, width);  // A Q_0 .. A Q_j
     // T = Q^T A Q on the host, row-major width x width: each block adds its column of blocks
     // Q_i^T A Q_j (i <= j) and the mirrored row, so earlier products are not recomputed.
     std::vector<double> t_all(std::size_t(width * width));
-    Krylov<D> out;
+    Krylov<P> out;
     double previous_defect = 1.0;
     for (Index j = 0; j < most; ++j) {
       if (j >= depth && !(out.defect < 0.5 && out.defect <= 0.5 * previous_defect)) break;
       out.blocks = j + 1;
-      auto y = D::clone(j == 0 ? start : D::cblock(basis, 0, (j - 1) * b, k, b));
+      auto y = P::clone(j == 0 ? start : P::cblock(basis, 0, (j - 1) * b, k, b));
       if (j > 0) {  // A^-1 Q_{j-1} = L^-T L^-1 Q_{j-1}, orthogonalised against the basis, twice
-        inverse.apply(y);
-        const auto done = D::cblock(basis, 0, 0, k, j * b);
-        auto coeff = D::zeros(j * b, b);
+        solve<P, P>(l, y);
+        const auto done = P::cblock(basis, 0, 0, k, j * b);
+        auto coeff = P::zeros(j * b, b);
         for (int pass = 0; pass < 2; ++pass) {
-          D::gemm(1.0, done, Trans::yes, y, Trans::no, 0.0, coeff);
-          D::gemm(-1.0, done, Trans::no, coeff, Trans::no, 1.0, y);
+          P::gemm(T(1), done, Trans::yes, y, Trans::no, T(0), coeff);
+          P::gemm(T(-1), done, Trans::no, coeff, Trans::no, T(1), y);
         }
       }
-      D::copy(D::qr(y).Q, D::block(basis, 0, j * b, k, b));
-      D::gemm(1.0, a, Trans::no, D::cblock(basis, 0, j * b, k, b), Trans::no, 0.0,
-              D::block(a_basis, 0, j * b, k, b));
+      P::copy(P::qr(y).Q, P::block(basis, 0, j * b, k, b));
+      P::gemm(T(1), a, Trans::no, P::cblock(basis, 0, j * b, k, b), Trans::no, T(0), P::block(a_basis, 0, j * b, k, b));
       const Index cols = (j + 1) * b;
-      const auto q = D::cblock(basis, 0, 0, k, cols), aq = D::cblock(a_basis, 0, 0, k, cols);
-      add_block_column<D>(q, D::cblock(a_basis, 0, j * b, k, b), width, t_all);
+      add_block_column<P>(P::cblock(basis, 0, 0, k, cols), P::cblock(a_basis, 0, j * b, k, b), width, t_all);
       if (j == 0) continue;
 
-      // Rayleigh-Ritz: the b smallest eigenpairs of T = Q^T A Q.
       std::vector<double> t_host(std::size_t(cols * cols));
       for (Index i = 0; i < cols; ++i)
         std::copy_n(t_all.begin() + std::ptrdiff_t(i * width), cols, t_host.begin() + std::ptrdiff_t(i * cols));
-      const auto ritz = D::eigh(D::from_host(cols, cols, t_host), 0, b - 1);
-      out.theta = D::to_host(ritz.values);
-      out.ritz_block = D::zeros(k, b);
-      D::gemm(1.0, q, Trans::no, ritz.vectors, Trans::no, 0.0, out.ritz_block);
-      // Residuals of the r + 1 smallest pairs: R = A X - X diag(theta).
-      const auto y_r = D::cblock(ritz.vectors, 0, 0, cols, r + 1);
-      auto res = D::zeros(k, r + 1), x_theta = D::clone(D::cblock(out.ritz_block, 0, 0, k, r + 1));
-      D::gemm(1.0, aq, Trans::no, y_r, Trans::no, 0.0, res);
-      D::scale_columns(x_theta, D::cblock(ritz.values, 0, 0, 1, r + 1));
-      D::axpy(-1.0, x_theta, res);
-      std::vector<double> rn(std::size_t(r + 1));
-      for (Index i = 0; i <= r; ++i) rn[std::size_t(i)] = std::sqrt(D::squared_norm(D::cblock(res, 0, i, k, 1)));
-      out.x = D::clone(D::cblock(out.ritz_block, 0, 0, k, r));
-      // The unwanted spectrum starts no lower than theta_r - ||r_r|| (an eigenvalue lies within
-      // ||r_r|| of theta_r, and Ritz values bound the eigenvalues from above): using that
-      // instead of theta_r keeps the estimate honest while theta_r itself is unconverged.
-      const double unwanted = out.theta[std::size_t(r)] - rn[std::size_t(r)];
-      out.residual0 = rn[0];
+      auto ritz = rayleigh_ritz<P>(P::cblock(basis, 0, 0, k, cols), P::cblock(a_basis, 0, 0, k, cols), t_host, b, r);
       previous_defect = out.defect;
-      out.defect = 0;
-      for (Index i = 0; i < r; ++i) {
-        const double gap = unwanted - out.theta[std::size_t(i)], ri = rn[std::size_t(i)];
-        out.defect += gap > 0 ? std::min(1.0, (ri / gap) * (ri / gap)) : 1.0;
-      }
-      out.defect /= double(r);
+      out.defect = ritz.defect;
+      out.residual0 = ritz.residual0;
+      out.theta = std::move(ritz.theta);
+      out.ritz_block = std::move(ritz.x);
+      out.x = P::clone(P::cblock(out.ritz_block, 0, 0, k, r));
       if (out.defect <= tolerance) {
         out.converged = true;
+        return out;
+      }
+      if (until_stall && out.defect < stall_defect && out.defect > 0.5 * previous_defect) {
+        out.stalled = true;
         return out;
       }
     }
     return out;
   }
 
+  template <Backend P>
+  struct RitzPairs {
+    std::vector<double> theta;  // the b smallest Ritz values, ascending
+    matrix_t<P> values;         // the same, 1 x b
+    matrix_t<P> x;              // k x b Ritz vectors
+    matrix_t<P> a_x;            // A x
+    double defect = 1.0, residual0 = 0;
+  };
+
+  // Rayleigh-Ritz in the orthonormal basis q (k x c) given a_q = A q and t = q^T a_q (host,
+  // row-major, exactly symmetric): the b smallest Ritz pairs, the residuals of the r + 1 smallest,
+  // and the overlap estimate of step 3.
+  template <Backend P>
+  RitzPairs<P> rayleigh_ritz(const_view_t<P> q, const_view_t<P> a_q, const std::vector<double>& t, Index b,
+                             Index r) const {
+    using T = scalar_t<P>;
+    const Index k = P::rows(q), c = P::cols(q);
+    const auto ritz = P::eigh(P::from_host(c, c, std::vector<T>(t.begin(), t.end())), 0, b - 1);
+    RitzPairs<P> out;
+    const auto values = P::to_host(ritz.values);
+    out.theta.assign(values.begin(), values.end());
+    out.values = P::clone(ritz.values);
+    out.x = P::zeros(k, b);
+    out.a_x = P::zeros(k, b);
+    P::gemm(T(1), q, Trans::no, ritz.vectors, Trans::no, T(0), out.x);
+    P::gemm(T(1), a_q, Trans::no, ritz.vectors, Trans::no, T(0), out.a_x);
+    // Residuals of the r + 1 smallest pairs: R = A X - X diag(theta).
+    auto res = P::clone(P::cblock(out.a_x, 0, 0, k, r + 1)), x_theta = P::clone(P::cblock(out.x, 0, 0, k, r + 1));
+    P::scale_columns(x_theta, P::cblock(ritz.values, 0, 0, 1, r + 1));
+    P::axpy(T(-1), x_theta, res);
+    std::vector<double> rn(std::size_t(r + 1));
+    for (Index i = 0; i <= r; ++i) rn[std::size_t(i)] = std::sqrt(double(P::squared_norm(P::cblock(res, 0, i, k, 1))));
+    // The unwanted spectrum starts no lower than theta_r - ||r_r|| (an eigenvalue lies within
+    // ||r_r|| of theta_r, and Ritz values bound the eigenvalues from above): using that
+    // instead of theta_r keeps the estimate honest while theta_r itself is unconverged.
+    const double unwanted = out.theta[std::size_t(r)] - rn[std::size_t(r)];
+    out.residual0 = rn[0];
+    out.defect = 0;
+    for (Index i = 0; i < r; ++i) {
+      const double gap = unwanted - out.theta[std::size_t(i)], ri = rn[std::size_t(i)];
+      out.defect += gap > 0 ? std::min(1.0, (ri / gap) * (ri / gap)) : 1.0;
+    }
+    out.defect /= double(r);
+    return out;
+  }
+
+  // Step 5: the float pass's b Ritz vectors, checked (and if need be improved) with G applied
+  // exactly in double, G X = W (W^T X) or W^T (W X). Each step: Rayleigh-Ritz in the basis, the
+  // estimate of step 3 from these residuals; if it misses the tolerance, the b residuals,
+  // preconditioned by the float pass's last factor (~ (G - mu I)^-1), orthogonalised, are added
+  // to the basis for the next step (which keeps growing: a restart to the b Ritz vectors measured
+  // 3 steps where 2 do).
+  template <Backend D>
+  struct Polished {
+    std::optional<matrix_t<D>> x;  // k x r minor basis, if the estimate met the tolerance
+    std::optional<matrix_t<D>> damped;  // ~ (G - mu I)^-1 x, for triplets_from_subspace
+    Index steps = 0;               // Davidson steps taken
+    double defect = 1.0;           // the last estimate
+  };
+
+  template <Backend P, Backend D>
+  Polished<D> polish(const matrix_t<D>& wd, bool left, const Pass<P>& pass, Index r) const {
+    const Index k = left ? D::rows(wd) : D::cols(wd), other = left ? D::cols(wd) : D::rows(wd);
+    const Index b = P::cols(pass.state.ritz_block);
+    const auto gram_times = [&](const_view_t<D> v) {
+      auto inner = D::zeros(other, D::cols(v)), out = D::zeros(k, D::cols(v));  // W^T v or W v
+      D::gemm(1.0, wd, left ? Trans::yes : Trans::no, v, Trans::no, 0.0, inner);
+      D::gemm(1.0, wd, left ? Trans::no : Trans::yes, inner, Trans::no, 0.0, out);
+      return out;
+    };
+    auto q = D::qr(convert<D, P>(pass.state.ritz_block)).Q;
+    auto g_q = gram_times(q);
+    for (Index step = 0;; ++step) {
+      const Index c = D::cols(q);
+      auto t = D::zeros(c, c);
+      D::gemm(1.0, q, Trans::yes, g_q, Trans::no, 0.0, t);
+      auto t_host = D::to_host(t);
+      for (Index i = 0; i < c; ++i)
+        for (Index j = 0; j < i; ++j) {
+          const double s = 0.5 * (t_host[std::size_t(i * c + j)] + t_host[std::size_t(j * c + i)]);
+          t_host[std::size_t(i * c + j)] = t_host[std::size_t(j * c + i)] = s;
+        }
+      auto ritz = rayleigh_ritz<D>(q, g_q, t_host, b, r);
+      if (ritz.defect <= tolerance) {
+        // The damped basis for triplets_from_subspace: (theta - mu) (G - mu I)^-1 X, written as
+        // X - (G - mu I)^-1 R (R = G X - X Theta), with the float factor standing in for
+        // (G - mu I). Along principal directions the two agree (G - mu I is float-accurate there);
+        // within the minor cluster, where the float factor is not, R is tiny and X stays as is.
+        auto x = D::clone(D::cblock(ritz.x, 0, 0, k, r)), res = D::clone(D::cblock(ritz.a_x, 0, 0, k, r));
+        auto x_theta = D::clone(x);
+        D::scale_columns(x_theta, D::cblock(ritz.values, 0, 0, 1, r));
+        D::axpy(-1.0, x_theta, res);
+        solve<P, D>(pass.factor, res);
+        auto damped = D::clone(x);
+        D::axpy(-1.0, res, damped);
+        return {std::move(x), std::move(damped), step, ritz.defect};
+      }
+      if (step == polish_steps) return {std::nullopt, std::nullopt, step, ritz.defect};
+      // Davidson correction: M^-1 (G X - X Theta) for all b Ritz pairs (Theta: the b values).
+      auto correction = D::clone(ritz.a_x), x_theta = D::clone(ritz.x);
+      D::scale_columns(x_theta, ritz.values);
+      D::axpy(-1.0, x_theta, correction);
+      solve<P, D>(pass.factor, correction);
+      for (int twice = 0; twice < 2; ++twice) {  // against the whole basis, which is kept
+        auto coeff = D::zeros(c, b);
+        D::gemm(1.0, q, Trans::yes, correction, Trans::no, 0.0, coeff);
+        D::gemm(-1.0, q, Trans::no, coeff, Trans::no, 1.0, correction);
+      }
+      const auto c_basis = D::qr(correction).Q;
+      const auto g_c = gram_times(c_basis);
+      auto grown = D::zeros(k, c + b), g_grown = D::zeros(k, c + b);
+      D::copy(q, D::block(grown, 0, 0, k, c));
+      D::copy(c_basis, D::block(grown, 0, c, k, b));
+      D::copy(g_q, D::block(g_grown, 0, 0, k, c));
+      D::copy(g_c, D::block(g_grown, 0, c, k, b));
+      q = std::move(grown);
+      g_q = std::move(g_grown);
+    }
+  }
+
   // Adds the last block column of T = Q^T A Q, Q_i^T (A Q_j) for every block i <= j, to the host
   // matrix t_all (row-major, `width` wide), and its mirror as block row j: T is then exactly
   // symmetric, as backends' eigensolvers (which read different triangles) need. The diagonal
   // block, which rounding makes slightly asymmetric, is replaced by its symmetric part.
-  template <class D>
-  static void add_block_column(const_view_t<D> q, const_view_t<D> a_q_last, Index width, std::vector<double>& t_all) {
-    const Index cols = D::cols(q), b = D::cols(a_q_last), first = cols - b;
-    auto column = D::zeros(cols, b);
-    D::gemm(1.0, q, Trans::yes, a_q_last, Trans::no, 0.0, column);
-    const auto h = D::to_host(column);
+  template <Backend P>
+  static void add_block_column(const_view_t<P> q, const_view_t<P> a_q_last, Index width, std::vector<double>& t_all) {
+    using T = scalar_t<P>;
+    const Index cols = P::cols(q), b = P::cols(a_q_last), first = cols - b;
+    auto column = P::zeros(cols, b);
+    P::gemm(T(1), q, Trans::yes, a_q_last, Trans::no, T(0), column);
+    const auto h = P::to_host(column);
     auto at = [&](Index i, Index j) -> double& { return t_all[std::size_t(i * width + j)]; };
     for (Index i = 0; i < first; ++i)
-      for (Index c = 0; c < b; ++c) at(i, first + c) = at(first + c, i) = h[std::size_t(i * b + c)];
+      for (Index c = 0; c < b; ++c) at(i, first + c) = at(first + c, i) = double(h[std::size_t(i * b + c)]);
     for (Index i = 0; i < b; ++i)
       for (Index c = 0; c < b; ++c)
-        at(first + i, first + c) = 0.5 * (h[std::size_t((first + i) * b + c)] + h[std::size_t((first + c) * b + i)]);
+        at(first + i, first + c) =
+            0.5 * (double(h[std::size_t((first + i) * b + c)]) + double(h[std::size_t((first + c) * b + i)]));
   }
 
   // Triplets from an orthonormal basis X of the minor left (left = true) or right singular
-  // subspace, and the inverse of the (shifted) Gram matrix A = L L^T of the last phase.
+  // subspace, and Z = (G - mu I)^-1 X up to column scaling (or an approximation of it: polish()).
   //
-  // The other side is NOT taken as X^T W: an error e in X along a principal direction j comes
-  // back multiplied by sigma_j / sigma_i there (x100 on a real weight). Instead Y = orth(W^T A^-1 X)
-  // (or orth(W A^-1 X)): A^-1 W = U diag(sigma / (sigma^2 - mu)) V^T damps the principal
+  // The other side is NOT taken as W^T X: an error e in X along a principal direction j comes
+  // back multiplied by sigma_j / sigma_i there (x100 on a real weight; on a gapped spectrum a
+  // subspace within 1e-4 of the tolerance gave sigma 4e-3 off). Instead Y = orth(W^T Z) (or
+  // orth(W Z)): (G - mu I)^-1 W = U diag(sigma / (sigma^2 - mu)) V^T damps the principal
   // directions by the same factor. Then sigma and the rotations come from the SVD of the r x r core
   // X^T W Y, in which the errors of X and Y enter only as their product.
   template <Backend B, Backend D>
-  static Triplets<B> triplets_from_subspace(const matrix_t<D>& wd, const matrix_t<D>& x,
-                                            const Inverse<B, D>& inverse, bool left) {
+  static Triplets<B> triplets_from_subspace(const matrix_t<D>& wd, const matrix_t<D>& x, const matrix_t<D>& z,
+                                            bool left) {
     const Index m = D::rows(wd), n = D::cols(wd), r = D::cols(x);
-    auto z = D::clone(x);  // A^-1 X
-    inverse.apply(z);
     const Index other = left ? n : m;
     auto y = D::zeros(other, r);  // the other side's basis, before orthonormalisation
     D::gemm(1.0, wd, left ? Trans::yes : Trans::no, z, Trans::no, 0.0, y);
