@@ -38,8 +38,9 @@
 //      the condition number harmlessly: eps_64 * kappa(W)^2 stays far below float's resolution
 //      for any kappa(W) < 1e4.
 //   6. X spans the minor left (or right) singular subspace. The other side is orth(W^T A^-1 X)
-//      (A = G - mu I), which damps rather than amplifies X's error along principal directions;
-//      sigma comes from the SVD of the r x r core X^T W Y (triplets_from_subspace).
+//      (A = G - mu I; after the float pass X - M^-1 R, see polish()), which damps rather than
+//      amplifies X's error along principal directions; sigma comes from the SVD of the r x r core
+//      X^T W Y (triplets_from_subspace).
 //
 // If no pass meets the tolerance, or W is numerically rank deficient (Cholesky of G fails in
 // double), the solver logs one line (milora::log) and returns ExactSVD's answer: never a silently
