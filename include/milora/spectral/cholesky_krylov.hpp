@@ -143,9 +143,10 @@ struct CholeskyKrylovSVD {
     rep.defect = pass->state.defect;
     if (pass->state.converged) {
       rep.path = CholeskyKrylovReport::Path::double_pass;
-      auto damped = D::clone(pass->state.x);
+      const auto x = D::clone(D::cblock(pass->state.ritz_block, 0, 0, k, r));
+      auto damped = D::clone(x);
       solve<D, D>(pass->factor, damped);
-      return triplets_from_subspace<B, D>(wd, pass->state.x, damped, left);
+      return triplets_from_subspace<B, D>(wd, x, damped, left);
     }
     log(detail::concat(name, ": no convergence on a ", detail::shape_str(m, n), " weight at r = ", r,
                        " (estimated overlap ", 1.0 - pass->state.defect, " after ", pass->blocks, " blocks of ", b,
@@ -162,8 +163,7 @@ struct CholeskyKrylovSVD {
     double defect = 1.0;        // estimated 1 - overlap
     double residual0 = 0;       // ||r_0||, of the smallest Ritz pair
     std::vector<double> theta;  // b smallest Ritz values, ascending
-    matrix_t<P> x;              // k x r Ritz vectors of the r smallest
-    matrix_t<P> ritz_block;     // k x b Ritz vectors of the b smallest: a warm start
+    matrix_t<P> ritz_block;     // k x b Ritz vectors of the b smallest (the first r: the answer)
   };
 
   // The phases of steps 2-4 in precision P, on g = G (shifted in place).
@@ -288,13 +288,12 @@ struct CholeskyKrylovSVD {
       std::vector<double> t_host(std::size_t(cols * cols));
       for (Index i = 0; i < cols; ++i)
         std::copy_n(t_all.begin() + std::ptrdiff_t(i * width), cols, t_host.begin() + std::ptrdiff_t(i * cols));
-      auto ritz = rayleigh_ritz<P>(P::cblock(basis, 0, 0, k, cols), P::cblock(a_basis, 0, 0, k, cols), t_host, b, r);
+      auto ritz = rayleigh_ritz<P>(P::cblock(basis, 0, 0, k, cols), P::cblock(a_basis, 0, 0, k, cols), t_host, b, r, r + 1);
       previous_defect = out.defect;
       out.defect = ritz.defect;
       out.residual0 = ritz.residual0;
       out.theta = std::move(ritz.theta);
       out.ritz_block = std::move(ritz.x);
-      out.x = P::clone(P::cblock(out.ritz_block, 0, 0, k, r));
       if (out.defect <= tolerance) {
         out.converged = true;
         return out;
@@ -312,16 +311,17 @@ struct CholeskyKrylovSVD {
     std::vector<double> theta;  // the b smallest Ritz values, ascending
     matrix_t<P> values;         // the same, 1 x b
     matrix_t<P> x;              // k x b Ritz vectors
-    matrix_t<P> a_x;            // A x
+    matrix_t<P> a_x;            // A x, its first `products` columns
     double defect = 1.0, residual0 = 0;
   };
 
   // Rayleigh-Ritz in the orthonormal basis q (k x c) given a_q = A q and t = q^T a_q (host,
   // row-major, exactly symmetric): the b smallest Ritz pairs, the residuals of the r + 1 smallest,
-  // and the overlap estimate of step 3.
+  // and the overlap estimate of step 3. A x is formed for the first `products` (>= r + 1) pairs:
+  // the estimate needs r + 1, a Davidson step all b.
   template <Backend P>
   RitzPairs<P> rayleigh_ritz(const_view_t<P> q, const_view_t<P> a_q, const std::vector<double>& t, Index b,
-                             Index r) const {
+                             Index r, Index products) const {
     using T = scalar_t<P>;
     const Index k = P::rows(q), c = P::cols(q);
     const auto ritz = P::eigh(P::from_host(c, c, std::vector<T>(t.begin(), t.end())), 0, b - 1);
@@ -330,9 +330,9 @@ struct CholeskyKrylovSVD {
     out.theta.assign(values.begin(), values.end());
     out.values = P::clone(ritz.values);
     out.x = P::zeros(k, b);
-    out.a_x = P::zeros(k, b);
+    out.a_x = P::zeros(k, products);
     P::gemm(T(1), q, Trans::no, ritz.vectors, Trans::no, T(0), out.x);
-    P::gemm(T(1), a_q, Trans::no, ritz.vectors, Trans::no, T(0), out.a_x);
+    P::gemm(T(1), a_q, Trans::no, P::cblock(ritz.vectors, 0, 0, c, products), Trans::no, T(0), out.a_x);
     // Residuals of the r + 1 smallest pairs: R = A X - X diag(theta).
     auto res = P::clone(P::cblock(out.a_x, 0, 0, k, r + 1)), x_theta = P::clone(P::cblock(out.x, 0, 0, k, r + 1));
     P::scale_columns(x_theta, P::cblock(ritz.values, 0, 0, 1, r + 1));
@@ -393,7 +393,7 @@ struct CholeskyKrylovSVD {
           const double s = 0.5 * (t_host[std::size_t(i * c + j)] + t_host[std::size_t(j * c + i)]);
           t_host[std::size_t(i * c + j)] = t_host[std::size_t(j * c + i)] = s;
         }
-      auto ritz = rayleigh_ritz<D>(q, g_q, t_host, b, r);
+      auto ritz = rayleigh_ritz<D>(q, g_q, t_host, b, r, b);
       if (ritz.defect <= tolerance) {
         // The damped basis for triplets_from_subspace: (theta - mu) (G - mu I)^-1 X, written as
         // X - (G - mu I)^-1 R (R = G X - X Theta), with the float factor standing in for
