@@ -124,9 +124,9 @@ struct CholeskyKrylovSVD {
         auto checked = polish<B, D>(wd, left, *pass, r);
         rep.polish_steps = checked.steps;
         rep.defect = checked.defect;
-        if (checked.x) {
+        if (checked.basis) {
           rep.path = CholeskyKrylovReport::Path::float_pass;
-          return triplets_from_subspace<B, D>(wd, *checked.x, *checked.damped, left);
+          return triplets_from_subspace<B, D>(wd, checked.basis->x, checked.basis->damped, left);
         }
       }
       // Not positive definite in float, or no convergence: the same in double.
@@ -288,7 +288,8 @@ struct CholeskyKrylovSVD {
       std::vector<double> t_host(std::size_t(cols * cols));
       for (Index i = 0; i < cols; ++i)
         std::copy_n(t_all.begin() + std::ptrdiff_t(i * width), cols, t_host.begin() + std::ptrdiff_t(i * cols));
-      auto ritz = rayleigh_ritz<P>(P::cblock(basis, 0, 0, k, cols), P::cblock(a_basis, 0, 0, k, cols), t_host, b, r, r + 1);
+      auto ritz =
+          rayleigh_ritz<P>(P::cblock(basis, 0, 0, k, cols), P::cblock(a_basis, 0, 0, k, cols), t_host, b, r, r + 1);
       previous_defect = out.defect;
       out.defect = ritz.defect;
       out.residual0 = ritz.residual0;
@@ -311,17 +312,17 @@ struct CholeskyKrylovSVD {
     std::vector<double> theta;  // the b smallest Ritz values, ascending
     matrix_t<P> values;         // the same, 1 x b
     matrix_t<P> x;              // k x b Ritz vectors
-    matrix_t<P> a_x;            // A x, its first `products` columns
+    matrix_t<P> residuals;      // A x - theta x, of the first `residual_count` pairs
     double defect = 1.0, residual0 = 0;
   };
 
   // Rayleigh-Ritz in the orthonormal basis q (k x c) given a_q = A q and t = q^T a_q (host,
-  // row-major, exactly symmetric): the b smallest Ritz pairs, the residuals of the r + 1 smallest,
-  // and the overlap estimate of step 3. A x is formed for the first `products` (>= r + 1) pairs:
-  // the estimate needs r + 1, a Davidson step all b.
+  // row-major, exactly symmetric): the b smallest Ritz pairs, the residuals of the first
+  // `residual_count` (>= r + 1) of them, and the overlap estimate of step 3. The estimate needs
+  // r + 1 residuals, a Davidson step all b.
   template <Backend P>
   RitzPairs<P> rayleigh_ritz(const_view_t<P> q, const_view_t<P> a_q, const std::vector<double>& t, Index b,
-                             Index r, Index products) const {
+                             Index r, Index residual_count) const {
     using T = scalar_t<P>;
     const Index k = P::rows(q), c = P::cols(q);
     const auto ritz = P::eigh(P::from_host(c, c, std::vector<T>(t.begin(), t.end())), 0, b - 1);
@@ -330,15 +331,16 @@ struct CholeskyKrylovSVD {
     out.theta.assign(values.begin(), values.end());
     out.values = P::clone(ritz.values);
     out.x = P::zeros(k, b);
-    out.a_x = P::zeros(k, products);
+    out.residuals = P::zeros(k, residual_count);
     P::gemm(T(1), q, Trans::no, ritz.vectors, Trans::no, T(0), out.x);
-    P::gemm(T(1), a_q, Trans::no, P::cblock(ritz.vectors, 0, 0, c, products), Trans::no, T(0), out.a_x);
-    // Residuals of the r + 1 smallest pairs: R = A X - X diag(theta).
-    auto res = P::clone(P::cblock(out.a_x, 0, 0, k, r + 1)), x_theta = P::clone(P::cblock(out.x, 0, 0, k, r + 1));
-    P::scale_columns(x_theta, P::cblock(ritz.values, 0, 0, 1, r + 1));
-    P::axpy(T(-1), x_theta, res);
+    // R = A X - X diag(theta), with A X = a_q times the Ritz coefficients
+    P::gemm(T(1), a_q, Trans::no, P::cblock(ritz.vectors, 0, 0, c, residual_count), Trans::no, T(0), out.residuals);
+    auto x_theta = P::clone(P::cblock(out.x, 0, 0, k, residual_count));
+    P::scale_columns(x_theta, P::cblock(ritz.values, 0, 0, 1, residual_count));
+    P::axpy(T(-1), x_theta, out.residuals);
     std::vector<double> rn(std::size_t(r + 1));
-    for (Index i = 0; i <= r; ++i) rn[std::size_t(i)] = std::sqrt(double(P::squared_norm(P::cblock(res, 0, i, k, 1))));
+    for (Index i = 0; i <= r; ++i)
+      rn[std::size_t(i)] = std::sqrt(double(P::squared_norm(P::cblock(out.residuals, 0, i, k, 1))));
     // The unwanted spectrum starts no lower than theta_r - ||r_r|| (an eigenvalue lies within
     // ||r_r|| of theta_r, and Ritz values bound the eigenvalues from above): using that
     // instead of theta_r keeps the estimate honest while theta_r itself is unconverged.
@@ -364,11 +366,15 @@ struct CholeskyKrylovSVD {
   // The float pass's own residuals are no substitute for the exact R: as a first block they
   // moved the estimate from 9e-3 only to 6e-3 (float noise, not information).
   template <Backend D>
+  struct MinorBasis {
+    matrix_t<D> x;       // k x r, orthonormal
+    matrix_t<D> damped;  // ~ (G - mu I)^-1 x, for triplets_from_subspace
+  };
+  template <Backend D>
   struct Polished {
-    std::optional<matrix_t<D>> x;  // k x r minor basis, if the estimate met the tolerance
-    std::optional<matrix_t<D>> damped;  // ~ (G - mu I)^-1 x, for triplets_from_subspace
-    Index steps = 0;               // Davidson steps taken
-    double defect = 1.0;           // the last estimate
+    std::optional<MinorBasis<D>> basis;  // if the estimate met the tolerance
+    Index steps = 0;                     // Davidson steps taken
+    double defect = 1.0;                 // the last estimate
   };
 
   template <Backend P, Backend D>
@@ -399,20 +405,15 @@ struct CholeskyKrylovSVD {
         // X - (G - mu I)^-1 R (R = G X - X Theta), with the float factor standing in for
         // (G - mu I). Along principal directions the two agree (G - mu I is float-accurate there);
         // within the minor cluster, where the float factor is not, R is tiny and X stays as is.
-        auto x = D::clone(D::cblock(ritz.x, 0, 0, k, r)), res = D::clone(D::cblock(ritz.a_x, 0, 0, k, r));
-        auto x_theta = D::clone(x);
-        D::scale_columns(x_theta, D::cblock(ritz.values, 0, 0, 1, r));
-        D::axpy(-1.0, x_theta, res);
+        auto x = D::clone(D::cblock(ritz.x, 0, 0, k, r)), res = D::clone(D::cblock(ritz.residuals, 0, 0, k, r));
         solve<P, D>(pass.factor, res);
         auto damped = D::clone(x);
         D::axpy(-1.0, res, damped);
-        return {std::move(x), std::move(damped), step, ritz.defect};
+        return {MinorBasis<D>{std::move(x), std::move(damped)}, step, ritz.defect};
       }
-      if (step == polish_steps) return {std::nullopt, std::nullopt, step, ritz.defect};
+      if (step == polish_steps) return {std::nullopt, step, ritz.defect};
       // Davidson correction: M^-1 R, R = G X - X Theta for all b Ritz pairs (Theta: the b values).
-      auto correction = D::clone(ritz.a_x), x_theta = D::clone(ritz.x);
-      D::scale_columns(x_theta, ritz.values);
-      D::axpy(-1.0, x_theta, correction);
+      auto correction = std::move(ritz.residuals);
       solve<P, D>(pass.factor, correction);
       // Two blocks per step: M^-1 R and M^-1 (M^-1 R), each orthogonalised against the basis so
       // far, twice; one pass over W then serves both.
