@@ -24,29 +24,20 @@
 // initialises each layer one matrix at a time, with the BLAS threads of one job, and fails unless
 // every adapter factor agrees bit for bit.
 #include <algorithm>
-#include <atomic>
 #include <chrono>
-#include <cmath>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <map>
 #include <sstream>
-#include <exception>
 #include <string>
-#include <thread>
 #include <vector>
 
+#include "../examples/concurrent_jobs.hpp"
 #include "../examples/synthetic_weights.hpp"
 #include "milora/milora.hpp"
 
 using B = milora::EigenBackend<float>;
 using milora::Index;
-
-#if defined(MILORA_HAS_LAPACKE)  // milora's BLAS is then OpenBLAS (cmake/miloraDependencies.cmake)
-extern "C" void openblas_set_num_threads(int);
-extern "C" int openblas_get_num_threads(void);
-#endif
 
 namespace {
 
@@ -61,30 +52,6 @@ std::vector<Projection> llama_projections(Index hidden, Index intermediate) {
           {"gate_proj", intermediate, hidden}, {"up_proj", intermediate, hidden},
           {"down_proj", hidden, intermediate}};
 }
-
-// The BLAS's threads divided among `jobs` workers while it lives (OpenBLAS; Eigen's own products,
-// without LAPACKE, are single-threaded already).
-class BlasThreadsPerJob {
- public:
-  explicit BlasThreadsPerJob(int jobs) {
-#if defined(MILORA_HAS_LAPACKE)
-    all_ = openblas_get_num_threads();
-    openblas_set_num_threads(std::max(1, all_ / jobs));
-#else
-    (void)jobs;
-#endif
-  }
-  ~BlasThreadsPerJob() {
-#if defined(MILORA_HAS_LAPACKE)
-    openblas_set_num_threads(all_);
-#endif
-  }
-  BlasThreadsPerJob(const BlasThreadsPerJob&) = delete;
-  BlasThreadsPerJob& operator=(const BlasThreadsPerJob&) = delete;
-
- private:
-  int all_ = 1;
-};
 
 struct LayerInit {
   double seconds = 0;                   // wall clock, all of the layer's matrices
@@ -101,35 +68,20 @@ LayerInit init_layer(const std::vector<B::matrix>& weights, Index rank, const In
   LayerInit out;
   out.a.resize(weights.size());
   out.b.resize(weights.size());
-  std::vector<std::exception_ptr> errors(weights.size());
   // Largest first, so that N workers finish together.
   std::vector<std::size_t> order(weights.size());
   for (std::size_t i = 0; i < order.size(); ++i) order[i] = i;
   std::stable_sort(order.begin(), order.end(), [&](std::size_t x, std::size_t y) {
     return B::rows(weights[x]) * B::cols(weights[x]) > B::rows(weights[y]) * B::cols(weights[y]);
   });
-  std::atomic<std::size_t> next{0};
-  const auto work = [&] {
-    for (std::size_t n; (n = next++) < order.size();) try {
-        const std::size_t i = order[n];
-        milora::Adapter<B, Init> adapter(layers[i], {.rank = rank, .alpha = double(rank)}, init);
-        out.a[i] = B::to_host(adapter.A());
-        out.b[i] = B::to_host(adapter.B());
-      } catch (...) {
-        errors[order[n]] = std::current_exception();
-      }
-  };
   const auto t0 = std::chrono::steady_clock::now();
-  if (jobs == 1) {
-    work();
-  } else {
-    BlasThreadsPerJob blas(jobs);
-    std::vector<std::jthread> workers;
-    for (int j = 0; j < jobs; ++j) workers.emplace_back(work);
-  }
+  milora::examples::for_each_concurrently(order.size(), jobs, [&](std::size_t n) {
+    const std::size_t i = order[n];
+    milora::Adapter<B, Init> adapter(layers[i], {.rank = rank, .alpha = double(rank)}, init);
+    out.a[i] = B::to_host(adapter.A());
+    out.b[i] = B::to_host(adapter.B());
+  });
   out.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-  for (const auto& e : errors)
-    if (e) std::rethrow_exception(e);
   return out;
 }
 
@@ -215,7 +167,7 @@ int main(int argc, char** argv) {
         const auto result = run(jobs);
         layer_seconds[label(s, jobs)] = result.seconds;
         if (smoke && jobs > 1) {  // the same adapters, one matrix at a time with the same BLAS threads each
-          BlasThreadsPerJob blas(jobs);  // (a BLAS's rounding may depend on its thread count)
+          milora::examples::BlasThreadsPerJob blas(jobs);  // (a BLAS's rounding may depend on its thread count)
           const auto alone = run(1);
           if (alone.a != result.a || alone.b != result.b) {
             std::fprintf(stderr, "model_init_bench: %s, layer %ld: --jobs %d gave other adapter factors than --jobs 1\n",

@@ -42,13 +42,13 @@ int main(int argc, char** argv) {
     milora::tools::Progress progress(weights.size());
     io::write_hf_model<float>(model, staged.dir(), [&](const std::string& n) { return weights.count(n) > 0; },
                               [&](const std::string& name, io::HostMatrix<float>& w) {
-                                progress.start();
+                                const auto started = progress.start();
                                 const auto& f = adapter.modules.at(io::module_of_weight(name));
                                 auto W = io::to_backend<B>(w);
                                 B::gemm(s, io::to_backend<B>(f.B), milora::Trans::no, io::to_backend<B>(f.A),
                                         milora::Trans::no, 1, W);
                                 w.data = B::to_host(W);
-                                progress.done(io::module_of_weight(name), w.rows, w.cols);
+                                progress.done(io::module_of_weight(name), w.rows, w.cols, started);
                               });
     staged.commit();
     std::cerr << "milora-merge: merged " << weights.size() << " weights (s = " << s << ") into " << out << "\n";

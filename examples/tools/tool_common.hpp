@@ -10,6 +10,7 @@
 #include <exception>
 #include <filesystem>
 #include <iostream>
+#include <mutex>
 #include <set>
 #include <sstream>
 #include <string>
@@ -52,14 +53,17 @@ class StagedOutput {
 };
 
 /// "[#####.....]  3/14  model.layers.0.self_attn.q_proj  4096x4096  2.31 s" per matrix on stderr;
-/// rewritten in place on a terminal, one line each otherwise (logs, CI).
+/// rewritten in place on a terminal, one line each otherwise (logs, CI). Each matrix's clock is its
+/// own (start() returns it), and done() may be called from several threads at once (--jobs).
 class Progress {
  public:
+  using Clock = std::chrono::steady_clock;
   explicit Progress(std::size_t total) : total_(total), tty_(::isatty(2) != 0) {}
-  void start() { t0_ = std::chrono::steady_clock::now(); }
-  void done(const std::string& what, Index rows, Index cols) {
+  [[nodiscard]] static Clock::time_point start() { return Clock::now(); }
+  void done(const std::string& what, Index rows, Index cols, Clock::time_point started) {
+    const double s = std::chrono::duration<double>(Clock::now() - started).count();
+    std::lock_guard lock(mutex_);
     ++count_;
-    const double s = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0_).count();
     const std::size_t width = 20, filled = total_ ? width * count_ / total_ : width;
     std::ostringstream line;
     line << '[' << std::string(filled, '#') << std::string(width - filled, '.') << "] " << count_ << '/' << total_
@@ -73,7 +77,7 @@ class Progress {
  private:
   std::size_t total_, count_ = 0;
   bool tty_;
-  std::chrono::steady_clock::time_point t0_{};
+  std::mutex mutex_;
 };
 
 /// The last component of a module path: "model.layers.3.mlp.up_proj" -> "up_proj".

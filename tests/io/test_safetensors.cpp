@@ -3,9 +3,13 @@
 // a message naming the file, the tensor and the rule broken.
 #include <doctest/doctest.h>
 
+#include <atomic>
+#include <chrono>
 #include <cmath>
 #include <cstdint>
+#include <cstring>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "io_test_util.hpp"
@@ -221,6 +225,66 @@ TEST_CASE("the writer refuses bad tensors before writing anything") {
   SafetensorsWriter bad;
   bad.add_deferred("boom", DType::F32, {1}, [](std::span<std::byte>) { throw std::runtime_error("boom"); });
   CHECK_THROWS_AS(bad.write(dir / "bad.safetensors"), std::runtime_error);
+  CHECK_FALSE(std::filesystem::exists(dir / "bad.safetensors"));
+  CHECK_FALSE(std::filesystem::exists(dir / "bad.safetensors.partial"));
+}
+
+TEST_CASE("write with jobs: fills run side by side, at most jobs at once, and the file is the same") {
+  ScratchDir dir;
+  // 12 tensors of different sizes whose fills take a while and count how many run at once.
+  std::atomic<int> running{0}, most{0};
+  SafetensorsWriter w;
+  w.set_metadata({{"format", "pt"}});
+  for (int t = 0; t < 12; ++t) {
+    const std::int64_t n = 1 + 37 * t;
+    w.add_deferred(std::string("t").append(std::to_string(t)), DType::F32, {n}, [&, t, n](std::span<std::byte> out) {
+      const int now = ++running;
+      for (int seen = most.load(); now > seen && !most.compare_exchange_weak(seen, now);) {
+      }
+      std::this_thread::sleep_for(std::chrono::milliseconds(t % 3 == 0 ? 30 : 5));
+      std::vector<float> values(static_cast<std::size_t>(n));
+      for (std::int64_t i = 0; i < n; ++i) values[std::size_t(i)] = float(t) + 0.001f * float(i);
+      std::memcpy(out.data(), values.data(), out.size());
+      --running;
+    });
+  }
+  w.write(dir / "one.safetensors");
+  CHECK(most.load() == 1);
+  most = 0;
+  w.write(dir / "three.safetensors", 3);
+  CHECK(most.load() >= 2);  // it did run fills concurrently (12 fills, the slow ones 30 ms)
+  CHECK(most.load() <= 3);  // and never more than `jobs` of them
+  CHECK(milora_test::read_file(dir / "one.safetensors") == milora_test::read_file(dir / "three.safetensors"));
+  CHECK_THROWS_AS(w.write(dir / "zero.safetensors", 0), milora::value_error);
+  CHECK_FALSE(std::filesystem::exists(dir / "zero.safetensors"));
+
+  // Memory holds at most `jobs` tensors: while the first (slow) one is filled, only jobs - 1 others
+  // may start, however fast they are.
+  std::atomic<int> started{0}, started_meanwhile{-1};
+  SafetensorsWriter slow_first;
+  for (int t = 0; t < 10; ++t)
+    slow_first.add_deferred(std::string("t").append(std::to_string(t)), DType::F32, {2}, [&, t](std::span<std::byte> out) {
+      ++started;
+      if (t == 0) {
+        std::this_thread::sleep_for(std::chrono::milliseconds(100));
+        started_meanwhile = started - 1;
+      }
+      std::memset(out.data(), 0, out.size());
+    });
+  slow_first.write(dir / "window.safetensors", 3);
+  CHECK(started.load() == 10);
+  CHECK(started_meanwhile.load() <= 2);
+
+  // A fill that throws among others: the first error is rethrown, nothing is left behind, and the
+  // writer's threads are all joined (the test would hang or crash otherwise).
+  SafetensorsWriter bad;
+  for (int t = 0; t < 8; ++t)
+    bad.add_deferred(std::string("t").append(std::to_string(t)), DType::F32, {4}, [t](std::span<std::byte> out) {
+      if (t == 3) throw std::runtime_error("boom 3");
+      std::this_thread::sleep_for(std::chrono::milliseconds(2));
+      std::memset(out.data(), 0, out.size());
+    });
+  CHECK_THROWS_WITH_AS(bad.write(dir / "bad.safetensors", 4), "boom 3", std::runtime_error);
   CHECK_FALSE(std::filesystem::exists(dir / "bad.safetensors"));
   CHECK_FALSE(std::filesystem::exists(dir / "bad.safetensors.partial"));
 }

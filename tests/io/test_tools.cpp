@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <cstdlib>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -219,6 +220,39 @@ TEST_CASE("milora-init PiSSA (fast solver) on a BF16 model keeps dtypes, LoRA wr
   const auto& q1 = lora.modules.at(module_of_weight(weight_name(1, "q_proj")));
   CHECK(std::all_of(q0.B.data.begin(), q0.B.data.end(), [](float v) { return v == 0.0f; }));
   CHECK(q0.A.data != q1.A.data);  // each module its own stream
+}
+
+TEST_CASE("milora-init --jobs 2 writes the same files as --jobs 1 (MiLoRA with its residual model, MiCA without)") {
+  ScratchDir dir;
+  make_model(dir / "base", DType::F32);
+  // Every file of an output folder, by path relative to it -> its bytes.
+  const auto files_of = [](const std::filesystem::path& root) {
+    std::map<std::string, std::string> out;
+    for (const auto& e : std::filesystem::recursive_directory_iterator(root))
+      if (e.is_regular_file()) out[std::filesystem::relative(e.path(), root).string()] = milora_test::read_file(e.path());
+    return out;
+  };
+  for (const std::string method : {"milora", "mica"}) {
+    CAPTURE(method);
+    std::map<std::string, std::string> outputs[2];
+    for (int jobs : {1, 2}) {
+      const auto out = dir / (method + "-j" + std::to_string(jobs));
+      const auto r = run_tool("milora-init", "--model " + (dir / "base").string() + " --method " + method +
+                                                 " --solver fast --rank 3 --jobs " + std::to_string(jobs) + " --out " + out.string(),
+                              dir.path);
+      INFO(r.err);
+      REQUIRE(r.status == 0);
+      CHECK(r.err.find("14/14") != std::string::npos);  // every weight reported once
+      outputs[jobs - 1] = files_of(out);
+    }
+    CHECK(outputs[0].count("adapter_model.safetensors") == 1);
+    CHECK(outputs[0].count("residual/model-00002-of-00002.safetensors") == (method == "milora" ? 1 : 0));
+    CHECK(outputs[0] == outputs[1]);
+  }
+  const auto r = run_tool("milora-init", "--model " + (dir / "base").string() + " --jobs 0 --out " + (dir / "zero").string(), dir.path);
+  CHECK(r.status != 0);
+  CHECK(r.err.find("--jobs") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(dir / "zero"));
 }
 
 TEST_CASE("milora-init OLoRA writes a residual model with W' + s*B*A = W and orthonormal B, orthogonal none, with B*A = 0, MiCA none, with A = 0") {

@@ -117,11 +117,14 @@ using TensorEdit = std::function<void(const std::string& name, HostMatrix<T>& va
 /// Writes `src` to the folder `out` (created; must not exist or be empty): every tensor in its shard, order and
 /// dtype, with those for which `selects(name)` is true loaded as T, passed to `edit`, and converted
 /// back to their dtype; all other files of the folder (config.json, the index, tokenizer files)
-/// copied. Edited tensors are computed while their shard is written, one at a time.
+/// copied. Edited tensors are computed while their shard is written, one at a time, or with
+/// jobs > 1 up to `jobs` at once on as many threads (SafetensorsWriter::write): `edit` must then be
+/// safe to call concurrently. The files are the same either way.
 template <class T>
 void write_hf_model(const HFModel& src, const std::filesystem::path& out,
-                    const std::function<bool(const std::string&)>& selects, const TensorEdit<T>& edit) {
+                    const std::function<bool(const std::string&)>& selects, const TensorEdit<T>& edit, int jobs = 1) {
   using milora::detail::concat;
+  if (jobs < 1) throw value_error(concat("write_hf_model: ", jobs, " jobs (need >= 1)"));
   if (std::filesystem::exists(out) && !(std::filesystem::is_directory(out) && std::filesystem::is_empty(out)))
     throw io_error(concat("'", out.string(), "' already exists and is not an empty folder"));
   std::filesystem::create_directories(out);
@@ -151,7 +154,7 @@ void write_hf_model(const HFModel& src, const std::filesystem::path& out,
         });
       }
     }
-    writer.write(out / shard.path().filename());
+    writer.write(out / shard.path().filename(), jobs);
   }
 }
 

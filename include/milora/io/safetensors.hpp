@@ -20,18 +20,22 @@
 #pragma once
 
 #include <algorithm>
+#include <condition_variable>
 #include <cstdint>
 #include <cstring>
+#include <exception>
 #include <filesystem>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <set>
 #include <span>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <tuple>
 #include <unordered_map>
 #include <utility>
@@ -249,6 +253,10 @@ class SafetensorsFile {
 /// now (copied) or produced while writing (a callback), so that a model can be rewritten one
 /// tensor at a time without holding it in memory. write() goes through "<path>.partial" and a
 /// rename, so a failed write never leaves a truncated file under the final name.
+///
+/// write(path, jobs) with jobs > 1 runs up to `jobs` callbacks at once, each on its own thread and
+/// into its own buffer, while the calling thread writes the finished ones in order: the file is the
+/// same, memory holds at most `jobs` tensors, and the callbacks must be safe to run concurrently.
 class SafetensorsWriter {
  public:
   using Fill = std::function<void(std::span<std::byte>)>;
@@ -300,8 +308,9 @@ class SafetensorsWriter {
 
   std::size_t size() const { return entries_.size(); }
 
-  void write(const std::filesystem::path& path) const {
+  void write(const std::filesystem::path& path, int jobs = 1) const {
     using milora::detail::concat;
+    if (jobs < 1) throw value_error(concat("safetensors: write of '", path.string(), "' with ", jobs, " jobs (need >= 1)"));
     nlohmann::json header = nlohmann::json::object();
     if (!metadata_.empty()) header["__metadata__"] = metadata_;
     std::uint64_t offset = 0;
@@ -322,12 +331,19 @@ class SafetensorsWriter {
       store(len, n);
       out.write(reinterpret_cast<const char*>(len), 8);
       out.write(text.data(), static_cast<std::streamsize>(text.size()));
-      std::vector<std::byte> buffer;
+      const auto put = [&](const std::vector<std::byte>& bytes) {
+        out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+      };
       try {
-        for (const auto& e : entries_) {
-          buffer.assign(e.nbytes, std::byte{0});
-          e.fill(buffer);
-          out.write(reinterpret_cast<const char*>(buffer.data()), static_cast<std::streamsize>(buffer.size()));
+        if (jobs == 1) {
+          std::vector<std::byte> buffer;
+          for (const auto& e : entries_) {
+            buffer.assign(e.nbytes, std::byte{0});
+            e.fill(buffer);
+            put(buffer);
+          }
+        } else {
+          fill_concurrently(jobs, put);
         }
       } catch (...) {
         out.close();
@@ -355,6 +371,77 @@ class SafetensorsWriter {
     std::uint64_t nbytes;
     Fill fill;
   };
+
+  // Entries filled by `jobs` worker threads, at most `jobs` ahead of the last one put(); put() runs
+  // on the calling thread, in order. The first exception (a fill's or put()'s) stops the workers
+  // after their current entry and is rethrown.
+  template <class Put>
+  void fill_concurrently(int jobs, const Put& put) const {
+    struct Slot {
+      std::vector<std::byte> bytes;
+      bool done = false;
+      std::exception_ptr error;
+    };
+    std::vector<Slot> slots(entries_.size());
+    std::mutex mutex;
+    std::condition_variable changed;
+    std::size_t next = 0, written = 0;
+    bool stop = false;
+    const auto work = [&] {
+      for (;;) {
+        std::size_t i;
+        {
+          std::unique_lock lock(mutex);
+          changed.wait(lock, [&] { return stop || next == slots.size() || next < written + std::size_t(jobs); });
+          if (stop || next == slots.size()) return;
+          i = next++;
+        }
+        std::exception_ptr error;
+        try {
+          slots[i].bytes.assign(entries_[i].nbytes, std::byte{0});
+          entries_[i].fill(slots[i].bytes);
+        } catch (...) {
+          error = std::current_exception();
+        }
+        std::lock_guard lock(mutex);
+        slots[i].done = true;
+        slots[i].error = error;
+        changed.notify_all();
+      }
+    };
+    std::exception_ptr failure;
+    {
+      std::vector<std::jthread> workers;
+      try {
+        for (int j = 0; j < jobs; ++j) workers.emplace_back(work);
+      } catch (...) {  // no thread for another worker: stop those started, or their join would wait forever
+        {
+          std::lock_guard lock(mutex);
+          stop = true;
+        }
+        changed.notify_all();
+        throw;
+      }
+      for (std::size_t i = 0; i < slots.size() && !failure; ++i) {
+        {
+          std::unique_lock lock(mutex);
+          changed.wait(lock, [&] { return slots[i].done; });
+          failure = slots[i].error;
+        }
+        if (!failure) try {
+            put(slots[i].bytes);
+          } catch (...) {
+            failure = std::current_exception();
+          }
+        std::vector<std::byte>().swap(slots[i].bytes);
+        std::lock_guard lock(mutex);
+        written = i + 1;
+        stop = failure != nullptr;
+        changed.notify_all();
+      }
+    }  // the workers are joined here
+    if (failure) std::rethrow_exception(failure);
+  }
   std::vector<Entry> entries_;
   std::set<std::string> names_;
   std::map<std::string, std::string> metadata_;
