@@ -8,7 +8,8 @@
 // adapters take over); generating them is not timed.
 // Every solver initialises the same layer, so their totals are comparable within one run.
 //
-//   model_init_bench [--layers N=32] [--rank R=16] [--solvers exact,krylov,randomized] [--jobs N[,N...]=1] [--smoke]
+//   model_init_bench [--layers N=32] [--rank R=16] [--solvers exact,krylov,randomized]
+//                    [--jobs N[,N...]=1] [--smoke]
 //
 // Solvers: exact (ExactSVD, one sgesdd; PiSSA and MiLoRA cost the same with it, so it runs once, as
 // MiLoRA), krylov (MiLoRA with CholeskyKrylovSVD), randomized (PiSSA with RandomizedSVD). Prints a
@@ -17,12 +18,12 @@
 // --smoke: two layers of a model 16x narrower (CI checks that the program works).
 //
 // --jobs N[,N...]: the matrices of a layer are initialised N at a time, one per thread, with the
-// BLAS on 1/N of its threads (OpenBLAS); a column per solver and N, each the layer's wall clock. Most of a
-// fast solve is narrow, memory-bound products and small factorisations that a multi-threaded BLAS
-// barely speeds up, so on few cores whole matrices side by side make better use of them
-// (docs/benchmarks.md). Concurrency changes no result: with --smoke and N > 1 the program also
-// initialises each layer one matrix at a time, with the BLAS threads of one job, and fails unless
-// every adapter factor agrees bit for bit.
+// BLAS on 1/N of its threads (examples/concurrent_jobs.hpp); a column per solver and N, each the
+// layer's wall clock. Most of a fast solve is narrow, memory-bound products and small
+// factorisations that a multi-threaded BLAS barely speeds up, so on few cores whole matrices side by
+// side make better use of them (docs/benchmarks.md). Concurrency changes no result: with --smoke
+// and N > 1 the program also initialises each layer one matrix at a time, with the BLAS threads of
+// one job, and fails unless every adapter factor agrees bit for bit.
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
@@ -120,7 +121,9 @@ int main(int argc, char** argv) {
       job_counts.clear();
       for (const auto& j : split(value())) job_counts.push_back(std::stoi(j));
     } else {
-      std::fprintf(stderr, "usage: model_init_bench [--layers N] [--rank R] [--solvers exact,krylov,randomized] [--jobs N[,N...]] [--smoke]\n");
+      std::fprintf(stderr,
+                   "usage: model_init_bench [--layers N] [--rank R] [--solvers exact,krylov,randomized] "
+                   "[--jobs N[,N...]] [--smoke]\n");
       return 2;
     }
   }
@@ -152,9 +155,9 @@ int main(int argc, char** argv) {
     std::vector<B::matrix> weights;
     for (std::size_t p = 0; p < projections.size(); ++p) {
       const auto& proj = projections[p];
-      weights.push_back(milora::examples::with_spectrum<B>(proj.out, proj.in,
-                                                           milora::examples::llm_like_spectrum(std::min(proj.out, proj.in)),
-                                                           0x7B00 + std::uint64_t(l) * 16 + p));
+      const auto spectrum = milora::examples::llm_like_spectrum(std::min(proj.out, proj.in));
+      weights.push_back(
+          milora::examples::with_spectrum<B>(proj.out, proj.in, spectrum, 0x7B00 + std::uint64_t(l) * 16 + p));
     }
     std::map<std::string, double> layer_seconds;
     for (const auto& s : solvers)
@@ -170,7 +173,8 @@ int main(int argc, char** argv) {
           milora::examples::BlasThreadsPerJob blas(jobs);  // (a BLAS's rounding may depend on its thread count)
           const auto alone = run(1);
           if (alone.a != result.a || alone.b != result.b) {
-            std::fprintf(stderr, "model_init_bench: %s, layer %ld: --jobs %d gave other adapter factors than --jobs 1\n",
+            std::fprintf(stderr,
+                         "model_init_bench: %s, layer %ld: --jobs %d gave other adapter factors than --jobs 1\n",
                          s.c_str(), long(l), jobs);
             return 1;
           }
@@ -193,7 +197,8 @@ int main(int argc, char** argv) {
     for (int j : job_counts) {
       const std::string c = label(s, j), exact = label("exact", j);
       std::printf("  %-15s total %9.1f s", c.c_str(), total[c]);
-      if (layers < 32) std::printf(", 32 layers (224 matrices) ~ %9.1f s (per-layer mean x 32)", total[c] / double(layers) * 32);
+      if (layers < 32)
+        std::printf(", 32 layers (224 matrices) ~ %9.1f s (per-layer mean x 32)", total[c] / double(layers) * 32);
       if (total.count(exact) && s != "exact") std::printf(", %.2fx faster than exact", total[exact] / total[c]);
       if (j != 1 && total.count(s)) std::printf(", %.2fx the throughput of one at a time", total[s] / total[c]);
       std::printf("\n");

@@ -442,6 +442,7 @@ class SafetensorsWriter {
     }  // the workers are joined here
     if (failure) std::rethrow_exception(failure);
   }
+
   std::vector<Entry> entries_;
   std::set<std::string> names_;
   std::map<std::string, std::string> metadata_;
