@@ -26,9 +26,9 @@
 #include <string>
 #include <type_traits>
 
-#include "device.hpp"
+#include "llama/device.hpp"
+#include "llama/trainer.hpp"
 #include "milora/io/json.hpp"
-#include "trainer.hpp"
 
 namespace {
 

@@ -33,9 +33,9 @@
 #include <string>
 #include <vector>
 
-#include "../examples/concurrent_jobs.hpp"
-#include "../examples/synthetic_weights.hpp"
 #include "milora/milora.hpp"
+#include "synthetic_weights.hpp"
+#include "tools/common/concurrent_jobs.hpp"
 
 using B = milora::EigenBackend<float>;
 using milora::Index;
@@ -76,7 +76,7 @@ LayerInit init_layer(const std::vector<B::matrix>& weights, Index rank, const In
     return B::rows(weights[x]) * B::cols(weights[x]) > B::rows(weights[y]) * B::cols(weights[y]);
   });
   const auto t0 = std::chrono::steady_clock::now();
-  milora::examples::for_each_concurrently(order.size(), jobs, [&](std::size_t n) {
+  milora::tools::for_each_concurrently(order.size(), jobs, [&](std::size_t n) {
     const std::size_t i = order[n];
     milora::Adapter<B, Init> adapter(layers[i], {.rank = rank, .alpha = double(rank)}, init);
     out.a[i] = B::to_host(adapter.A());
@@ -170,7 +170,7 @@ int main(int argc, char** argv) {
         const auto result = run(jobs);
         layer_seconds[label(s, jobs)] = result.seconds;
         if (smoke && jobs > 1) {  // the same adapters, one matrix at a time with the same BLAS threads each
-          milora::examples::BlasThreadsPerJob blas(jobs);  // (a BLAS's rounding may depend on its thread count)
+          milora::tools::BlasThreadsPerJob blas(jobs);  // (a BLAS's rounding may depend on its thread count)
           const auto alone = run(1);
           if (alone.a != result.a || alone.b != result.b) {
             std::fprintf(stderr,

@@ -14,9 +14,9 @@
 #include <memory>
 #include <string>
 
-#include "../examples/synthetic_weights.hpp"
 #include "milora/milora.hpp"
 #include "ratio_reporter.hpp"
+#include "synthetic_weights.hpp"
 
 using B = milora::EigenBackend<float>;
 using milora::Index;

@@ -11,4 +11,4 @@ bash "$root/scripts/deps.sh" fortunes fortunes-de
 cmake -S "$root" -B "$root/build/demo" -DCMAKE_BUILD_TYPE=Release \
   -DMILORA_BUILD_TESTS=OFF -DMILORA_BUILD_EXAMPLES=ON -DMILORA_BUILD_BENCHMARKS=OFF >/dev/null
 cmake --build "$root/build/demo" -j"$(nproc)" --target compare_inits
-"$root/build/demo/examples/compare_inits" --out "$root/build/demo/compare_inits" "$@"
+"$root/build/demo/examples/compare_inits/compare_inits" --out "$root/build/demo/compare_inits" "$@"

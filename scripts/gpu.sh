@@ -16,7 +16,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="$root/build/gpu"
 step="${1:-all}"
 programs=("$out/tests/milora_cuda_tests" "$out/tests/milora_cuda_llama_tests" "$out/benchmarks/cuda_bench"
-          "$out/benchmarks/llama_step_bench" "$out/examples/milora-finetune" "$out/examples/milora-eval")
+          "$out/benchmarks/llama_step_bench" "$out/examples/tools/milora-finetune" "$out/examples/tools/milora-eval")
 
 build() {
   bash "$root/scripts/deps.sh"
@@ -64,7 +64,7 @@ stage() {  # stage NAME SECONDS COMMAND...: runs COMMAND with its output in $log
 # --device cuda against the CPU (float 1e-4, bf16 2e-2), and transformers + PEFT on the adapter
 # milora wrote (its plain_lora/ export) against milora-eval (float 1e-4, bf16 2e-2).
 tiny_checks() {
-  local tools="$out/examples" tiny="$root/tests/data/llama_tiny/model" tmp="$log/tiny" rc=0
+  local tools="$out/examples/tools" tiny="$root/tests/data/llama_tiny/model" tmp="$log/tiny" rc=0
   mkdir -p "$tmp"
   python3 - "$tmp" <<'PY'
 import array, random, sys

@@ -26,12 +26,13 @@
 #include <sstream>
 #include <tuple>
 
-#include "../tools/tool_common.hpp"
-#include "init_methods.hpp"
-#include "kernels_cpu.hpp"
+#include "llama/calibration.hpp"
+#include "llama/kernels_cpu.hpp"
+#include "llama/trainer.hpp"
+#include "milora/init/registry.hpp"
 #include "subspace.hpp"
 #include "task.hpp"
-#include "trainer.hpp"
+#include "tools/common/cli.hpp"
 
 namespace {
 
@@ -41,21 +42,23 @@ using compare::Index;
 using llama::Token;
 using milora::detail::concat;
 
-// Every method compare_inits can run, in the order the help lists them.
-const std::string kMethods = std::string("full,") + llama::kInitMethods;  // "full": every weight trained
+// Every method compare_inits can run, in the order the help lists them: "full" (every weight
+// trained) and each init method of milora's registry.
+const std::string kMethods = "full," + milora::init_method_names<BE>();
 
 struct Options {
   std::string out = "compare_inits_out", model, corpus = "/usr/share/games/fortunes", task = "/usr/share/games/fortunes/de";
   std::string methods = "full,lora,pissa,milora", targets = "q_proj,k_proj,v_proj,up_proj,down_proj";
   Index rank = 8, steps = 600, seeds = 3, batch = 8, seq = 96;
   Index pretrain_steps = 1500, pretrain_hidden = 128, pretrain_layers = 4;
-  // each method's best of three on the task (docs/demo.md)
   // full, lora, pissa, milora: each the best of three on the German task (docs/demo.md); olora,
   // orthogonal, mica, corda-kpm, corda-ipm, eva and lora-ga (opt-in through --methods): not tuned,
-  // the values of their closest relatives (PiSSA, LoRA, MiLoRA, MiLoRA, PiSSA, LoRA, LoRA).
+  // the values of their closest relatives (PiSSA, LoRA, MiLoRA, MiLoRA, PiSSA, LoRA, LoRA). A
+  // method added to the registry since starts at LoRA's (untuned_lr) until someone tunes it.
   std::map<std::string, double> lr = {{"full", 1e-3},  {"lora", 1e-2},  {"pissa", 3e-3},     {"milora", 1e-2},
                                       {"olora", 3e-3}, {"orthogonal", 1e-2}, {"mica", 1e-2},
                                       {"corda-kpm", 1e-2}, {"corda-ipm", 3e-3}, {"eva", 1e-2}, {"lora-ga", 1e-2}};
+  static constexpr double untuned_lr = 1e-2;
   Index eval_batches = 24;  // corpus held-out batches of 8 x 128 for perplexity
 };
 
@@ -307,8 +310,9 @@ plot 'energy.csv' using 2:xtic(1) title 'top-r', '' using 3 title 'bottom-r'
 }
 
 void run(const Options& o) {
+  const auto known = milora::tools::split_list(kMethods);
   for (const auto& m : milora::tools::split_list(o.methods))  // before minutes of pre-training, not after
-    if (!o.lr.count(m))
+    if (std::find(known.begin(), known.end(), m) == known.end())
       throw milora::value_error("unknown method '" + m + "' in --methods (" + kMethods + ")");
   const fs::path out = o.out;
   fs::create_directories(out);
@@ -390,7 +394,9 @@ int main(int argc, char** argv) {
   app.add_option("--pretrain-hidden", o.pretrain_hidden, "pre-trained model width")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--pretrain-layers", o.pretrain_layers, "pre-trained model depth")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--eval-batches", o.eval_batches, "corpus held-out batches (8 x 128) for perplexity")->capture_default_str();
-  for (const auto& m : milora::tools::split_list(kMethods))
+  for (const auto& m : milora::tools::split_list(kMethods)) {
+    o.lr.try_emplace(m, Options::untuned_lr);  // a registered method nobody tuned yet
     app.add_option(std::string("--lr-") + m, o.lr[m], std::string("learning rate of ") + m)->capture_default_str();
+  }
   return milora::tools::run_tool("compare_inits", app, argc, argv, [&] { run(o); });
 }

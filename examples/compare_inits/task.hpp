@@ -11,7 +11,7 @@
 #include <utility>
 #include <vector>
 
-#include "kernels.hpp"
+#include "llama/kernels.hpp"
 
 namespace compare {
 

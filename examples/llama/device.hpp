@@ -1,5 +1,6 @@
-// --device and --dtype for the LLaMA tools: run a piece of code on EigenBackend<float> ("cpu") or, in a
-// program built with the LLaMA's CUDA kernels (MILORA_LLAMA_CUDA), on CudaBackend<float> ("cuda").
+// The LLaMA on a device and a weight storage named at run time: run a piece of code on
+// EigenBackend<float> ("cpu") or, in a program built with the LLaMA's CUDA kernels
+// (MILORA_LLAMA_CUDA), on CudaBackend<float> ("cuda"); with float32 or bf16 frozen projections.
 //
 // The code is a lambda templated on the backend, written once:
 //
@@ -22,9 +23,6 @@
 
 namespace llama {
 
-/// The values --device accepts.
-inline constexpr const char* kDeviceHelp = "cpu | cuda (CudaBackend<float>; the same files as on the CPU)";
-
 template <class Run>
 void on_device(const std::string& device, [[maybe_unused]] const std::string& tool, Run&& run) {
   if (device == "cpu") {
@@ -40,11 +38,6 @@ void on_device(const std::string& device, [[maybe_unused]] const std::string& to
   throw milora::value_error("--device cuda: this " + tool + " was built without the CUDA toolkit");
 #endif
 }
-
-/// The values --dtype accepts.
-inline constexpr const char* kDtypeHelp =
-    "storage of the frozen projection weights: float32, or bf16 (half the memory; products of bf16-rounded operands "
-    "accumulated in float32; adapters, optimizer state, embedding, norms, head and activations stay float32)";
 
 /// Runs run.template operator()<Weights>() with the storage --dtype names: milora::NativeWeights for
 /// float32, milora::Bf16Weights for bf16 (the second template argument of Llama).

@@ -9,6 +9,7 @@
 #include <string>
 #include <vector>
 
+#include "device.hpp"
 #include "milora/core/random.hpp"
 #include "peft_bridge.hpp"
 
@@ -31,6 +32,20 @@ std::unique_ptr<Llama<BE, Weights>> load_for_inference(const std::string& model_
     merge_peft_adapter(*model, milora::io::load_peft_adapter<float>(dir), dir.string());
   }
   return model;
+}
+
+/// run.template operator()<BE>(model) with the model of load_for_inference on `device` ("cpu" or
+/// "cuda", on_device) with its projections stored as `dtype` says ("float32" or "bf16",
+/// with_dtype); `tool` names the program in on_device's refusals.
+template <class Run>
+void with_inference_model(const std::string& model_dir, const std::string& adapter_dir, const std::string& device,
+                          const std::string& dtype, const std::string& tool, Run&& run) {
+  on_device(device, tool, [&]<class BE>() {
+    with_dtype(dtype, [&]<class Weights>() {
+      auto model = load_for_inference<BE, Weights>(model_dir, adapter_dir);
+      run.template operator()<BE>(*model);
+    });
+  });
 }
 
 /// The next token from a row of logits: the largest (temperature 0), or a draw from

@@ -38,6 +38,7 @@
 #include <utility>
 #include <vector>
 
+#include "config.hpp"
 #include "kernels.hpp"
 #include "milora/adapters.hpp"
 #include "milora/calibration/input_statistics.hpp"
@@ -45,12 +46,9 @@
 #include "milora/io/hf_model.hpp"
 #include "milora/io/host_matrix.hpp"
 #include "milora/io/json.hpp"
-#include "milora/io/llama_config.hpp"
 #include "milora/io/safetensors.hpp"
 
 namespace llama {
-
-using milora::io::LlamaConfig;
 
 /// The linear layers of a LLaMA block, by the names PEFT's target_modules use.
 /// A 1 x n row of ones.
@@ -755,16 +753,6 @@ std::unique_ptr<Model> from_pretrained(const milora::io::HFModel& hf) {
   return std::make_unique<Model>(config, [&](const std::string& name, Index, Index) {
     return milora::io::to_backend<BE>(hf.load<typename Model::scalar>(name));
   });
-}
-
-/// config.json for `c`, with transformers' names (what from_json reads back).
-inline nlohmann::json config_json(const LlamaConfig& c) {
-  return {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_act", "silu"},
-          {"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size}, {"intermediate_size", c.intermediate_size},
-          {"num_hidden_layers", c.num_hidden_layers}, {"num_attention_heads", c.num_attention_heads},
-          {"num_key_value_heads", c.num_key_value_heads}, {"head_dim", c.head_dim},
-          {"max_position_embeddings", c.max_position_embeddings}, {"rms_norm_eps", c.rms_norm_eps},
-          {"rope_theta", c.rope_theta}, {"tie_word_embeddings", c.tie_word_embeddings}, {"torch_dtype", "float32"}};
 }
 
 /// Writes `model`'s base weights (adapters merged or not, as they are) as a Hugging Face folder:

@@ -6,8 +6,9 @@
 //   milora-convert --initial INIT_DIR --trained TRAINED_DIR --out OUT
 #include <string>
 
+#include "common/cli.hpp"
+#include "common/staged_output.hpp"
 #include "milora/io.hpp"
-#include "tool_common.hpp"
 
 int main(int argc, char** argv) {
   std::string initial, trained, out;

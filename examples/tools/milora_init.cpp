@@ -17,16 +17,18 @@
 #include <utility>
 #include <vector>
 
-#include "../concurrent_jobs.hpp"
+#include "common/cli.hpp"
+#include "common/concurrent_jobs.hpp"
+#include "common/options.hpp"
+#include "common/progress.hpp"
+#include "common/staged_output.hpp"
+#include "llama/calibration.hpp"
+#include "llama/data.hpp"
+#include "llama/kernels_cpu.hpp"
+#include "llama/model.hpp"
+#include "milora/init/registry.hpp"
 #include "milora/io.hpp"
 #include "milora/milora.hpp"
-#include "tool_common.hpp"
-#if defined(MILORA_INIT_WITH_LLAMA)  // the data-driven methods run the reference LLaMA (examples/llama)
-#include "calibration.hpp"
-#include "data.hpp"
-#include "kernels_cpu.hpp"
-#include "model.hpp"
-#endif
 
 namespace {
 
@@ -48,10 +50,11 @@ struct Options {
   Index calibration_batches = 8, batch = 4, seq = 128;
 };
 
-// CorDA, EVA and LoRA-GA read what calibration data does to the model (inputs, gradients).
-bool data_driven(const std::string& method) {
-  return method == "corda-kpm" || method == "corda-ipm" || method == "eva" || method == "lora-ga";
-}
+// The method's entry in milora's registry: whether it changes the base (a residual model is
+// written), needs calibration data (CorDA, EVA, LoRA-GA read what it does to the model: inputs,
+// gradients) and has a fast solver (--solver applies).
+const milora::InitMethodInfo& method_of(const Options& o) { return milora::init_method<Backend>(o.method); }
+bool data_driven(const Options& o) { return method_of(o).calibration != milora::Calibration::none; }
 
 // One stream per module, from its name, so adding a target does not reseed the others.
 std::uint64_t module_seed(std::uint64_t seed, const std::string& module) {
@@ -69,69 +72,37 @@ io::LoraFactors<float> init_one(io::HostMatrix<float>& w, const milora::AdapterC
   return io::factors_of(adapter);
 }
 
-// PiSSA, MiLoRA and OLoRA replace W by W - s*B*A (a residual model is written); LoRA,
-// orthogonal and MiCA leave the base alone. Only the SVD methods use --solver.
-bool changes_base(const std::string& method) {
-  return method == "pissa" || method == "milora" || method == "olora" || method.starts_with("corda") || method == "lora-ga";
-}
-bool uses_svd(const std::string& method) {
-  return method == "pissa" || method == "milora" || method == "mica" || method.starts_with("corda") || method == "lora-ga";
-}
-
+// One weight's adapter, from W alone (the methods that need no calibration data).
 io::LoraFactors<float> init_module(const Options& o, io::HostMatrix<float>& w, const milora::AdapterConfig& cfg) {
-  const bool fast = o.solver == "fast";
-  if (o.method == "lora") return init_one<milora::LoRA<Backend>>(w, cfg);
-  if (o.method == "olora") return init_one<milora::OLoRA<Backend>>(w, cfg);
-  if (o.method == "orthogonal") return init_one<milora::OrthogonalLoRA<Backend>>(w, cfg);
-  if (o.method == "mica")
-    return fast ? init_one<milora::MiCA<Backend, milora::CholeskyKrylovSVD>>(w, cfg) : init_one<milora::MiCA<Backend>>(w, cfg);
-  if (o.method == "pissa")
-    return fast ? init_one<milora::PiSSA<Backend, milora::RandomizedSVD>>(w, cfg) : init_one<milora::PiSSA<Backend>>(w, cfg);
-  return fast ? init_one<milora::MiLoRA<Backend, milora::CholeskyKrylovSVD>>(w, cfg) : init_one<milora::MiLoRA<Backend>>(w, cfg);
+  return milora::with_init_method<Backend>(o.method, o.solver == "fast", [&]<class Init>() -> io::LoraFactors<float> {
+    if constexpr (milora::CalibratedInit<Init, Backend>)
+      throw milora::state_error(concat("init_module: ", o.method, " needs calibration data"));  // run() never asks
+    else
+      return init_one<milora::Adapter<Backend, Init>>(w, cfg);
+  });
 }
 
-#if defined(MILORA_INIT_WITH_LLAMA)
 // The data-driven methods: the folder as the reference LLaMA, calibrated on the first
 // --calibration-batches batches of --calibration-data (as milora-finetune does), then every
 // adapter's factors and, where the base changes, its W' (module path -> host matrix).
-template <class Init>
-std::map<std::string, std::pair<io::LoraFactors<float>, io::HostMatrix<float>>> calibrated_factors(
+std::map<std::string, std::pair<io::LoraFactors<float>, io::HostMatrix<float>>> calibrated(
     const Options& o, const io::HFModel& hf, const std::vector<std::string>& targets, const milora::AdapterConfig& cfg) {
   auto model = llama::from_pretrained<llama::Llama<Backend>>(hf);
   const auto tokenizer = llama::Tokenizer::for_model(o.model, model->config().vocab_size);
   const auto tokens = llama::load_tokens(o.calibration_data, tokenizer, model->config().vocab_size);
-  llama::add_adapters_calibrated<Init>(*model, targets, cfg, tokens, o.batch, o.seq, o.calibration_batches);
+  llama::add_adapters_for_method(*model, o.method, o.solver == "fast", targets, cfg, tokens, o.batch, o.seq,
+                                 o.calibration_batches);
   std::map<std::string, std::pair<io::LoraFactors<float>, io::HostMatrix<float>>> out;
   for (auto* p : model->adapted())
     out.emplace(p->module, std::pair{io::factors_of(*p->adapter), io::to_host_matrix<Backend>(p->linear.weight())});
   return out;
 }
 
-std::map<std::string, std::pair<io::LoraFactors<float>, io::HostMatrix<float>>> calibrated(
-    const Options& o, const io::HFModel& hf, const std::vector<std::string>& targets, const milora::AdapterConfig& cfg) {
-  const bool fast = o.solver == "fast";
-  using enum milora::CordaMode;
-  if (o.method == "corda-kpm")
-    return fast ? calibrated_factors<milora::ContextOrientedSVD<Backend, knowledge_preserved, milora::CholeskyKrylovSVD>>(o, hf, targets, cfg)
-                : calibrated_factors<milora::ContextOrientedSVD<Backend, knowledge_preserved>>(o, hf, targets, cfg);
-  if (o.method == "corda-ipm")
-    return fast ? calibrated_factors<milora::ContextOrientedSVD<Backend, instruction_previewed, milora::RandomizedSVD>>(o, hf, targets, cfg)
-                : calibrated_factors<milora::ContextOrientedSVD<Backend, instruction_previewed>>(o, hf, targets, cfg);
-  if (o.method == "eva") return calibrated_factors<milora::ActivationPCA<Backend>>(o, hf, targets, cfg);
-  return fast ? calibrated_factors<milora::GradientApproximation<Backend, milora::RandomizedSVD>>(o, hf, targets, cfg)
-              : calibrated_factors<milora::GradientApproximation<Backend>>(o, hf, targets, cfg);
-}
-#endif
-
 void run(const Options& o) {
-  if (data_driven(o.method) != !o.calibration_data.empty())
-    throw milora::value_error(data_driven(o.method)
-                                  ? concat("--method ", o.method, " needs --calibration-data (text or .u32 tokens)")
-                                  : concat("--calibration-data is for corda-kpm, corda-ipm, eva and lora-ga, not ", o.method));
-#if !defined(MILORA_INIT_WITH_LLAMA)
-  if (data_driven(o.method))
-    throw milora::value_error(concat("--method ", o.method, " needs the reference LLaMA, which this build of milora-init lacks"));
-#endif
+  if (data_driven(o) != !o.calibration_data.empty())
+    throw milora::value_error(data_driven(o) ? concat("--method ", o.method, " needs --calibration-data (text or .u32 tokens)")
+                                             : concat("--calibration-data is for ", milora::tools::calibrated_method_names<Backend>(),
+                                                      ", not ", o.method));
   const io::HFModel model(o.model);
   const auto targets = milora::tools::split_list(o.targets);
   if (targets.empty()) throw milora::value_error("--targets is empty");
@@ -164,19 +135,17 @@ void run(const Options& o) {
   adapter.config.use_rslora = o.rslora;
   adapter.config.target_modules = targets;
   adapter.config.base_model_name_or_path = model.config().value("_name_or_path", o.model);
-  adapter.metadata = {{"milora.method", o.method}, {"milora.solver", uses_svd(o.method) ? o.solver : "none"},
+  adapter.metadata = {{"milora.method", o.method}, {"milora.solver", method_of(o).has_fast_solver ? o.solver : "none"},
                       {"milora.seed", std::to_string(o.seed)}};
   milora::AdapterConfig base_cfg = adapter.config.adapter_config();
 
   // Data-driven: every adapter at once, from the model's forward (and backward) passes first.
   std::map<std::string, std::pair<io::LoraFactors<float>, io::HostMatrix<float>>> precomputed;
-#if defined(MILORA_INIT_WITH_LLAMA)
-  if (data_driven(o.method)) {
+  if (data_driven(o)) {
     precomputed = calibrated(o, model, targets, base_cfg);
     adapter.metadata["milora.calibration"] =
         concat(o.calibration_batches, " batches of ", o.batch, " x ", o.seq, " tokens of ", o.calibration_data);
   }
-#endif
 
   milora::tools::StagedOutput staged(o.out);
   milora::tools::Progress progress(selected.size());
@@ -185,7 +154,7 @@ void run(const Options& o) {
     const auto started = progress.start();
     const std::string module = io::module_of_weight(name);
     io::LoraFactors<float> factors;
-    if (data_driven(o.method)) {
+    if (data_driven(o)) {
       auto& [computed, residual] = precomputed.at(module);  // each module's entry is taken by one call
       if (residual.rows != w.rows || residual.cols != w.cols)
         throw milora::shape_error(concat("'", name, "' is ", w.rows, "x", w.cols, ", the model's ", residual.rows, "x", residual.cols));
@@ -202,21 +171,21 @@ void run(const Options& o) {
     }
     progress.done(module, w.rows, w.cols, started);
   };
-  if (!changes_base(o.method)) {  // the base is unchanged: no residual folder
+  if (!method_of(o).changes_base) {  // the base is unchanged: no residual folder
     const std::vector<std::string> names(selected.begin(), selected.end());
-    milora::examples::for_each_concurrently(names.size(), o.jobs, [&](std::size_t i) {
+    milora::tools::for_each_concurrently(names.size(), o.jobs, [&](std::size_t i) {
       auto w = model.load<float>(names[i]);
       adapt(names[i], w);
     });
   } else {
-    milora::examples::BlasThreadsPerJob blas(o.jobs);
+    milora::tools::BlasThreadsPerJob blas(o.jobs);
     io::write_hf_model<float>(model, staged.dir() / "residual", [&](const std::string& n) { return selected.count(n) > 0; },
                               adapt, o.jobs);
   }
   io::save_peft_adapter(adapter, staged.dir());
   staged.commit();
   std::cerr << "milora-init: " << o.method << " adapter (r = " << o.rank << ") for " << selected.size() << " weights in "
-            << o.out << (changes_base(o.method) ? " (+ residual/)" : "") << "\n";
+            << o.out << (method_of(o).changes_base ? " (+ residual/)" : "") << "\n";
 }
 
 }  // namespace
@@ -228,10 +197,7 @@ int main(int argc, char** argv) {
                "CorDA and LoRA-GA also write OUT/residual, the model with W - s*B*A in place of each adapted weight."};
   app.add_option("--model", o.model, "Hugging Face model folder (config.json + model.safetensors or a sharded index)")
       ->required()->check(CLI::ExistingDirectory);
-  app.add_option("--method", o.method, "lora | pissa | milora | olora | orthogonal (PEFT's init_lora_weights names) | mica | "
-                                      "corda-kpm | corda-ipm | eva | lora-ga (LLaMA folders, with --calibration-data)")
-      ->check(CLI::IsMember({"lora", "pissa", "milora", "olora", "orthogonal", "mica", "corda-kpm", "corda-ipm", "eva", "lora-ga"}))
-      ->capture_default_str();
+  milora::tools::add_method_option<Backend>(app, o.method, "Those calibrated read --calibration-data through a LLaMA folder");
   app.add_option("--calibration-data", o.calibration_data,
                  "CorDA / EVA / LoRA-GA: text, or little-endian uint32 token ids in a .u32 file, run through the model")
       ->check(CLI::ExistingFile);
@@ -243,8 +209,7 @@ int main(int argc, char** argv) {
   app.add_option("--alpha", o.alpha, "lora_alpha (default: the rank, so s = 1)")->check(CLI::PositiveNumber);
   app.add_flag("--rslora", o.rslora, "scale alpha / sqrt(r) instead of alpha / r");
   app.add_option("--targets", o.targets, "comma-separated module names to adapt")->capture_default_str();
-  app.add_option("--solver", o.solver, "exact (LAPACK gesdd) | fast (randomized SVD for PiSSA, Cholesky-Krylov for MiLoRA)")
-      ->check(CLI::IsMember({"exact", "fast"}))->capture_default_str();
+  milora::tools::add_solver_option(app, o.solver);
   app.add_option("--jobs", o.jobs,
                  "weights adapted at once, each on its own thread with the BLAS's threads shared out: more throughput "
                  "on few cores. The BLAS rounds differently with fewer threads, so the factors agree with --jobs 1 to "

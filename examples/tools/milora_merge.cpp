@@ -7,9 +7,11 @@
 #include <set>
 #include <string>
 
+#include "common/cli.hpp"
+#include "common/progress.hpp"
+#include "common/staged_output.hpp"
 #include "milora/io.hpp"
 #include "milora/milora.hpp"
-#include "tool_common.hpp"
 
 int main(int argc, char** argv) {
   std::string model_dir, adapter_dir, out;

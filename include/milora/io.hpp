@@ -6,7 +6,6 @@
 #include "milora/io/hf_model.hpp"
 #include "milora/io/host_matrix.hpp"
 #include "milora/io/json.hpp"
-#include "milora/io/llama_config.hpp"
 #include "milora/io/mapped_file.hpp"
 #include "milora/io/peft.hpp"
 #include "milora/io/safetensors.hpp"

@@ -13,11 +13,11 @@
 #include <string>
 #include <vector>
 
-#include "kernels_cpu.hpp"
-#include "kernels_cuda.hpp"
+#include "llama/kernels_cpu.hpp"
+#include "llama/kernels_cuda.hpp"
+#include "llama/model.hpp"
 #include "milora/adapters.hpp"
 #include "milora/io/hf_model.hpp"
-#include "model.hpp"
 
 namespace {
 

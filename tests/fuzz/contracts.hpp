@@ -15,11 +15,11 @@
 #include <string_view>
 #include <vector>
 
+#include "llama/config.hpp"
+#include "llama/data.hpp"  // examples/llama: the token-file reader
 #include "milora/io/json.hpp"
-#include "milora/io/llama_config.hpp"
 #include "milora/io/peft.hpp"
 #include "milora/io/safetensors.hpp"
-#include "data.hpp"  // examples/llama: the token-file reader
 
 namespace milora_fuzz {
 
@@ -52,7 +52,7 @@ inline void llama_config(const std::uint8_t* data, std::size_t size) {
   const char* text = reinterpret_cast<const char*>(data);
   try {
     const auto j = milora::io::parse_json_strict(text, text + size, "fuzz config.json");
-    const auto c = milora::io::LlamaConfig::from_json(j, "fuzz config.json");
+    const auto c = llama::LlamaConfig::from_json(j, "fuzz config.json");
     require(c.vocab_size > 0 && c.hidden_size > 0 && c.intermediate_size > 0 && c.num_hidden_layers > 0);
     require(c.num_attention_heads > 0 && c.num_key_value_heads > 0 && c.head_dim > 0);
     require(c.num_attention_heads % c.num_key_value_heads == 0);

@@ -3,8 +3,8 @@
 
 #include <random>
 
+#include "llama/config.hpp"
 #include "milora/core/backend.hpp"
-#include "milora/io/llama_config.hpp"
 
 namespace llama_test {
 
@@ -19,8 +19,8 @@ milora::matrix_t<BE> randn(milora::Index r, milora::Index c, unsigned seed, doub
 }
 
 /// 2 layers, grouped-query attention (4 heads over 2 key/value heads), untied head.
-inline milora::io::LlamaConfig tiny_config() {
-  milora::io::LlamaConfig c;
+inline llama::LlamaConfig tiny_config() {
+  llama::LlamaConfig c;
   c.vocab_size = 11;
   c.hidden_size = 16;
   c.intermediate_size = 24;

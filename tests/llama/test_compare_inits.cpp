@@ -12,11 +12,11 @@
 #include <vector>
 
 #include "../io/io_test_util.hpp"
-#include "kernels_cpu.hpp"
+#include "compare_inits/subspace.hpp"
+#include "compare_inits/task.hpp"
+#include "llama/kernels_cpu.hpp"
+#include "llama/model.hpp"
 #include "llama_test_util.hpp"
-#include "model.hpp"
-#include "subspace.hpp"
-#include "task.hpp"
 
 using BE = milora::EigenBackend<double>;
 using milora::Index;

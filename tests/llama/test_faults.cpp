@@ -18,8 +18,8 @@
 #include <thread>
 
 #include "../io/io_test_util.hpp"
-#include "kernels_cpu.hpp"
-#include "trainer.hpp"
+#include "llama/kernels_cpu.hpp"
+#include "llama/trainer.hpp"
 
 namespace {
 

@@ -40,7 +40,7 @@ TEST_CASE("fuzz contracts: the seeds that should be refused are, and the valid o
   };
   auto config = [&](const char* rel) {
     const std::string s = read(rel);
-    return milora::io::LlamaConfig::from_json(milora::io::parse_json_strict(s.data(), s.data() + s.size(), rel), rel);
+    return llama::LlamaConfig::from_json(milora::io::parse_json_strict(s.data(), s.data() + s.size(), rel), rel);
   };
   CHECK(config("llama_config/gqa_head_dim").num_key_value_heads == 8);
   CHECK_THROWS_AS(config("llama_config/bad_heads"), milora::format_error);

@@ -7,8 +7,8 @@
 #include <functional>
 #include <vector>
 
-#include "kernels_cpu.hpp"
-#include "kernels_rows.hpp"
+#include "llama/kernels_cpu.hpp"
+#include "llama/kernels_rows.hpp"
 #include "llama_test_util.hpp"
 
 using BE = milora::EigenBackend<double>;

@@ -7,10 +7,10 @@
 #include <string>
 #include <vector>
 
-#include "init_methods.hpp"
-#include "kernels_cpu.hpp"
+#include "llama/calibration.hpp"
+#include "llama/kernels_cpu.hpp"
+#include "llama/model.hpp"
 #include "llama_test_util.hpp"
-#include "model.hpp"
 
 using llama::Index;
 using llama::Token;
@@ -102,7 +102,7 @@ TEST_CASE("add_adapters_for_method: each method name gets its own policy, the fa
                                             "mica", "corda-kpm", "corda-ipm", "eva", "lora-ga"};
   std::string listed;
   for (const auto& m : methods) listed += (listed.empty() ? "" : ",") + m;
-  CHECK(listed == llama::kInitMethods);
+  CHECK(listed == milora::init_method_names<BE>());
   const std::vector<std::string> calibrated = {"corda-kpm", "corda-ipm", "eva", "lora-ga"};
   for (const bool fast : {false, true})
     for (const auto& method : methods) {

@@ -9,9 +9,9 @@
 #include <cstring>
 #include <vector>
 
-#include "kernels_cpu.hpp"
-#include "model.hpp"
-#include "peft_bridge.hpp"
+#include "llama/kernels_cpu.hpp"
+#include "llama/model.hpp"
+#include "llama/peft_bridge.hpp"
 
 using BE = milora::EigenBackend<float>;
 using Model = llama::Llama<BE>;

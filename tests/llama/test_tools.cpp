@@ -14,12 +14,14 @@
 #include <nlohmann/json.hpp>
 
 #include "../io/io_test_util.hpp"
-#include "calibration.hpp"
-#include "data.hpp"
-#include "kernels_cpu.hpp"
+#include "llama/calibration.hpp"
+#include "llama/data.hpp"
+#include "llama/kernels_cpu.hpp"
+#include "llama/model.hpp"
 #include "milora/io/hf_model.hpp"
+#include "milora/init/registry.hpp"
 #include "milora/io/peft.hpp"
-#include "model.hpp"
+#include "milora/version.hpp"
 
 namespace {
 
@@ -339,4 +341,20 @@ TEST_CASE("milora-finetune / -eval: bad input is one error line and a non-zero e
   }
   CHECK_FALSE(std::filesystem::exists(dir / "o" / "checkpoint-1000"));
   CHECK(run("milora-finetune", "--help", dir).out.find("--resume") != std::string::npos);
+}
+
+TEST_CASE("every tool answers --version with its name and milora's version, and lists every registered method in --help") {
+  milora_test::ScratchDir dir;
+  for (const char* tool : {"milora-init", "milora-convert", "milora-merge", "milora-finetune", "milora-eval", "milora-generate"}) {
+    CAPTURE(std::string(tool));
+    const auto r = run(tool, "--version", dir);
+    CHECK(r.status == 0);
+    CHECK(r.out == std::string(tool) + " " + MILORA_VERSION_STRING + "\n");
+  }
+  for (const char* tool : {"milora-init", "milora-finetune"}) {
+    CAPTURE(std::string(tool));
+    const auto r = run(tool, "--help", dir);
+    CHECK(r.status == 0);
+    for (const auto& m : milora::init_methods<milora::EigenBackend<float>>()) CHECK(r.out.find(std::string(m.name)) != std::string::npos);
+  }
 }

@@ -5,9 +5,9 @@
 #include <filesystem>
 #include <vector>
 
-#include "kernels_cpu.hpp"
+#include "llama/kernels_cpu.hpp"
+#include "llama/trainer.hpp"
 #include "llama_test_util.hpp"
-#include "trainer.hpp"
 
 using BE = milora::EigenBackend<float>;
 using llama::Index;

@@ -194,6 +194,10 @@ class Adapter {
     detail::require_shape<BE>(f.B, layer.out_features(), config.rank, "init policy's B");
     detail::require_finite<BE>(f.A, "init policy's A");
     detail::require_finite<BE>(f.B, "init policy's B");
+    if constexpr (requires { { Init::residual } -> std::convertible_to<bool>; })
+      if (f.residual != Init::residual)
+        throw state_error(detail::concat("init policy '", Init::name, "' declares residual = ", Init::residual ? "true" : "false",
+                                         " but its factors say ", f.residual ? "true" : "false"));
     return f;
   }
 

@@ -11,6 +11,9 @@
 // `frozen_B`: the policy fixes B (a subspace) and only A is trained; the adapter then lists A alone
 // as a parameter and computes no gradient for B.
 // Policies never write to W; the adapter checks the factors' shapes and values before touching it.
+// Optional `static constexpr bool residual`: whether the policy's factors take s*B*A out of the
+// base, known without running it (the registry of named methods lists it, milora/init/registry.hpp);
+// the adapter then checks every returned `residual` flag against it.
 // Optional `retained()`: a copy of the policy for the adapter to keep (its init() accessor) when the
 // policy itself holds data it only needs at initialisation (CorDA's and EVA's calibration
 // statistics); without it, the adapter keeps a plain copy.

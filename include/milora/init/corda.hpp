@@ -30,6 +30,7 @@
 
 #include "milora/calibration/input_statistics.hpp"
 #include "milora/core/init_policy.hpp"
+#include "milora/init/calibrated.hpp"
 #include "milora/init/from_triplets.hpp"
 #include "milora/spectral/exact.hpp"
 
@@ -43,8 +44,13 @@ enum class CordaMode {
 template <Backend BE, CordaMode Mode = CordaMode::knowledge_preserved, class Solver = ExactSVD>
 struct ContextOrientedSVD {
   static constexpr std::string_view name = Mode == CordaMode::knowledge_preserved ? "corda-kpm" : "corda-ipm";
+  static constexpr bool residual = true;  ///< the base becomes W - s*B*A
+  using calibration = InputStatistics<BE>;  ///< CalibratedInit (milora/init/calibrated.hpp)
   std::shared_ptr<const InputStatistics<BE>> inputs;  ///< this layer's calibration statistics
   Solver solver{};
+
+  /// This policy for one layer: its input statistics.
+  ContextOrientedSVD with_calibration(std::shared_ptr<const calibration> stats) const { return {std::move(stats), solver}; }
 
   template <Backend B>
     requires std::same_as<B, BE>

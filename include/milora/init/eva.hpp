@@ -24,13 +24,19 @@
 
 #include "milora/calibration/input_statistics.hpp"
 #include "milora/core/init_policy.hpp"
+#include "milora/init/calibrated.hpp"
 
 namespace milora {
 
 template <Backend BE>
 struct ActivationPCA {
   static constexpr std::string_view name = "eva";
+  static constexpr bool residual = false;  ///< B = 0: the base is left as it is
+  using calibration = InputStatistics<BE>;  ///< CalibratedInit (milora/init/calibrated.hpp)
   std::shared_ptr<const InputStatistics<BE>> inputs;  ///< this layer's calibration statistics
+
+  /// This policy for one layer: its input statistics.
+  ActivationPCA with_calibration(std::shared_ptr<const calibration> stats) const { return {std::move(stats)}; }
 
   template <Backend B>
     requires std::same_as<B, BE>
@@ -60,7 +66,7 @@ struct ActivationPCA {
       const T sign = vecs[std::size_t(arg * r + col)] < T(0) ? T(-1) : T(1);
       for (Index j = 0; j < n; ++j) a[std::size_t(i * n + j)] = sign * vecs[std::size_t(j * r + col)];
     }
-    return {B::from_host(r, n, a), B::zeros(B::rows(w), r), /*residual=*/false};
+    return {B::from_host(r, n, a), B::zeros(B::rows(w), r), residual};
   }
 
   /// The copy an adapter keeps: without the statistics.

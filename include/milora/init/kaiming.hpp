@@ -13,11 +13,12 @@ namespace milora {
 
 struct KaimingUniform {
   static constexpr std::string_view name = "lora";
+  static constexpr bool residual = false;  ///< the base is left as it is
 
   template <Backend B>
   AdapterFactors<B> initialize(const_view_t<B> w, const AdapterConfig& cfg) const {
     const Index in = B::cols(w);
-    AdapterFactors<B> f{B::zeros(cfg.rank, in), B::zeros(B::rows(w), cfg.rank), false};
+    AdapterFactors<B> f{B::zeros(cfg.rank, in), B::zeros(B::rows(w), cfg.rank), residual};
     const double bound = 1.0 / std::sqrt(static_cast<double>(in));
     B::fill_uniform(f.A, -bound, bound, cfg.seed);
     return f;

@@ -35,6 +35,7 @@
 
 #include "milora/core/init_policy.hpp"
 #include "milora/core/spectral_solver.hpp"
+#include "milora/init/calibrated.hpp"
 #include "milora/spectral/exact.hpp"
 
 namespace milora {
@@ -42,9 +43,16 @@ namespace milora {
 template <Backend BE, class Solver = ExactSVD>
 struct GradientApproximation {
   static constexpr std::string_view name = "lora-ga";
+  static constexpr bool residual = true;  ///< the base becomes W - s*B*A
+  using calibration = WeightGradient<BE>;  ///< CalibratedInit (milora/init/calibrated.hpp)
   std::shared_ptr<const matrix_t<BE>> gradient;  ///< dL/dW of this layer (out x in), averaged over the batches
   double stable_gamma = 16;                      ///< the "stable" output scale's gamma
   Solver solver{};
+
+  /// This policy for one layer: its weight's gradient.
+  GradientApproximation with_calibration(std::shared_ptr<const calibration> grad) const {
+    return {std::move(grad), stable_gamma, solver};
+  }
 
   template <Backend B>
     requires std::same_as<B, BE>
@@ -83,7 +91,7 @@ struct GradientApproximation {
     };
     B::scale_rows(a, B::from_host(1, r, signed_scale(B::to_host(a), r, n, true)));
     B::scale_columns(b, B::from_host(1, r, signed_scale(B::to_host(b), r, m, false)));
-    return {std::move(a), std::move(b), /*residual=*/true};
+    return {std::move(a), std::move(b), residual};
   }
 
   /// The copy an adapter keeps: without the gradient.

@@ -24,6 +24,7 @@ namespace milora {
 template <class Solver = ExactSVD>
 struct MinorLeftSingular {
   static constexpr std::string_view name = "mica";
+  static constexpr bool residual = false;  ///< A = 0: the base is left as it is
   Solver solver{};
 
   template <Backend B>
@@ -31,7 +32,7 @@ struct MinorLeftSingular {
     static_assert(MinorSolver<Solver, B>,
                   "MinorLeftSingular<Solver>: Solver must provide bottom<B>(w, r) (see MinorSolver)");
     auto triplets = solver.template bottom<B>(w, cfg.rank);
-    return {B::zeros(cfg.rank, B::cols(w)), std::move(triplets.U), /*residual=*/false, /*frozen_B=*/true};
+    return {B::zeros(cfg.rank, B::cols(w)), std::move(triplets.U), residual, /*frozen_B=*/true};
   }
 };
 

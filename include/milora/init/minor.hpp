@@ -16,6 +16,7 @@ namespace milora {
 template <class Solver = ExactSVD>
 struct MinorSVD {
   static constexpr std::string_view name = "milora";
+  static constexpr bool residual = true;  ///< the base becomes W - s*B*A
   Solver solver{};
 
   template <Backend B>

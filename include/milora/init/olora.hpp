@@ -18,12 +18,13 @@ namespace milora {
 
 struct LeadingQR {
   static constexpr std::string_view name = "olora";
+  static constexpr bool residual = true;  ///< the base becomes W - s*B*A
 
   template <Backend B>
   AdapterFactors<B> initialize(const_view_t<B> w, const AdapterConfig& cfg) const {
     const Index m = B::rows(w), n = B::cols(w), r = cfg.rank;
     auto qr = B::qr(B::cblock(w, 0, 0, m, r));  // Q: m x r, orthonormal columns
-    AdapterFactors<B> f{B::zeros(r, n), std::move(qr.Q), /*residual=*/true};
+    AdapterFactors<B> f{B::zeros(r, n), std::move(qr.Q), residual};
     B::gemm(1, f.B, Trans::yes, w, Trans::no, 0, f.A);  // A = Q_r^T W = R[:r, :]
     return f;
   }

@@ -22,6 +22,7 @@ namespace milora {
 
 struct OrthogonalInit {
   static constexpr std::string_view name = "orthogonal";
+  static constexpr bool residual = false;  ///< B*A = 0: the base is left as it is
   double scale = 0.1;  ///< PEFT divides both factors by 10
 
   template <Backend B>
@@ -43,7 +44,7 @@ struct OrthogonalInit {
     auto ga = B::zeros(in, h), gb = B::zeros(out, h);
     B::fill_normal(ga, 0.0, 1.0, cfg.seed ^ 0xA5A5A5A5A5A5A5A5ULL);
     B::fill_normal(gb, 0.0, 1.0, cfg.seed ^ 0x5A5A5A5A5A5A5A5AULL);
-    AdapterFactors<B> f{B::zeros(r, in), B::zeros(out, r), /*residual=*/false};
+    AdapterFactors<B> f{B::zeros(r, in), B::zeros(out, r), residual};
     B::gemm(T(scale), q_odd, Trans::yes, ga, Trans::yes, 0, f.A);  // (G_A q_odd)^T = q_odd^T G_A^T
     B::gemm(T(scale), gb, Trans::no, q_even, Trans::no, 0, f.B);
     return f;

@@ -15,6 +15,7 @@ namespace milora {
 template <class Solver = ExactSVD>
 struct PrincipalSVD {
   static constexpr std::string_view name = "pissa";
+  static constexpr bool residual = true;  ///< the base becomes W - s*B*A
   Solver solver{};
 
   template <Backend B>

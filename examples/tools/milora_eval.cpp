@@ -7,32 +7,29 @@
 // last line of output is JSON: {"loss": ..., "perplexity": ..., "tokens": ...}.
 #include <iostream>
 
-#include "../tools/tool_common.hpp"
-#include "data.hpp"
-#include "device.hpp"
-#include "inference.hpp"
-#include "trainer.hpp"
+#include "common/cli.hpp"
+#include "common/options.hpp"
+#include "llama/data.hpp"
+#include "llama/inference.hpp"
+#include "llama/trainer.hpp"
 
 int main(int argc, char** argv) {
-  std::string model_dir, adapter_dir, data, device = "cpu", dtype = "float32";
+  milora::tools::InferenceOptions m;
+  std::string data;
   milora::Index seq = 256, batch = 4, max_batches = 0;
   CLI::App app{"milora-eval: mean next-token loss and perplexity of a LLaMA (optionally with a LoRA adapter) on a data file."};
-  app.add_option("--model", model_dir, "Hugging Face LLaMA folder")->required()->check(CLI::ExistingDirectory);
-  app.add_option("--adapter", adapter_dir, "PEFT LoRA adapter folder (or a milora-finetune checkpoint)")->check(CLI::ExistingDirectory);
+  milora::tools::add_inference_options(app, m);
   app.add_option("--data", data, "text, or uint32 token ids in a .u32 file")->required()->check(CLI::ExistingFile);
   app.add_option("--seq", seq, "tokens per window (at most max_position_embeddings)")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--batch", batch, "windows per forward pass")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--max-batches", max_batches, "stop after this many batches (0: the whole file)")->capture_default_str();
-  app.add_option("--device", device, llama::kDeviceHelp)->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_option("--dtype", dtype, llama::kDtypeHelp)->capture_default_str()->check(CLI::IsMember({"float32", "bf16"}));
   return milora::tools::run_tool("milora-eval", app, argc, argv, [&] {
-    llama::on_device(device, "milora-eval", [&]<class BE>() { llama::with_dtype(dtype, [&]<class Weights>() {
-      auto model = llama::load_for_inference<BE, Weights>(model_dir, adapter_dir);
-      const auto& cfg = model->config();
-      const auto tokens = llama::load_tokens(data, llama::Tokenizer::for_model(model_dir, cfg.vocab_size), cfg.vocab_size);
-      const auto [loss, n] = llama::evaluate(*model, tokens, batch, std::min(seq, cfg.max_position_embeddings), max_batches);
+    llama::with_inference_model(m.model, m.adapter, m.device, m.dtype, "milora-eval", [&]<class BE>(auto& model) {
+      const auto& cfg = model.config();
+      const auto tokens = llama::load_tokens(data, llama::Tokenizer::for_model(m.model, cfg.vocab_size), cfg.vocab_size);
+      const auto [loss, n] = llama::evaluate(model, tokens, batch, std::min(seq, cfg.max_position_embeddings), max_batches);
       std::cerr << "milora-eval: " << n << " tokens, mean loss " << loss << ", perplexity " << std::exp(loss) << "\n";
       std::cout << nlohmann::json{{"loss", loss}, {"perplexity", std::exp(loss)}, {"tokens", n}}.dump() << std::endl;
-    }); });
+    });
   });
 }

@@ -9,6 +9,7 @@
 // hold); --resume OUT/checkpoint-<step> (or --resume latest: the newest complete one in OUT, so a
 // killed run is restarted with the same command) continues one bit for bit. The last line of
 // output is JSON.
+#include "common/options.hpp"
 #include "finetune_run.hpp"
 
 namespace {
@@ -32,22 +33,15 @@ int main(int argc, char** argv) {
   app.add_option("--data", o.data, "training data: text, or little-endian uint32 token ids in a .u32 file")->required()->check(CLI::ExistingFile);
   app.add_option("--val-data", o.val_data, "held-out data (default: the last --val-fraction of --data)")->check(CLI::ExistingFile);
   app.add_option("--val-fraction", o.val_fraction, "share of --data held out when no --val-data is given")->capture_default_str()->check(CLI::Range(0.0, 0.5));
-  app.add_option("--method", o.method, "lora | pissa | milora | olora | orthogonal | mica (B frozen: only A trains) | "
-                                      "corda-kpm | corda-ipm | eva (calibrated on the first --calibration-batches of --data) | "
-                                      "lora-ga (from the mean weight gradient over those batches)")
-      ->capture_default_str()
-      ->check(CLI::IsMember(milora::tools::split_list(llama::kInitMethods)));
+  milora::tools::add_method_option<milora::EigenBackend<float>>(
+      app, o.method, "Those calibrated see the first --calibration-batches of --data; mica trains A alone (B frozen)");
   app.add_option("--calibration-batches", o.calibration_batches, "batches of --data that CorDA / EVA collect input statistics from, LoRA-GA gradients")
       ->capture_default_str()
       ->check(CLI::PositiveNumber);
-  app.add_option("--device", o.device, std::string(llama::kDeviceHelp) + ": a run may move between them with --resume")
-      ->capture_default_str()
-      ->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_option("--dtype", o.dtype, llama::kDtypeHelp)
-      ->capture_default_str()
-      ->check(CLI::IsMember({"float32", "bf16"}));
+  milora::tools::add_device_option(app, o.device, ": a run may move between them with --resume");
+  milora::tools::add_dtype_option(app, o.dtype);
   app.add_flag("--tf32", o.tf32, "with --device cuda: float products on tensor cores in TF32 after the init (faster, ~1e-3 per product)");
-  app.add_option("--solver", o.solver, "exact (LAPACK) | fast (randomized SVD / Cholesky-Krylov)")->capture_default_str()->check(CLI::IsMember({"exact", "fast"}));
+  milora::tools::add_solver_option(app, o.solver);
   app.add_option("--rank", o.rank, "adapter rank r")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--alpha", o.alpha, "lora_alpha (default 2 * rank)")->check(CLI::PositiveNumber);
   app.add_option("--targets", o.targets, "comma-separated projections to adapt")->capture_default_str();

@@ -22,7 +22,7 @@ extern "C" void openblas_set_num_threads(int);
 extern "C" int openblas_get_num_threads(void);
 #endif
 
-namespace milora::examples {
+namespace milora::tools {
 
 /// OpenBLAS on 1/jobs of its threads (at least one) while this lives.
 class BlasThreadsPerJob {
@@ -76,4 +76,4 @@ void for_each_concurrently(std::size_t count, int jobs, Fn&& fn) {
     if (e) std::rethrow_exception(e);
 }
 
-}  // namespace milora::examples
+}  // namespace milora::tools

@@ -8,45 +8,42 @@
 // max_position_embeddings tokens.
 #include <iostream>
 
-#include "../tools/tool_common.hpp"
-#include "data.hpp"
-#include "device.hpp"
-#include "inference.hpp"
+#include "common/cli.hpp"
+#include "common/options.hpp"
+#include "llama/data.hpp"
+#include "llama/inference.hpp"
 
 int main(int argc, char** argv) {
-  std::string model_dir, adapter_dir, prompt, device = "cpu", dtype = "float32";
+  milora::tools::InferenceOptions m;
+  std::string prompt;
   milora::Index max_new = 64, top_k = 0;
   double temperature = 0;
   std::uint64_t seed = 0;
   CLI::App app{"milora-generate: continue a prompt with a LLaMA (optionally with a LoRA adapter)."};
-  app.add_option("--model", model_dir, "Hugging Face LLaMA folder")->required()->check(CLI::ExistingDirectory);
-  app.add_option("--adapter", adapter_dir, "PEFT LoRA adapter folder (or a milora-finetune checkpoint)")->check(CLI::ExistingDirectory);
+  milora::tools::add_inference_options(app, m);
   app.add_option("--prompt", prompt, "text to continue")->required();
   app.add_option("--max-new-tokens", max_new, "tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--temperature", temperature, "0: greedy; otherwise sample softmax(logits / T)")->capture_default_str()->check(CLI::NonNegativeNumber);
   app.add_option("--top-k", top_k, "sample among the k most likely tokens (0: all)")->capture_default_str()->check(CLI::NonNegativeNumber);
   app.add_option("--seed", seed, "sampling seed")->capture_default_str();
-  app.add_option("--device", device, llama::kDeviceHelp)->capture_default_str()->check(CLI::IsMember({"cpu", "cuda"}));
-  app.add_option("--dtype", dtype, llama::kDtypeHelp)->capture_default_str()->check(CLI::IsMember({"float32", "bf16"}));
   return milora::tools::run_tool("milora-generate", app, argc, argv, [&] {
-    llama::on_device(device, "milora-generate", [&]<class BE>() { llama::with_dtype(dtype, [&]<class Weights>() {
-      auto model = llama::load_for_inference<BE, Weights>(model_dir, adapter_dir);
-      const auto& cfg = model->config();
-      const auto tokenizer = llama::Tokenizer::for_model(model_dir, cfg.vocab_size);
+    llama::with_inference_model(m.model, m.adapter, m.device, m.dtype, "milora-generate", [&]<class BE>(auto& model) {
+      const auto& cfg = model.config();
+      const auto tokenizer = llama::Tokenizer::for_model(m.model, cfg.vocab_size);
       std::vector<llama::Token> context = tokenizer.encode(prompt);
       if (context.empty()) throw milora::value_error("the prompt encodes to no tokens");
       std::vector<llama::Token> generated;
       for (milora::Index i = 0; i < max_new; ++i) {
         const milora::Index n = std::min<milora::Index>(milora::Index(context.size()), cfg.max_position_embeddings);
         const std::span<const llama::Token> window(context.data() + context.size() - std::size_t(n), std::size_t(n));
-        model->forward(window, 1, n);
+        model.forward(window, 1, n);
         // Only the last position's logits come to the host (on a GPU the rest stay there).
-        const std::vector<float> last = BE::to_host(BE::cblock(model->logits(), n - 1, 0, 1, cfg.vocab_size));
+        const std::vector<float> last = BE::to_host(BE::cblock(model.logits(), n - 1, 0, 1, cfg.vocab_size));
         const llama::Token next = llama::sample(last, temperature, top_k, seed, std::uint64_t(i));
         context.push_back(next);
         generated.push_back(next);
       }
       std::cout << prompt << tokenizer.decode(generated) << std::endl;
-    }); });
+    });
   });
 }

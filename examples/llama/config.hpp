@@ -1,6 +1,7 @@
 // LlamaConfig: the fields of a Hugging Face LLaMA config.json that fix the weights' names and
 // shapes, with transformers' defaults (LlamaConfig in transformers/models/llama), and the list of
-// weights such a model must hold, so that a folder can be checked before anything is loaded.
+// weights such a model must hold, so that a folder can be checked before anything is loaded. These
+// are the reference model's rules: what it can compute is what from_json accepts.
 #pragma once
 
 #include <string>
@@ -11,7 +12,9 @@
 #include "milora/core/errors.hpp"
 #include "milora/io/hf_model.hpp"
 
-namespace milora::io {
+namespace llama {
+
+using milora::Index;
 
 struct LlamaConfig {
   Index vocab_size = 32000;
@@ -30,7 +33,7 @@ struct LlamaConfig {
   /// compute the same way (another activation, attention / MLP biases, RoPE scaling).
   static LlamaConfig from_json(const nlohmann::json& j, const std::string& where) {
     using milora::detail::concat;
-    auto fail = [&](const std::string& what) { throw format_error(concat(where, ": ", what)); };
+    auto fail = [&](const std::string& what) { throw milora::format_error(concat(where, ": ", what)); };
     LlamaConfig c;
     auto integer = [&](const char* key, Index& field, bool required) {
       const auto it = j.find(key);
@@ -77,7 +80,7 @@ struct LlamaConfig {
     return c;
   }
 
-  static LlamaConfig from_model(const HFModel& model) {
+  static LlamaConfig from_model(const milora::io::HFModel& model) {
     return from_json(model.config(), milora::detail::concat("'", (model.dir() / "config.json").string(), "'"));
   }
 
@@ -109,16 +112,26 @@ struct LlamaConfig {
 
   /// Throws format_error naming the first weight of weights() that `model` lacks or holds with
   /// another shape.
-  void check(const HFModel& model) const {
+  void check(const milora::io::HFModel& model) const {
     using milora::detail::concat;
     for (const auto& w : weights()) {
-      if (!model.contains(w.name)) throw format_error(concat("model '", model.dir().string(), "' has no '", w.name, "'"));
-      const auto [r, c] = matrix_shape(model.info(w.name), model.file_of(w.name).path().string());
+      if (!model.contains(w.name)) throw milora::format_error(concat("model '", model.dir().string(), "' has no '", w.name, "'"));
+      const auto [r, c] = milora::io::matrix_shape(model.info(w.name), model.file_of(w.name).path().string());
       if (r != w.rows || c != w.cols)
-        throw format_error(concat("model '", model.dir().string(), "': '", w.name, "' is ", r, "x", c, " but config.json implies ",
+        throw milora::format_error(concat("model '", model.dir().string(), "': '", w.name, "' is ", r, "x", c, " but config.json implies ",
                                   w.rows, "x", w.cols));
     }
   }
 };
 
-}  // namespace milora::io
+/// config.json for `c`, with transformers' names (what from_json reads back).
+inline nlohmann::json config_json(const LlamaConfig& c) {
+  return {{"architectures", {"LlamaForCausalLM"}}, {"model_type", "llama"}, {"hidden_act", "silu"},
+          {"vocab_size", c.vocab_size}, {"hidden_size", c.hidden_size}, {"intermediate_size", c.intermediate_size},
+          {"num_hidden_layers", c.num_hidden_layers}, {"num_attention_heads", c.num_attention_heads},
+          {"num_key_value_heads", c.num_key_value_heads}, {"head_dim", c.head_dim},
+          {"max_position_embeddings", c.max_position_embeddings}, {"rms_norm_eps", c.rms_norm_eps},
+          {"rope_theta", c.rope_theta}, {"tie_word_embeddings", c.tie_word_embeddings}, {"torch_dtype", "float32"}};
+}
+
+}  // namespace llama

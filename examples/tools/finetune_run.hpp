@@ -12,10 +12,10 @@
 #include <iostream>
 #include <string>
 
-#include "../tools/tool_common.hpp"
-#include "device.hpp"
-#include "init_methods.hpp"
-#include "trainer.hpp"
+#include "common/cli.hpp"
+#include "llama/calibration.hpp"
+#include "llama/device.hpp"
+#include "llama/trainer.hpp"
 
 namespace llama::finetune {
 
