@@ -12,6 +12,7 @@
 #include "device.hpp"
 #include "milora/core/random.hpp"
 #include "peft_bridge.hpp"
+#include "pretrained.hpp"
 
 namespace llama {
 

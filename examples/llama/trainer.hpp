@@ -27,7 +27,9 @@
 #include "milora/core/log.hpp"
 #include "milora/io/json.hpp"
 #include "milora/optim/adamw.hpp"
+#include "non_finite.hpp"
 #include "peft_bridge.hpp"
+#include "pretrained.hpp"
 
 namespace llama {
 
@@ -173,14 +175,14 @@ class Trainer {
     using milora::detail::concat;
     const char* kept = " (the parameters are as step " ;
     if (!std::isfinite(loss)) {
-      const std::string where = model_.find_non_finite();
+      const std::string where = find_non_finite(model_);
       throw milora::numerical_error(concat("step ", step_ + 1, ": the loss is ", loss, "; ",
                                            where.empty() ? std::string("every weight and the last forward's activations are finite") : where,
                                            kept, step_, " left them; the last checkpoint is intact)"));
     }
     last_grad_norm_ = clip_gradients(model_, config_.grad_clip);
     if (!std::isfinite(last_grad_norm_)) {
-      const std::string where = model_.find_non_finite_gradient();
+      const std::string where = find_non_finite_gradient(model_);
       throw milora::numerical_error(concat("step ", step_ + 1, ": the gradient norm is ", last_grad_norm_, "; ", where, kept, step_,
                                            " left them; the last checkpoint is intact)"));
     }

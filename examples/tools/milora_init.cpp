@@ -26,6 +26,7 @@
 #include "llama/data.hpp"
 #include "llama/kernels_cpu.hpp"
 #include "llama/model.hpp"
+#include "llama/pretrained.hpp"
 #include "milora/init/registry.hpp"
 #include "milora/io.hpp"
 #include "milora/milora.hpp"

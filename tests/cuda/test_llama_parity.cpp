@@ -16,6 +16,7 @@
 #include "llama/kernels_cpu.hpp"
 #include "llama/kernels_cuda.hpp"
 #include "llama/model.hpp"
+#include "llama/pretrained.hpp"
 #include "milora/adapters.hpp"
 #include "milora/io/hf_model.hpp"
 

@@ -16,6 +16,7 @@
 #include "compare_inits/task.hpp"
 #include "llama/kernels_cpu.hpp"
 #include "llama/model.hpp"
+#include "llama/pretrained.hpp"
 #include "llama_test_util.hpp"
 
 using BE = milora::EigenBackend<double>;

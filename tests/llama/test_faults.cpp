@@ -310,10 +310,10 @@ TEST_CASE("NaN / Inf stop training: the error names the step and where the first
     SmallRun r;
     std::vector<llama::Token> t(64, 'a');
     r.model->forward_backward(t, t, 2, 32);
-    CHECK(r.model->find_non_finite_gradient().empty());
+    CHECK(llama::find_non_finite_gradient(*r.model).empty());
     r.model->block(1).up.adapter->parameters()[1].grad(4, 2) = NAN;
-    CHECK(r.model->find_non_finite_gradient() == "the gradient of model.layers.1.mlp.up_proj.lora_B holds nan at (4, 2)");
-    CHECK(r.model->find_non_finite().empty());
+    CHECK(llama::find_non_finite_gradient(*r.model) == "the gradient of model.layers.1.mlp.up_proj.lora_B holds nan at (4, 2)");
+    CHECK(llama::find_non_finite(*r.model).empty());
   }
 }
 

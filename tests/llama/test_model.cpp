@@ -10,6 +10,8 @@
 #include "llama/calibration.hpp"
 #include "llama/kernels_cpu.hpp"
 #include "llama/model.hpp"
+#include "llama/non_finite.hpp"
+#include "llama/pretrained.hpp"
 #include "llama_test_util.hpp"
 
 using llama::Index;
@@ -391,7 +393,7 @@ TEST_CASE("Llama<double>: activations kept in bf16 give the same loss and logits
   const double loss_kept = kept->forward_backward(tokens, targets, batch, seq);
   CHECK(loss_kept == loss_plain);
   CHECK(kept->logits() == plain->logits());
-  CHECK(kept->find_non_finite().empty());
+  CHECK(llama::find_non_finite(*kept).empty());
   const auto pp = plain->parameters(), pk = kept->parameters();
   REQUIRE(pp.size() == pk.size());
   double worst = 0, least = 1;

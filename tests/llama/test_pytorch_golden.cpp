@@ -12,6 +12,7 @@
 #include "llama/kernels_cpu.hpp"
 #include "llama/model.hpp"
 #include "llama/peft_bridge.hpp"
+#include "llama/pretrained.hpp"
 
 using BE = milora::EigenBackend<float>;
 using Model = llama::Llama<BE>;

@@ -18,8 +18,9 @@
 #include "llama/data.hpp"
 #include "llama/kernels_cpu.hpp"
 #include "llama/model.hpp"
-#include "milora/io/hf_model.hpp"
+#include "llama/pretrained.hpp"
 #include "milora/init/registry.hpp"
+#include "milora/io/hf_model.hpp"
 #include "milora/io/peft.hpp"
 #include "milora/version.hpp"
 
