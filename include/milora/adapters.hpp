@@ -35,7 +35,7 @@
 
 namespace milora {
 
-template <Backend B, class Weights = NativeWeights>
+template <ProductBackend B, class Weights = NativeWeights>
 using LoRA = Adapter<B, KaimingUniform, Weights>;
 
 template <Backend B, class Solver = ExactSVD, class Weights = NativeWeights>
@@ -67,7 +67,7 @@ using LoRAGA = Adapter<B, GradientApproximation<B, Solver>>;
 
 // Any of the above behind one type, the policy chosen at run time (milora/init/any.hpp): what a
 // program that holds many adapters (a model, its trainer) compiles once instead of once per policy.
-template <Backend B, class Weights = NativeWeights>
+template <ProductBackend B, class Weights = NativeWeights>
 using AnyAdapter = Adapter<B, AnyInit<B>, Weights>;
 
 }  // namespace milora

@@ -96,14 +96,8 @@ struct CudaBackend {
   }
   static Index rows(const_view m) { return m.rows(); }
   static Index cols(const_view m) { return m.cols(); }
-  static view block(view m, Index r0, Index c0, Index nr, Index nc) {
-    check_block(m.rows(), m.cols(), r0, c0, nr, nc);
-    return {m.data() + r0 * m.ld() + c0, nr, nc, m.ld()};
-  }
-  static const_view cblock(const_view m, Index r0, Index c0, Index nr, Index nc) {
-    check_block(m.rows(), m.cols(), r0, c0, nr, nc);
-    return {m.data() + r0 * m.ld() + c0, nr, nc, m.ld()};
-  }
+  static view block(view m, Index r0, Index c0, Index nr, Index nc) { return sub(m, r0, c0, nr, nc); }
+  static const_view cblock(const_view m, Index r0, Index c0, Index nr, Index nc) { return sub(m, r0, c0, nr, nc); }
 
   // ---- BLAS ------------------------------------------------------------------------------------
   // Row-major X (r x c, stride ld) is column-major X^T to cuBLAS. So C = op(A) op(B) is computed as
@@ -214,7 +208,7 @@ struct CudaBackend {
     cuda::kernels::fill_normal<T>(m, mean, stddev, seed, stream());
   }
 
-  // ---- bf16 frozen weights (milora/core/weight_storage.hpp) ------------------------------------
+  // ---- bf16 storage (Bf16Backend, milora/core/backend.hpp) --------------------------------------
   // Stored as milora::bf16 (16 bits, __nv_bfloat16's layout). In float, products are one
   // cublasGemmEx on bf16 tensor cores with float accumulation, after a kernel rounds x to bf16 (a
   // tokens x in scratch of 2 bytes per value); CudaBackend<double> widens both operands to double
@@ -246,6 +240,10 @@ struct CudaBackend {
   }
   static Index bf16_rows(bf16_const_view m) { return m.rows(); }
   static Index bf16_cols(bf16_const_view m) { return m.cols(); }
+  static bf16_view bf16_block(bf16_view m, Index r0, Index c0, Index nr, Index nc) { return sub(m, r0, c0, nr, nc); }
+  static bf16_const_view bf16_cblock(bf16_const_view m, Index r0, Index c0, Index nr, Index nc) {
+    return sub(m, r0, c0, nr, nc);
+  }
   static bf16_matrix to_bf16(const_view m) {
     bf16_matrix out(m.rows(), m.cols());
     cuda::kernels::round_to_bf16<T>(m, out, stream());
@@ -464,6 +462,12 @@ struct CudaBackend {
     if (a.rows() != b.rows() || a.cols() != b.cols())
       throw shape_error(detail::concat(what, ": ", detail::shape_str(a.rows(), a.cols()), " and ",
                                        detail::shape_str(b.rows(), b.cols())));
+  }
+  // The nr x nc block of m at (r0, c0), checked: a view with m's row stride.
+  template <class E>
+  static cuda::DeviceView<E> sub(cuda::DeviceView<E> m, Index r0, Index c0, Index nr, Index nc) {
+    check_block(m.rows(), m.cols(), r0, c0, nr, nc);
+    return {m.data() + r0 * m.ld() + c0, nr, nc, m.ld()};
   }
   static void check_block(Index rows, Index cols, Index r0, Index c0, Index nr, Index nc) {
     if (r0 < 0 || c0 < 0 || nr < 0 || nc < 0 || r0 + nr > rows || c0 + nc > cols)

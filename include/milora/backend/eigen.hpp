@@ -12,23 +12,38 @@
 
 #include <Eigen/Dense>
 #include <algorithm>
-#include <bit>
 #include <cmath>
 #include <cstdint>
 #include <span>
 #include <vector>
 
-#include "milora/backend/detail/bf16_panels.hpp"
 #include "milora/backend/detail/blas_lapack.hpp"
+#include "milora/backend/detail/host_bf16.hpp"
 #include "milora/core/backend.hpp"
-#include "milora/core/bf16.hpp"
 #include "milora/core/random.hpp"
-#include "milora/core/weight_storage.hpp"
 
 namespace milora {
 
+namespace detail {
+/// How EigenBackend holds matrices of any element type (detail::HostBf16 uses it for bf16).
+struct EigenStorage {
+  template <class U>
+  using matrix = Eigen::Matrix<U, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
+  template <class U>
+  using view = Eigen::Ref<matrix<U>>;
+  template <class U>
+  using const_view = Eigen::Ref<const matrix<U>>;
+  template <class U>
+  static matrix<U> uninitialized(Index rows, Index cols) { return matrix<U>(rows, cols); }
+  template <class V>
+  static auto* row(V m, Index i) { return m.data() + i * m.outerStride(); }
+  /// Eigen's own bfloat16, so a user's bf16 buffer maps in place (Eigen::Map).
+  using bf16_element = Eigen::bfloat16;
+};
+}  // namespace detail
+
 template <class T>
-struct EigenBackend {
+struct EigenBackend : detail::HostBf16<EigenBackend<T>, T, detail::EigenStorage> {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "EigenBackend supports float and double");
 
@@ -36,9 +51,9 @@ struct EigenBackend {
   /// The same backend in another precision (the fast minor solver forms its Gram matrix in double).
   template <class U>
   using rebind = EigenBackend<U>;
-  using matrix = Eigen::Matrix<T, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  using view = Eigen::Ref<matrix>;
-  using const_view = Eigen::Ref<const matrix>;
+  using matrix = detail::EigenStorage::matrix<T>;
+  using view = detail::EigenStorage::view<T>;
+  using const_view = detail::EigenStorage::const_view<T>;
 
   // ---- memory ----------------------------------------------------------------------------------
   static matrix zeros(Index rows, Index cols) { return matrix::Zero(rows, cols); }
@@ -154,63 +169,7 @@ struct EigenBackend {
     random::fill_normal_host<T>(m, mean, stddev, seed);
   }
 
-  // ---- bf16 frozen weights (milora/core/weight_storage.hpp) ------------------------------------
-  // Stored as Eigen::bfloat16, so a user's bf16 buffer maps in place (Eigen::Map). The products
-  // widen W a panel of rows at a time (backend/detail/bf16_panels.hpp).
-  using bf16_matrix = Eigen::Matrix<Eigen::bfloat16, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
-  using bf16_view = Eigen::Ref<bf16_matrix>;
-  using bf16_const_view = Eigen::Ref<const bf16_matrix>;
-  static constexpr Index bf16_panel_bytes = Index(8) << 20;
-
-  static bf16_matrix bf16_from_host(Index rows, Index cols, std::span<const std::uint16_t> bits) {
-    if (rows < 0 || cols < 0 || static_cast<Index>(bits.size()) != rows * cols)
-      throw shape_error(detail::concat("bf16_from_host: ", bits.size(), " values for a ",
-                                       detail::shape_str(rows, cols), " matrix"));
-    bf16_matrix m(rows, cols);
-    std::transform(bits.begin(), bits.end(), m.data(), [](std::uint16_t b) { return std::bit_cast<Eigen::bfloat16>(b); });
-    return m;
-  }
-  static std::vector<std::uint16_t> bf16_to_host(bf16_const_view m) {
-    std::vector<std::uint16_t> out;
-    out.reserve(static_cast<std::size_t>(m.size()));
-    for (Index i = 0; i < m.rows(); ++i)
-      for (Index j = 0; j < m.cols(); ++j) out.push_back(std::bit_cast<std::uint16_t>(m(i, j)));
-    return out;
-  }
-  static Index bf16_rows(bf16_const_view m) { return m.rows(); }
-  static Index bf16_cols(bf16_const_view m) { return m.cols(); }
-  static bf16_view bf16_block(bf16_view m, Index r0, Index c0, Index nr, Index nc) { return m.block(r0, c0, nr, nc); }
-  static bf16_const_view bf16_cblock(bf16_const_view m, Index r0, Index c0, Index nr, Index nc) {
-    return m.block(r0, c0, nr, nc);
-  }
-  /// m rounded to bf16, to nearest even (double through float, as every milora backend does).
-  static bf16_matrix to_bf16(const_view m) {
-    bf16_matrix out(m.rows(), m.cols());
-    round_into_bf16(m, out);
-    return out;
-  }
-  /// dst = round(src), same shapes.
-  static void round_into_bf16(const_view src, bf16_view dst) {
-    detail::require_same_shape(src.rows(), src.cols(), dst.rows(), dst.cols(), "round_into_bf16");
-    for (Index i = 0; i < src.rows(); ++i)
-      for (Index j = 0; j < src.cols(); ++j)
-        dst(i, j) = std::bit_cast<Eigen::bfloat16>(float_to_bf16(float(src(i, j))));
-  }
-  /// w widened to T (exact).
-  static matrix from_bf16(bf16_const_view w) { return w.template cast<float>().template cast<T>(); }
-  /// dst = src widened (exact), same shapes, into existing storage.
-  static void from_bf16_into(bf16_const_view src, view dst) {
-    detail::require_same_shape(src.rows(), src.cols(), dst.rows(), dst.cols(), "from_bf16_into");
-    dst = src.template cast<float>().template cast<T>();
-  }
-  /// c = alpha op(round(x)) op(w) + beta c, accumulated in T.
-  static void gemm_bf16(T alpha, const_view x, Trans tx, bf16_const_view w, Trans tw, T beta, view c) {
-    detail::gemm_bf16_by_panels<EigenBackend>(alpha, x, tx, w, tw, beta, c, bf16_panel_bytes);
-  }
-  /// w = round(w + alpha b a), b: out x r, a: r x in.
-  static void add_product_to_bf16(T alpha, const_view b, const_view a, bf16_view w) {
-    detail::add_product_to_bf16_by_panels<EigenBackend>(alpha, b, a, w, bf16_panel_bytes);
-  }
+  // ---- bf16 storage: inherited from detail::HostBf16 (backend/detail/host_bf16.hpp) --------------
 
   // ---- LAPACK ----------------------------------------------------------------------------------
   static SVDResult<matrix> svd(const_view a) {
@@ -290,6 +249,6 @@ struct EigenBackend {
 static_assert(Backend<EigenBackend<float>>, "EigenBackend<float> must satisfy milora::Backend");
 static_assert(Backend<EigenBackend<double>>, "EigenBackend<double> must satisfy milora::Backend");
 static_assert(Bf16Backend<EigenBackend<float>> && Bf16Backend<EigenBackend<double>>,
-              "EigenBackend must offer bf16 frozen weights (milora/core/weight_storage.hpp)");
+              "EigenBackend must offer bf16 storage (Bf16Backend, milora/core/backend.hpp)");
 
 }  // namespace milora

@@ -37,18 +37,36 @@
 #include <stdexcept>
 #include <vector>
 
-#include "milora/backend/detail/bf16_panels.hpp"
+#include "milora/backend/detail/host_bf16.hpp"
 #include "milora/backend/detail/mirror.hpp"
 #include "milora/backend/xtensor_ref.hpp"
 #include "milora/core/backend.hpp"
-#include "milora/core/bf16.hpp"
 #include "milora/core/random.hpp"
-#include "milora/core/weight_storage.hpp"
 
 namespace milora {
 
+namespace detail {
+/// How XtensorBackend holds matrices of any element type (detail::HostBf16 uses it for bf16).
+struct XtensorStorage {
+  template <class U>
+  using matrix = xmatrix<U>;
+  template <class U>
+  using view = XMatrixRef<U>;
+  template <class U>
+  using const_view = XMatrixRef<const U>;
+  template <class U>
+  static matrix<U> uninitialized(Index rows, Index cols) {
+    return matrix<U>::from_shape({std::size_t(rows), std::size_t(cols)});
+  }
+  template <class V>
+  static auto* row(V m, Index i) { return m.data() + i * m.row_stride(); }
+  /// milora's storage-only bf16; a user's bf16 buffer is wrapped with XMatrixRef<bf16>.
+  using bf16_element = bf16;
+};
+}  // namespace detail
+
 template <class T>
-struct XtensorBackend {
+struct XtensorBackend : detail::HostBf16<XtensorBackend<T>, T, detail::XtensorStorage> {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "XtensorBackend supports float and double");
 
@@ -192,67 +210,7 @@ struct XtensorBackend {
     random::fill_normal_host<T>(m, mean, stddev, seed);
   }
 
-  // ---- bf16 frozen weights (milora/core/weight_storage.hpp) ------------------------------------
-  // Stored as milora::bf16 in an xt::xtensor; a user's bf16 buffer is wrapped with
-  // XMatrixRef<bf16>. The products widen W a panel of rows at a time (backend/detail/bf16_panels.hpp).
-  using bf16_matrix = xmatrix<bf16>;
-  using bf16_view = XMatrixRef<bf16>;
-  using bf16_const_view = XMatrixRef<const bf16>;
-  static constexpr Index bf16_panel_bytes = Index(8) << 20;
-
-  static bf16_matrix bf16_from_host(Index rows, Index cols, std::span<const std::uint16_t> bits) {
-    if (rows < 0 || cols < 0 || static_cast<Index>(bits.size()) != rows * cols)
-      throw shape_error(detail::concat("bf16_from_host: ", bits.size(), " values for a ",
-                                       detail::shape_str(rows, cols), " matrix"));
-    bf16_matrix m = bf16_matrix::from_shape({std::size_t(rows), std::size_t(cols)});
-    std::transform(bits.begin(), bits.end(), m.data(), [](std::uint16_t b) { return bf16{b}; });
-    return m;
-  }
-  static std::vector<std::uint16_t> bf16_to_host(bf16_const_view m) {
-    std::vector<std::uint16_t> out;
-    out.reserve(static_cast<std::size_t>(m.size()));
-    for (Index i = 0; i < m.rows(); ++i)
-      for (Index j = 0; j < m.cols(); ++j) out.push_back(m(i, j).bits);
-    return out;
-  }
-  static Index bf16_rows(bf16_const_view m) { return m.rows(); }
-  static Index bf16_cols(bf16_const_view m) { return m.cols(); }
-  static bf16_view bf16_block(bf16_view m, Index r0, Index c0, Index nr, Index nc) { return m.block(r0, c0, nr, nc); }
-  static bf16_const_view bf16_cblock(bf16_const_view m, Index r0, Index c0, Index nr, Index nc) {
-    return m.block(r0, c0, nr, nc);
-  }
-  /// m rounded to bf16, to nearest even (double through float, as every milora backend does).
-  static bf16_matrix to_bf16(const_view m) {
-    bf16_matrix out = bf16_matrix::from_shape({std::size_t(m.rows()), std::size_t(m.cols())});
-    round_into_bf16(m, out);
-    return out;
-  }
-  /// dst = round(src), same shapes.
-  static void round_into_bf16(const_view src, bf16_view dst) {
-    detail::require_same_shape(src.rows(), src.cols(), dst.rows(), dst.cols(), "round_into_bf16");
-    for (Index i = 0; i < src.rows(); ++i)
-      for (Index j = 0; j < src.cols(); ++j) dst(i, j) = bf16{float_to_bf16(float(src(i, j)))};
-  }
-  /// w widened to T (exact).
-  static matrix from_bf16(bf16_const_view w) {
-    matrix out = matrix::from_shape({std::size_t(w.rows()), std::size_t(w.cols())});
-    from_bf16_into(w, out);
-    return out;
-  }
-  /// dst = src widened (exact), same shapes, into existing storage.
-  static void from_bf16_into(bf16_const_view src, view dst) {
-    detail::require_same_shape(src.rows(), src.cols(), dst.rows(), dst.cols(), "from_bf16_into");
-    for (Index i = 0; i < src.rows(); ++i)
-      for (Index j = 0; j < src.cols(); ++j) dst(i, j) = T(bf16_to_float(src(i, j).bits));
-  }
-  /// c = alpha op(round(x)) op(w) + beta c, accumulated in T.
-  static void gemm_bf16(T alpha, const_view x, Trans tx, bf16_const_view w, Trans tw, T beta, view c) {
-    detail::gemm_bf16_by_panels<XtensorBackend>(alpha, x, tx, w, tw, beta, c, bf16_panel_bytes);
-  }
-  /// w = round(w + alpha b a), b: out x r, a: r x in.
-  static void add_product_to_bf16(T alpha, const_view b, const_view a, bf16_view w) {
-    detail::add_product_to_bf16_by_panels<XtensorBackend>(alpha, b, a, w, bf16_panel_bytes);
-  }
+  // ---- bf16 storage: inherited from detail::HostBf16 (backend/detail/host_bf16.hpp) --------------
 
   // ---- LAPACK (through xt::linalg) -------------------------------------------------------------
   static SVDResult<matrix> svd(const_view a) {
@@ -325,6 +283,6 @@ struct XtensorBackend {
 static_assert(Backend<XtensorBackend<float>>, "XtensorBackend<float> must satisfy milora::Backend");
 static_assert(Backend<XtensorBackend<double>>, "XtensorBackend<double> must satisfy milora::Backend");
 static_assert(Bf16Backend<XtensorBackend<float>> && Bf16Backend<XtensorBackend<double>>,
-              "XtensorBackend must offer bf16 frozen weights (milora/core/weight_storage.hpp)");
+              "XtensorBackend must offer bf16 storage (Bf16Backend, milora/core/backend.hpp)");
 
 }  // namespace milora

@@ -18,7 +18,7 @@
 
 namespace milora {
 
-template <Backend B>
+template <ProductBackend B>
 class InputStatistics {
  public:
   using matrix = matrix_t<B>;

@@ -32,7 +32,7 @@
 namespace milora {
 
 // The backend parameter is BE (not B) because B() is the adapter's up-projection, as in the papers.
-template <Backend BE, class Init, class Weights = NativeWeights>
+template <ProductBackend BE, class Init, class Weights = NativeWeights>
   requires InitPolicy<Init, BE> && WeightStorage<Weights, BE>
 class Adapter {
  public:

@@ -1,5 +1,15 @@
-// The Backend concept: everything the adapter, the init policies, the spectral solvers and AdamW
-// need from a tensor library, stated in one place.
+// The backend concepts: everything the adapter, the init policies, the spectral solvers and AdamW
+// need from a tensor library, stated in one place, in layers, so that a backend (or a caller) names
+// only what it uses:
+//
+//   BackendTypes       the types and their conversions
+//   ProductBackend     + memory, BLAS products, element-wise work, random fills: enough for an
+//                      adapter with LoRA's start, its training (AdamW) and calibration statistics
+//   Backend            + the dense factorisations: what the spectral solvers and the SVD / QR based
+//                      init policies call; every backend milora ships is one
+//   Bf16Backend        + bf16 storage: frozen weights and kept activations in bfloat16
+//   RandomizedSvdBackend  + the backend's own randomized SVD (CusolverRandomizedSVD uses it)
+//   (Rebindable, CastableBackend: the same backend in another scalar, milora/core/precision.hpp)
 //
 // A backend is a type with static members only (like mdspan's accessor policies): no object to
 // carry around, so `Adapter<EigenBackend<float>, ...>` names everything about where the numbers live.
@@ -9,7 +19,7 @@
 // singular values, a diagonal) are matrices with one row; functions that take a vector accept any
 // matrix with the right number of elements.
 //
-// Requirements, in the order the concept checks them:
+// Requirements, in the order the concepts check them:
 //   types    scalar; matrix (owning, movable); view (mutable, non-owning, cheap to copy);
 //            const_view. A matrix& converts to view, a const matrix& and a view to const_view, so
 //            callers pass either. A view is what lets us wrap another framework's weight in place.
@@ -26,6 +36,7 @@
 //            milora/core/random.hpp (element (i, j) is draw i*cols + j) so backends agree.
 //   LAPACK   svd(a) thin, sigma descending; eigh(a, lo, hi) eigenpairs lo..hi (0-based, inclusive,
 //            ascending); qr(a) thin; cholesky(a) lower factor.
+//   bf16, randomized SVD: at Bf16Backend and RandomizedSvdBackend below.
 #pragma once
 
 #include <concepts>
@@ -70,8 +81,12 @@ struct AdamWStep {
   double bias_correction2_sqrt;  // sqrt(1 - beta2^t)
 };
 
+// ---- the layers of a backend ----------------------------------------------------------------------
+
+/// The types every layer names: scalar, matrix (owning), view and const_view, with the
+/// conversions callers rely on (a matrix& is a view, a view is a const_view).
 template <class B>
-concept Backend =
+concept BackendTypes =
     requires {
       typename B::scalar;
       typename B::matrix;
@@ -82,10 +97,15 @@ concept Backend =
     std::convertible_to<typename B::matrix&, typename B::view> &&
     std::convertible_to<const typename B::matrix&, typename B::const_view> &&
     std::convertible_to<typename B::view, typename B::const_view> &&
-    std::copy_constructible<typename B::view> && std::copy_constructible<typename B::const_view> &&
-    requires(typename B::view v, typename B::const_view cv, typename B::scalar a, Index i,
-             double d, std::uint64_t seed, std::span<const typename B::scalar> host,
-             const AdamWStep& step) {
+    std::copy_constructible<typename B::view> && std::copy_constructible<typename B::const_view>;
+
+/// Products: memory, BLAS, element-wise work and random fills. What an adapter with a policy that
+/// needs no factorisation (LoRA, Gaussian), its layer, AdamW and the input statistics call.
+template <class B>
+concept ProductBackend =
+    BackendTypes<B> &&
+    requires(typename B::view v, typename B::const_view cv, typename B::scalar a, Index i, double d,
+             std::uint64_t seed, std::span<const typename B::scalar> host, const AdamWStep& step) {
       // memory
       { B::zeros(i, i) } -> std::same_as<typename B::matrix>;
       { B::from_host(i, i, host) } -> std::same_as<typename B::matrix>;
@@ -113,21 +133,74 @@ concept Backend =
       // random
       B::fill_uniform(v, d, d, seed);
       B::fill_normal(v, d, d, seed);
-      // LAPACK
+    };
+
+/// A whole backend: products and the dense factorisations the spectral solvers and the SVD / QR
+/// based init policies call. Every backend milora ships is one.
+template <class B>
+concept Backend =
+    ProductBackend<B> && requires(typename B::const_view cv, Index i) {
       { B::svd(cv) } -> std::same_as<SVDResult<typename B::matrix>>;
       { B::eigh(cv, i, i) } -> std::same_as<EighResult<typename B::matrix>>;
       { B::qr(cv) } -> std::same_as<QRResult<typename B::matrix>>;
       { B::cholesky(cv) } -> std::same_as<typename B::matrix>;
     };
 
+/// bf16 storage, for frozen weights in bfloat16 (Bf16Weights, milora/core/weight_storage.hpp) and
+/// activations kept in bf16:
+///   types    bf16_matrix (owning), bf16_view (mutable), bf16_const_view
+///   memory   bf16_from_host(r, c, span<const uint16_t>) (the bits, row-major: a safetensors BF16
+///            tensor as it lies in the file), bf16_to_host(v) -> vector<uint16_t>, bf16_rows(v),
+///            bf16_cols(v), bf16_block / bf16_cblock (as block / cblock)
+///   rounding to_bf16(const_view) and round_into_bf16(src, dst) (round to nearest even),
+///            from_bf16(bf16_const_view) and from_bf16_into(src, dst) (widen, exact)
+///   BLAS     gemm_bf16(alpha, x, tx, w, tw, beta, c): c = alpha op(round(x)) op(w) + beta c
+///            add_product_to_bf16(alpha, b, a, w): w = round(w + alpha b a)
+template <class B>
+concept Bf16Backend =
+    ProductBackend<B> &&
+    requires {
+      typename B::bf16_matrix;
+      typename B::bf16_view;
+      typename B::bf16_const_view;
+    } &&
+    std::movable<typename B::bf16_matrix> &&
+    std::convertible_to<typename B::bf16_matrix&, typename B::bf16_view> &&
+    std::convertible_to<const typename B::bf16_matrix&, typename B::bf16_const_view> &&
+    std::convertible_to<typename B::bf16_view, typename B::bf16_const_view> &&
+    requires(typename B::view v, typename B::const_view cv, typename B::bf16_view bv,
+             typename B::bf16_const_view bcv, typename B::scalar a, Index i, std::span<const std::uint16_t> bits) {
+      { B::bf16_from_host(i, i, bits) } -> std::same_as<typename B::bf16_matrix>;
+      { B::bf16_to_host(bcv) } -> std::same_as<std::vector<std::uint16_t>>;
+      { B::bf16_rows(bcv) } -> std::convertible_to<Index>;
+      { B::bf16_cols(bcv) } -> std::convertible_to<Index>;
+      { B::bf16_block(bv, i, i, i, i) } -> std::same_as<typename B::bf16_view>;
+      { B::bf16_cblock(bcv, i, i, i, i) } -> std::same_as<typename B::bf16_const_view>;
+      { B::to_bf16(cv) } -> std::same_as<typename B::bf16_matrix>;
+      B::round_into_bf16(cv, bv);
+      { B::from_bf16(bcv) } -> std::same_as<typename B::matrix>;
+      B::from_bf16_into(bcv, v);
+      B::gemm_bf16(a, cv, Trans::no, bcv, Trans::yes, a, v);
+      B::add_product_to_bf16(a, cv, cv, bv);
+    };
+
+/// A backend with its own randomized SVD: svd_randomized_top(a, r, p, q), the r largest triplets
+/// from a sketch of r + p columns and q power iterations (CudaBackend: cuSOLVER's Xgesvdr).
+/// CusolverRandomizedSVD uses it where it exists.
+template <class B>
+concept RandomizedSvdBackend =
+    Backend<B> && requires(typename B::const_view cv, Index i) {
+      { B::svd_randomized_top(cv, i, i, i) } -> std::same_as<SVDResult<typename B::matrix>>;
+    };
+
 /// Short names used throughout the library.
-template <Backend B> using matrix_t = typename B::matrix;
-template <Backend B> using view_t = typename B::view;
-template <Backend B> using const_view_t = typename B::const_view;
-template <Backend B> using scalar_t = typename B::scalar;
+template <BackendTypes B> using matrix_t = typename B::matrix;
+template <BackendTypes B> using view_t = typename B::view;
+template <BackendTypes B> using const_view_t = typename B::const_view;
+template <BackendTypes B> using scalar_t = typename B::scalar;
 
 /// Number of elements of a matrix or vector.
-template <Backend B>
+template <ProductBackend B>
 Index numel(const_view_t<B> v) {
   return static_cast<Index>(B::rows(v)) * static_cast<Index>(B::cols(v));
 }

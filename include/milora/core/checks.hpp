@@ -9,7 +9,7 @@
 namespace milora::detail {
 
 /// Throws value_error naming the first non-finite entry of m (and where it is), if any.
-template <Backend B>
+template <ProductBackend B>
 void require_finite(const_view_t<B> m, const char* what) {
   if (B::all_finite(m)) return;
   const auto host = B::to_host(m);  // error path only: fine to copy to the host
@@ -22,7 +22,7 @@ void require_finite(const_view_t<B> m, const char* what) {
 }
 
 /// Throws shape_error unless m is rows x cols.
-template <Backend B>
+template <ProductBackend B>
 void require_shape(const_view_t<B> m, Index rows, Index cols, const char* what) {
   if (B::rows(m) != rows || B::cols(m) != cols)
     throw shape_error(concat(what, " is ", shape_str(B::rows(m), B::cols(m)), ", expected ",

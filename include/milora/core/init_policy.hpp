@@ -27,7 +27,7 @@
 
 namespace milora {
 
-template <Backend BE>  // not "B": that is the up-projection's name
+template <ProductBackend BE>  // not "B": that is the up-projection's name
 struct AdapterFactors {
   matrix_t<BE> A;         ///< r x in
   matrix_t<BE> B;         ///< out x r
@@ -37,7 +37,7 @@ struct AdapterFactors {
 
 template <class I, class B>
 concept InitPolicy =
-    Backend<B> && std::copy_constructible<I> &&
+    ProductBackend<B> && std::copy_constructible<I> &&
     requires(const I& init, const_view_t<B> w, const AdapterConfig& cfg) {
       { I::name } -> std::convertible_to<std::string_view>;
       { init.template initialize<B>(w, cfg) } -> std::same_as<AdapterFactors<B>>;

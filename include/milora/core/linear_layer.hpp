@@ -44,7 +44,7 @@ concept LinearLayerWithBias = StoredLinearLayerWithBias<L, B, NativeWeights>;
 
 /// A plain linear layer y = x W^T + b that owns its weight (and optional bias): the baseline the
 /// adapters are measured against, and a convenient layer for examples and tests.
-template <Backend B>
+template <ProductBackend B>
 class Linear {
  public:
   using matrix = matrix_t<B>;
@@ -126,7 +126,7 @@ class Bf16Linear {
 /// Adapts a weight that lives elsewhere (another framework's tensor, a memory-mapped checkpoint)
 /// in place: holds only views, so PiSSA / MiLoRA write the residual straight into that memory.
 /// WeightRef<B, Bf16Weights> does the same for a bf16 tensor (a view of the backend's bf16_view type).
-template <Backend B, class Weights = NativeWeights>
+template <ProductBackend B, class Weights = NativeWeights>
   requires WeightStorage<Weights, B>
 class WeightRef {
  public:
@@ -150,9 +150,9 @@ class WeightRef {
 };
 
 namespace detail {
-template <Backend B, class Weights>
+template <ProductBackend B, class Weights>
 struct owning_linear;
-template <Backend B>
+template <ProductBackend B>
 struct owning_linear<B, NativeWeights> {
   using type = Linear<B>;
   static type from(matrix_t<B> w) { return type(std::move(w)); }
@@ -166,12 +166,12 @@ struct owning_linear<B, Bf16Weights> {
 
 /// The layer that owns a weight stored as `Weights` says: Linear<B> for NativeWeights, Bf16Linear<B>
 /// for Bf16Weights. For code written once over the storage (a model whose storage is a parameter).
-template <Backend B, class Weights>
+template <ProductBackend B, class Weights>
 using OwningLinear = typename detail::owning_linear<B, Weights>::type;
 
 /// An OwningLinear<B, Weights> holding `w` (a weight in the backend's scalar), rounded to bf16 for
 /// Bf16Weights.
-template <class Weights, Backend B>
+template <class Weights, ProductBackend B>
 OwningLinear<B, Weights> owning_linear_from(matrix_t<B> w) {
   return detail::owning_linear<B, Weights>::from(std::move(w));
 }

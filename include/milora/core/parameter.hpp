@@ -7,7 +7,7 @@
 
 namespace milora {
 
-template <Backend B>
+template <ProductBackend B>
 struct Parameter {
   std::string_view name;  ///< PEFT's name: "lora_A" or "lora_B"
   view_t<B> value;

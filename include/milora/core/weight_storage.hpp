@@ -16,13 +16,7 @@
 // 2^-8 per entry of W'), no longer to float rounding, and merge followed by unmerge returns W' to
 // within one bf16 rounding rather than exactly. docs/math.md, "bf16 frozen weights", derives both.
 //
-// A backend opts in to Bf16Weights by offering (Bf16Backend below):
-//   types    bf16_matrix (owning), bf16_view (mutable), bf16_const_view
-//   memory   bf16_from_host(r, c, span<const uint16_t>) (the bits, row-major: a safetensors BF16
-//            tensor as it lies in the file), bf16_to_host(v) -> vector<uint16_t>, bf16_rows(v),
-//            bf16_cols(v), to_bf16(const_view) (round), from_bf16(bf16_const_view) (widen, exact)
-//   BLAS     gemm_bf16(alpha, x, tx, w, tw, beta, c): c = alpha op(round(x)) op(w) + beta c
-//            add_product_to_bf16(alpha, b, a, w): w = round(w + alpha b a)
+// A backend opts in to Bf16Weights by being a Bf16Backend (milora/core/backend.hpp).
 #pragma once
 
 #include <concepts>
@@ -35,48 +29,24 @@
 
 namespace milora {
 
-template <class B>
-concept Bf16Backend =
-    Backend<B> &&
-    requires {
-      typename B::bf16_matrix;
-      typename B::bf16_view;
-      typename B::bf16_const_view;
-    } &&
-    std::movable<typename B::bf16_matrix> &&
-    std::convertible_to<typename B::bf16_matrix&, typename B::bf16_view> &&
-    std::convertible_to<const typename B::bf16_matrix&, typename B::bf16_const_view> &&
-    std::convertible_to<typename B::bf16_view, typename B::bf16_const_view> &&
-    requires(typename B::view v, typename B::const_view cv, typename B::bf16_view bv,
-             typename B::bf16_const_view bcv, typename B::scalar a, Index i, std::span<const std::uint16_t> bits) {
-      { B::bf16_from_host(i, i, bits) } -> std::same_as<typename B::bf16_matrix>;
-      { B::bf16_to_host(bcv) } -> std::same_as<std::vector<std::uint16_t>>;
-      { B::bf16_rows(bcv) } -> std::convertible_to<Index>;
-      { B::bf16_cols(bcv) } -> std::convertible_to<Index>;
-      { B::to_bf16(cv) } -> std::same_as<typename B::bf16_matrix>;
-      { B::from_bf16(bcv) } -> std::same_as<typename B::matrix>;
-      B::gemm_bf16(a, cv, Trans::no, bcv, Trans::yes, a, v);
-      B::add_product_to_bf16(a, cv, cv, bv);
-    };
-
 /// The frozen weight in the backend's own scalar: the adapter's default.
 struct NativeWeights {
   static constexpr std::string_view name = "native";
-  template <Backend B> using view = view_t<B>;
-  template <Backend B> using const_view = const_view_t<B>;
+  template <ProductBackend B> using view = view_t<B>;
+  template <ProductBackend B> using const_view = const_view_t<B>;
 
-  template <Backend B> static Index rows(const_view<B> w) { return B::rows(w); }
-  template <Backend B> static Index cols(const_view<B> w) { return B::cols(w); }
+  template <ProductBackend B> static Index rows(const_view<B> w) { return B::rows(w); }
+  template <ProductBackend B> static Index cols(const_view<B> w) { return B::cols(w); }
   /// W for the init policies, in the backend's scalar: the weight itself, no copy.
-  template <Backend B> static const_view<B> widened(const_view<B> w) { return w; }
+  template <ProductBackend B> static const_view<B> widened(const_view<B> w) { return w; }
   /// c = alpha op(x) op(w) + beta c.
-  template <Backend B>
+  template <ProductBackend B>
   static void product(scalar_t<B> alpha, const_view_t<B> x, Trans tx, const_view<B> w, Trans tw, scalar_t<B> beta,
                       view_t<B> c) {
     B::gemm(alpha, x, tx, w, tw, beta, c);
   }
   /// w += alpha b a (b: out x r, a: r x in).
-  template <Backend B>
+  template <ProductBackend B>
   static void add_product(scalar_t<B> alpha, const_view_t<B> b, const_view_t<B> a, view<B> w) {
     B::gemm(alpha, b, Trans::no, a, Trans::no, scalar_t<B>(1), w);
   }
@@ -85,21 +55,21 @@ struct NativeWeights {
 /// The frozen weight in bfloat16 (the backend must be a Bf16Backend).
 struct Bf16Weights {
   static constexpr std::string_view name = "bf16";
-  template <Backend B> using view = typename B::bf16_view;
-  template <Backend B> using const_view = typename B::bf16_const_view;
+  template <Bf16Backend B> using view = typename B::bf16_view;
+  template <Bf16Backend B> using const_view = typename B::bf16_const_view;
 
-  template <Backend B> static Index rows(const_view<B> w) { return B::bf16_rows(w); }
-  template <Backend B> static Index cols(const_view<B> w) { return B::bf16_cols(w); }
+  template <Bf16Backend B> static Index rows(const_view<B> w) { return B::bf16_rows(w); }
+  template <Bf16Backend B> static Index cols(const_view<B> w) { return B::bf16_cols(w); }
   /// W for the init policies: widened to the backend's scalar (exact), one temporary per layer.
-  template <Backend B> static matrix_t<B> widened(const_view<B> w) { return B::from_bf16(w); }
+  template <Bf16Backend B> static matrix_t<B> widened(const_view<B> w) { return B::from_bf16(w); }
   /// c = alpha op(round(x)) op(w) + beta c, accumulated in the backend's scalar.
-  template <Backend B>
+  template <Bf16Backend B>
   static void product(scalar_t<B> alpha, const_view_t<B> x, Trans tx, const_view<B> w, Trans tw, scalar_t<B> beta,
                       view_t<B> c) {
     B::gemm_bf16(alpha, x, tx, w, tw, beta, c);
   }
   /// w = round(w + alpha b a).
-  template <Backend B>
+  template <Bf16Backend B>
   static void add_product(scalar_t<B> alpha, const_view_t<B> b, const_view_t<B> a, view<B> w) {
     B::add_product_to_bf16(alpha, b, a, w);
   }
@@ -109,7 +79,7 @@ struct Bf16Weights {
 /// user's own type with the same members.
 template <class W, class B>
 concept WeightStorage =
-    Backend<B> &&
+    ProductBackend<B> &&
     requires {
       typename W::template view<B>;
       typename W::template const_view<B>;

@@ -28,7 +28,7 @@
 
 namespace milora {
 
-template <Backend BE>
+template <ProductBackend BE>
 class AnyInit {
  public:
   /// The erased type's own name; policy_name() is the wrapped policy's.
@@ -53,7 +53,7 @@ class AnyInit {
     return &static_cast<const Held<Init>&>(*impl_).init;
   }
 
-  template <Backend B>
+  template <ProductBackend B>
     requires std::same_as<B, BE>
   AdapterFactors<B> initialize(const_view_t<B> w, const AdapterConfig& cfg) const {
     return impl_->initialize(w, cfg);

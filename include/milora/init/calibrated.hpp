@@ -20,7 +20,7 @@
 namespace milora {
 
 /// What LoRA-GA calibrates on: a layer's weight gradient dL/dW (out x in), averaged over batches.
-template <Backend B>
+template <ProductBackend B>
 using WeightGradient = matrix_t<B>;
 
 template <class I, class B>

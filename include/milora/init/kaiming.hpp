@@ -15,7 +15,7 @@ struct KaimingUniform {
   static constexpr std::string_view name = "lora";
   static constexpr bool residual = false;  ///< the base is left as it is
 
-  template <Backend B>
+  template <ProductBackend B>
   AdapterFactors<B> initialize(const_view_t<B> w, const AdapterConfig& cfg) const {
     const Index in = B::cols(w);
     AdapterFactors<B> f{B::zeros(cfg.rank, in), B::zeros(B::rows(w), cfg.rank), residual};

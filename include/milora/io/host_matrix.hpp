@@ -33,7 +33,7 @@ struct HostMatrix {
 };
 
 /// A backend matrix with the same values.
-template <Backend B>
+template <ProductBackend B>
 matrix_t<B> to_backend(const HostMatrix<scalar_t<B>>& m) {
   return B::from_host(m.rows, m.cols, std::span<const scalar_t<B>>(m.data));
 }
@@ -45,7 +45,7 @@ typename B::bf16_matrix to_backend_bf16(const HostMatrix<std::uint16_t>& m) {
 }
 
 /// A host copy of a backend matrix or view.
-template <Backend B>
+template <ProductBackend B>
 HostMatrix<scalar_t<B>> to_host_matrix(const_view_t<B> v) {
   return {B::rows(v), B::cols(v), B::to_host(v)};
 }

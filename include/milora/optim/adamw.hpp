@@ -34,7 +34,7 @@ struct AdamWConfig {
   }
 };
 
-template <Backend B>
+template <ProductBackend B>
 class AdamW {
  public:
   explicit AdamW(AdamWConfig config = {}) : config_(config) { config_.validate(); }

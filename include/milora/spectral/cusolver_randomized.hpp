@@ -27,7 +27,7 @@ struct CusolverRandomizedSVD {
   /// The r largest singular triplets (approximate), sigma descending.
   template <Backend B>
   Triplets<B> top(const_view_t<B> w, Index r) const {
-    if constexpr (requires { { B::svd_randomized_top(w, r, r, Index(power_iterations)) } -> std::same_as<Triplets<B>>; }) {
+    if constexpr (RandomizedSvdBackend<B>) {
       detail::check_triplet_count(r, B::rows(w), B::cols(w), name);
       if (oversampling < RandomizedSVD::same_as_rank || power_iterations < 0)
         throw value_error(detail::concat("CusolverRandomizedSVD: oversampling ", oversampling, " and power_iterations ",

@@ -11,9 +11,7 @@
 // docs/benchmarks.md) is the rounded copy of x and the widening, not the panel size: 8, 16, 24 and
 // 64 MiB panels measured the same within this VM's noise.
 //
-// What a backend B provides besides the Bf16Backend concept: bf16_block(w, r0, c0, nr, nc) and
-// bf16_cblock (sub-matrices of a mutable / const bf16 view, like block / cblock) and
-// round_into_bf16(src, dst) (dst = round(src), same shapes).
+// B is a Bf16Backend (milora/core/backend.hpp): these call nothing that concept does not name.
 #pragma once
 
 #include <algorithm>
@@ -30,7 +28,7 @@ Index bf16_panel_width(Index length, Index panel_bytes) {
 }
 
 /// c = alpha op(round(x)) op(w) + beta c, accumulated in B's scalar.
-template <class B>
+template <Bf16Backend B>
 void gemm_bf16_by_panels(scalar_t<B> alpha, const_view_t<B> x, Trans tx, typename B::bf16_const_view w, Trans tw,
                          scalar_t<B> beta, view_t<B> c, Index panel_bytes) {
   using T = scalar_t<B>;
@@ -57,7 +55,7 @@ void gemm_bf16_by_panels(scalar_t<B> alpha, const_view_t<B> x, Trans tx, typenam
 }
 
 /// w = round(w + alpha b a), b: out x r, a: r x in.
-template <class B>
+template <Bf16Backend B>
 void add_product_to_bf16_by_panels(scalar_t<B> alpha, const_view_t<B> b, const_view_t<B> a, typename B::bf16_view w,
                                    Index panel_bytes) {
   using T = scalar_t<B>;
