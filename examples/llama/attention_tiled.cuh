@@ -1,14 +1,17 @@
 // The LLaMA's causal attention on a GPU in shared-memory tiles (flash-attention's schedule), for
-// float and head_dim 16, 32, 64 or 128: included by kernels_cuda.cuh, which uses it for those and
-// keeps the one-thread-per-row FusedAttention (kernels_rows.hpp) for double and other head sizes.
+// float and head_dim 16, 32, 64 or 128: written once here, over a product policy that says how a
+// tile's matrix products are computed:
+//   CudaCores    (attention_cuda_cores.cuh)    FMAs, each thread a 4 x (D / 16) piece in registers
+//   TensorCores  (attention_tensor_cores.cuh)  WMMA fragments in TF32, chosen when the thread's
+//                                              CUDA context allows TF32 (--tf32)
+// kernels_cuda.cuh uses these for float and those head sizes, and the one-thread-per-row
+// FusedAttention (kernels_rows.hpp) otherwise.
 //
-// Why: the row kernel gives each query row one thread that walks every key and adds into its
-// output row in global memory, so at seq 1024 a thread makes ~10^5 scattered read-modify-writes
-// and the key rows are read once per query row. On the first GPU run (H200, TinyLlama-1.1B's
-// shape, batch 4 x seq 1024) it made a LoRA step take 24 s, against transformers + PEFT's 0.54 s.
-// Here a block of 256 threads owns 64 query rows (or, for dk and dv, 64 key rows); key, value,
-// query and output-gradient tiles of 64 rows are staged in shared memory once per block, each
-// thread keeps a 4 x (head_dim / 16) piece of the accumulators in registers, and the 64 x 64
+// Why tiles: the row kernel gives each query row one thread that walks every key and adds into its
+// output row in global memory, so the key rows are read once per query row and a thread makes
+// ~seq^2 / 10 scattered read-modify-writes (docs/benchmarks.md has the GPU numbers). Here a block
+// of 256 threads owns 64 query rows (or, for dk and dv, 64 key rows); key, value, query and
+// output-gradient tiles of 64 rows are staged in shared memory once per block, and the 64 x 64
 // scores of a tile pair live in shared memory between the two products that use them.
 //
 // The math is FusedAttention's (kernels_rows.hpp): the forward keeps a running maximum and sum per
@@ -16,13 +19,28 @@
 // the logsumexp, with D = rowsum(dO * O) from the row kernel:
 //   dk, dv: one block per (sequence, head, key tile), over the query tiles at or after the key
 //           tile; with grouped heads each query head's share goes to a buffer and group_sum adds
-//           the group's shares in head order;
+//           the group's shares in head order (one block per kv head would leave the first key
+//           tile's block a group of heads times all query tiles of serial work);
 //   dq:     one block per (sequence, head, query tile), over the key tiles at or before it.
 // Every output element has one writer (no atomics), so a run repeats bit for bit. Products and
-// sums are float (the row kernel's are double); tests/cuda/test_llama_parity.cpp holds both to the
-// double computation of the rows. attention_tensor_core.cuh is the same schedule with the
-// products on tensor cores (TF32), chosen when the context allows TF32; a Schedule names either's
-// kernels for run_forward / run_backward.
+// sums are float (the row kernel's are double); tests/cuda/test_llama_parity.cpp holds both
+// policies to the double computation of the rows.
+//
+// A product policy P provides, for head_dim D:
+//   template <int D> struct Layout   ld (a staged 64 x D tile's row stride), tile (its floats),
+//                                    sld (a 64 x 64 score tile's row stride), scores (its floats)
+//   template <int D> struct Acc      a block's 64 x D accumulator, as this policy holds it
+//   clear<D>(acc), accumulate<D>(acc, p, y): acc += p (64 x 64 scores) . y (64 x D staged)
+//   write<D>(acc, k, m, ld, row0, rows, col0, scratch): rows [row0, row0 + 64) below `rows` of
+//                                    acc * k into columns col0.. of m (scratch: a free staged tile)
+//   scores<D>(x, y, ps, q0, k0, seq, scale)   ps = the masked, scaled x . y^T of a forward tile,
+//                                    or the raw products (then mask_row finishes each row)
+//   mask_row<D>(pr, i, k0, seq, scale, part)  the quad's share of row i of ps, before the softmax
+//   add_pv<D>(o, rescale, ps, vs, pv)        o = o * rescale + P . V, o this thread's registers
+//   probabilities<keys_are_rows, D>(x, y, u, z, lse, delta, q0, k0, seq, scale, ps, dss):
+//                                    P = exp(scale x . y^T - L) into ps (if not null) and
+//                                    dS = P (u . z^T - D) into dss for a tile pair
+//   forward_pv_tile (a 64 x D scratch for add_pv), dq_score_tiles (1: dq needs dS alone), names
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -45,22 +63,13 @@ constexpr int kTile = 64;                  // query and key rows per tile
 constexpr int kGrid = 16;                  // a kGrid x kGrid grid of threads:
 constexpr int kThreads = kGrid * kGrid;    // thread (ty, tx) holds rows ty + 16 a and columns tx + 16 b
 constexpr int kPer = kTile / kGrid;        // rows (a) per thread
-constexpr int kScoresLd = kTile + 1;       // padded: the column walks of a 64 x 64 tile hit distinct banks
 
 /// The head sizes with a tiled kernel.
 inline bool supports(Index head_dim) { return head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128; }
 
-template <int D>
-struct Geometry {
-  static constexpr int ld = D + 1;          // a staged 64 x D tile's row stride (padded, as kScoresLd)
-  static constexpr int cols = D / kGrid;    // accumulator columns per thread
-  static constexpr int tile = kTile * ld;   // floats of one staged tile
-  static constexpr int scores = kTile * kScoresLd;
-};
-
-/// Rows [row0, row0 + 64) of the D columns from col0 of a row-major matrix into s; rows at or past
-/// `rows` read as zero.
-template <int D, int kStagedLd = Geometry<D>::ld>
+/// Rows [row0, row0 + 64) of the D columns from col0 of a row-major matrix into s (row stride
+/// kStagedLd); rows at or past `rows` read as zero.
+template <int D, int kStagedLd>
 __device__ void stage(const float* m, Index ld, Index row0, Index rows, Index col0, float* s) {
   for (int e = int(threadIdx.x); e < kTile * D; e += kThreads) {
     const int r = e / D, c = e % D;
@@ -68,48 +77,10 @@ __device__ void stage(const float* m, Index ld, Index row0, Index rows, Index co
   }
 }
 
-/// acc[a][b] += sum_d x[ty + 16a][d] * y[tx + 16b][d] for two staged 64 x D tiles.
+/// Writes acc * k into rows row0 + ty + 16a (those below `rows`), columns col0 + tx + 16c: a 64 x D
+/// result held in registers the way the thread grid holds it.
 template <int D>
-__device__ void scores(const float* x, const float* y, float (&acc)[kPer][kPer]) {
-  constexpr int ld = Geometry<D>::ld;
-  const int tx = int(threadIdx.x) % kGrid, ty = int(threadIdx.x) / kGrid;
-#pragma unroll 4
-  for (int d = 0; d < D; ++d) {
-    float xa[kPer], yb[kPer];
-#pragma unroll
-    for (int a = 0; a < kPer; ++a) {
-      xa[a] = x[(ty + kGrid * a) * ld + d];
-      yb[a] = y[(tx + kGrid * a) * ld + d];
-    }
-#pragma unroll
-    for (int a = 0; a < kPer; ++a)
-#pragma unroll
-      for (int b = 0; b < kPer; ++b) acc[a][b] += xa[a] * yb[b];
-  }
-}
-
-/// acc[a][c] += sum_j p[ty + 16a][j] * y[j][tx + 16c]: a 64 x 64 score tile times a staged 64 x D tile.
-template <int D>
-__device__ void times_tile(const float* p, const float* y, float (&acc)[kPer][Geometry<D>::cols]) {
-  constexpr int ld = Geometry<D>::ld, cols = Geometry<D>::cols;
-  const int tx = int(threadIdx.x) % kGrid, ty = int(threadIdx.x) / kGrid;
-#pragma unroll 4
-  for (int j = 0; j < kTile; ++j) {
-    float pa[kPer], yc[cols];
-#pragma unroll
-    for (int a = 0; a < kPer; ++a) pa[a] = p[(ty + kGrid * a) * kScoresLd + j];
-#pragma unroll
-    for (int c = 0; c < cols; ++c) yc[c] = y[j * ld + tx + kGrid * c];
-#pragma unroll
-    for (int a = 0; a < kPer; ++a)
-#pragma unroll
-      for (int c = 0; c < cols; ++c) acc[a][c] += pa[a] * yc[c];
-  }
-}
-
-/// Writes acc * k into rows row0 + ty + 16a (those below `rows`), columns col0 + tx + 16c.
-template <int D>
-__device__ void write_rows(const float (&acc)[kPer][Geometry<D>::cols], float k, float* m, Index ld, Index row0, Index rows,
+__device__ void write_rows(const float (&acc)[kPer][D / kGrid], float k, float* m, Index ld, Index row0, Index rows,
                            Index col0) {
   const int tx = int(threadIdx.x) % kGrid, ty = int(threadIdx.x) / kGrid;
 #pragma unroll
@@ -117,7 +88,7 @@ __device__ void write_rows(const float (&acc)[kPer][Geometry<D>::cols], float k,
     const Index r = row0 + ty + kGrid * a;
     if (r >= rows) continue;
 #pragma unroll
-    for (int c = 0; c < Geometry<D>::cols; ++c) m[r * ld + col0 + tx + kGrid * c] = acc[a][c] * k;
+    for (int c = 0; c < D / kGrid; ++c) m[r * ld + col0 + tx + kGrid * c] = acc[a][c] * k;
   }
 }
 
@@ -151,102 +122,6 @@ __device__ inline float online_softmax_step(float* pr, float& m, float& l) {
   return alpha;
 }
 
-/// The forward's end: each row's output divided by its sum, written below the sequence's end, and
-/// L = m + log l. row_max and row_sum: 64 floats of shared memory each.
-template <int D>
-__device__ void finish_forward(float (&o)[kPer][Geometry<D>::cols], float m, float l, float* row_max, float* row_sum,
-                               const rows::FusedAttention<float>& f, float* out, Index ld_out, float* lse, Index b, Index h,
-                               Index q0) {
-  const int ty = int(threadIdx.x) / kGrid;
-  if (threadIdx.x % 4 == 0) {
-    row_max[threadIdx.x / 4] = m;
-    row_sum[threadIdx.x / 4] = l;
-  }
-  __syncthreads();
-#pragma unroll
-  for (int a = 0; a < kPer; ++a) {
-    const float inv = 1.f / row_sum[ty + kGrid * a];
-#pragma unroll
-    for (int c = 0; c < Geometry<D>::cols; ++c) o[a][c] *= inv;
-  }
-  write_rows<D>(o, 1.f, out + b * f.seq * ld_out, ld_out, q0, f.seq, h * D);
-  if (threadIdx.x < kTile && q0 + Index(threadIdx.x) < f.seq)
-    lse[(b * f.heads + h) * f.seq + q0 + Index(threadIdx.x)] = row_max[threadIdx.x] + logf(row_sum[threadIdx.x]);
-}
-
-// Grid: (query tiles, batch * heads). Shared: q, k, v tiles, the scores, and per row the factor
-// that rescales its output and its final maximum and sum.
-template <int D>
-__global__ void __launch_bounds__(kThreads) forward_kernel(rows::FusedAttention<float> f, float* out, Index ld_out,
-                                                           float* lse) {
-  using G = Geometry<D>;
-  extern __shared__ float smem[];
-  float* qs = smem;
-  float* ks = qs + G::tile;
-  float* vs = ks + G::tile;
-  float* ps = vs + G::tile;
-  float* rescale = ps + G::scores;
-  float* row_max = rescale + kTile;
-  float* row_sum = row_max + kTile;
-  const int tx = int(threadIdx.x) % kGrid, ty = int(threadIdx.x) / kGrid;
-  const Index qt = blockIdx.x, b = Index(blockIdx.y) / f.heads, h = Index(blockIdx.y) % f.heads;
-  const Index base = b * f.seq, q0 = qt * kTile, qc = h * D, kc = h / f.group() * D;
-  const float scale = float(f.scale);
-  stage<D>(f.q.row(base), f.q.ld, q0, f.seq, qc, qs);
-
-  float o[kPer][G::cols] = {};
-  // the softmax step gives row threadIdx.x / 4 to four consecutive lanes; each keeps its own copy
-  const int srow = int(threadIdx.x) / 4, spart = int(threadIdx.x) % 4;
-  float m = -INFINITY, l = 0;
-  for (Index kt = 0; kt <= qt; ++kt) {
-    const Index k0 = kt * kTile;
-    __syncthreads();  // the previous tile's k, v and scores are no longer read
-    stage<D>(f.k.row(base), f.k.ld, k0, f.seq, kc, ks);
-    stage<D>(f.v.row(base), f.v.ld, k0, f.seq, kc, vs);
-    __syncthreads();
-    float s[kPer][kPer] = {};
-    scores<D>(qs, ks, s);
-#pragma unroll
-    for (int a = 0; a < kPer; ++a)
-#pragma unroll
-      for (int c = 0; c < kPer; ++c) {
-        const Index i = q0 + ty + kGrid * a, j = k0 + tx + kGrid * c;
-        ps[(ty + kGrid * a) * kScoresLd + tx + kGrid * c] = j <= i && j < f.seq ? s[a][c] * scale : -INFINITY;
-      }
-    __syncthreads();
-    const float alpha = online_softmax_step(ps + srow * kScoresLd, m, l);
-    if (spart == 0) rescale[srow] = alpha;
-    __syncthreads();
-#pragma unroll
-    for (int a = 0; a < kPer; ++a) {
-      const float alpha_a = rescale[ty + kGrid * a];
-#pragma unroll
-      for (int c = 0; c < G::cols; ++c) o[a][c] *= alpha_a;
-    }
-    times_tile<D>(ps, vs, o);
-  }
-  finish_forward<D>(o, m, l, row_max, row_sum, f, out, ld_out, lse, b, h, q0);
-}
-
-/// What the two backward kernels share: P = exp(s - L) and dS = P (dP - D) of a 64 x 64 tile pair,
-/// from the products s (scores, unscaled) and dp (dO . v); rows x cols is (keys x queries) when
-/// keys_are_rows, else (queries x keys). lse_s and delta_s hold the query tile's L and D.
-template <bool keys_are_rows>
-__device__ void probabilities(const float (&s)[kPer][kPer], const float (&dp)[kPer][kPer], const float* lse_s,
-                              const float* delta_s, Index q0, Index k0, Index seq, float scale, float* ps, float* dss) {
-  const int tx = int(threadIdx.x) % kGrid, ty = int(threadIdx.x) / kGrid;
-#pragma unroll
-  for (int a = 0; a < kPer; ++a)
-#pragma unroll
-    for (int c = 0; c < kPer; ++c) {
-      const int row = ty + kGrid * a, col = tx + kGrid * c, qi = keys_are_rows ? col : row;
-      const Index i = q0 + (keys_are_rows ? col : row), j = k0 + (keys_are_rows ? row : col);
-      const float p = i < seq && j <= i ? expf(s[a][c] * scale - lse_s[qi]) : 0.f;
-      if (ps != nullptr) ps[row * kScoresLd + col] = p;
-      dss[row * kScoresLd + col] = p * (dp[a][c] - delta_s[qi]);
-    }
-}
-
 /// The query tile's L and D into shared memory (0 past the sequence's end).
 __device__ inline void stage_row_stats(const float* lse, const float* delta, Index first, Index q0, Index seq, float* lse_s,
                                        float* delta_s) {
@@ -257,49 +132,106 @@ __device__ inline void stage_row_stats(const float* lse, const float* delta, Ind
   }
 }
 
+// ---- the three kernels, written once over the product policy P --------------------------------------
+
+// Grid: (query tiles, batch * heads). Shared: q, k, v tiles (and P's P . V scratch), the scores,
+// and per row the factor that rescales its output and its final maximum and sum.
+template <class P, int D>
+__global__ void __launch_bounds__(kThreads) forward_kernel(rows::FusedAttention<float> f, float* out, Index ld_out,
+                                                           float* lse) {
+  using L = typename P::template Layout<D>;
+  extern __shared__ __align__(128) float smem[];
+  float* qs = smem;
+  float* ks = qs + L::tile;
+  float* vs = ks + L::tile;
+  float* pv = vs + L::tile;  // P's scratch for P . V (none: pv == ps)
+  float* ps = pv + (P::forward_pv_tile ? L::tile : 0);
+  float* rescale = ps + L::scores;
+  float* row_max = rescale + kTile;
+  float* row_sum = row_max + kTile;
+  const Index qt = blockIdx.x, b = Index(blockIdx.y) / f.heads, h = Index(blockIdx.y) % f.heads;
+  const Index base = b * f.seq, q0 = qt * kTile, qc = h * D, kc = h / f.group() * D;
+  const float scale = float(f.scale);
+  stage<D, L::ld>(f.q.row(base), f.q.ld, q0, f.seq, qc, qs);
+
+  float o[kPer][D / kGrid] = {};
+  // the softmax step gives row threadIdx.x / 4 to four consecutive lanes; each keeps its own copy
+  const int srow = int(threadIdx.x) / 4, spart = int(threadIdx.x) % 4;
+  float m = -INFINITY, l = 0;
+  for (Index kt = 0; kt <= qt; ++kt) {
+    const Index k0 = kt * kTile;
+    __syncthreads();  // the previous tile's k, v and scores are no longer read
+    stage<D, L::ld>(f.k.row(base), f.k.ld, k0, f.seq, kc, ks);
+    stage<D, L::ld>(f.v.row(base), f.v.ld, k0, f.seq, kc, vs);
+    __syncthreads();
+    P::template scores<D>(qs, ks, ps, q0, k0, f.seq, scale);
+    __syncthreads();
+    float* pr = ps + srow * L::sld;
+    P::template mask_row<D>(pr, q0 + srow, k0, f.seq, scale, spart);
+    const float alpha = online_softmax_step(pr, m, l);
+    if (spart == 0) rescale[srow] = alpha;
+    __syncthreads();
+    P::template add_pv<D>(o, rescale, ps, vs, pv);
+  }
+  // the end: each row's output divided by its sum, written below the sequence's end; L = m + log l
+  const int ty = int(threadIdx.x) / kGrid;
+  if (spart == 0) {
+    row_max[srow] = m;
+    row_sum[srow] = l;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int a = 0; a < kPer; ++a) {
+    const float inv = 1.f / row_sum[ty + kGrid * a];
+#pragma unroll
+    for (int c = 0; c < D / kGrid; ++c) o[a][c] *= inv;
+  }
+  write_rows<D>(o, 1.f, out + b * f.seq * ld_out, ld_out, q0, f.seq, h * D);
+  if (threadIdx.x < kTile && q0 + Index(threadIdx.x) < f.seq)
+    lse[(b * f.heads + h) * f.seq + q0 + Index(threadIdx.x)] = row_max[threadIdx.x] + logf(row_sum[threadIdx.x]);
+}
+
 // Grid: (key tiles, batch * heads): one query head's share of its kv head's dk and dv, written at
 // column h * D of per-head buffers (or at g * D of dk, dv themselves when every kv head has one
-// query head); group_sum adds the shares. One block per kv head instead would leave the first key
-// tile's block 8 heads x 16 query tiles of serial work at TinyLlama's shape, and it measured 2x
-// slower than dq. Shared: k, v, q, dO tiles, P and dS, the query tile's L and D.
-template <int D>
+// query head); group_sum adds the shares. Shared: k, v, q, dO tiles, P and dS, the query tile's L
+// and D.
+template <class P, int D>
 __global__ void __launch_bounds__(kThreads) dkv_kernel(rows::FusedAttention<float> f, const float* dout, Index ld_do,
                                                        const float* lse, const float* delta, bool per_head, float* dk,
                                                        Index ld_dk, float* dv, Index ld_dv) {
-  using G = Geometry<D>;
-  extern __shared__ float smem[];
+  using L = typename P::template Layout<D>;
+  extern __shared__ __align__(128) float smem[];
   float* ks = smem;
-  float* vs = ks + G::tile;
-  float* qs = vs + G::tile;
-  float* dos = qs + G::tile;
-  float* ps = dos + G::tile;
-  float* dss = ps + G::scores;
-  float* lse_s = dss + G::scores;
+  float* vs = ks + L::tile;
+  float* qs = vs + L::tile;
+  float* dos = qs + L::tile;
+  float* ps = dos + L::tile;
+  float* dss = ps + L::scores;
+  float* lse_s = dss + L::scores;
   float* delta_s = lse_s + kTile;
   const Index kt = blockIdx.x, b = Index(blockIdx.y) / f.heads, h = Index(blockIdx.y) % f.heads, g = h / f.group();
   const Index base = b * f.seq, k0 = kt * kTile, kc = g * D, qc = h * D, tiles = (f.seq + kTile - 1) / kTile;
   const float scale = float(f.scale);
-  stage<D>(f.k.row(base), f.k.ld, k0, f.seq, kc, ks);
-  stage<D>(f.v.row(base), f.v.ld, k0, f.seq, kc, vs);
-  float gk[kPer][G::cols] = {}, gv[kPer][G::cols] = {};
+  stage<D, L::ld>(f.k.row(base), f.k.ld, k0, f.seq, kc, ks);
+  stage<D, L::ld>(f.v.row(base), f.v.ld, k0, f.seq, kc, vs);
+  typename P::template Acc<D> gk, gv;
+  P::template clear<D>(gk);
+  P::template clear<D>(gv);
   for (Index qt = kt; qt < tiles; ++qt) {
     const Index q0 = qt * kTile;
     __syncthreads();
-    stage<D>(f.q.row(base), f.q.ld, q0, f.seq, qc, qs);
-    stage<D>(dout + base * ld_do, ld_do, q0, f.seq, qc, dos);
+    stage<D, L::ld>(f.q.row(base), f.q.ld, q0, f.seq, qc, qs);
+    stage<D, L::ld>(dout + base * ld_do, ld_do, q0, f.seq, qc, dos);
     stage_row_stats(lse, delta, (b * f.heads + h) * f.seq, q0, f.seq, lse_s, delta_s);
     __syncthreads();
-    float s[kPer][kPer] = {}, dp[kPer][kPer] = {};
-    scores<D>(ks, qs, s);
-    scores<D>(vs, dos, dp);
-    probabilities<true>(s, dp, lse_s, delta_s, q0, k0, f.seq, scale, ps, dss);
+    P::template probabilities<true, D>(ks, qs, vs, dos, lse_s, delta_s, q0, k0, f.seq, scale, ps, dss);
     __syncthreads();
-    times_tile<D>(ps, dos, gv);
-    times_tile<D>(dss, qs, gk);
+    P::template accumulate<D>(gv, ps, dos);
+    P::template accumulate<D>(gk, dss, qs);
   }
   const Index oc = per_head ? qc : kc;
-  write_rows<D>(gk, scale, dk + base * ld_dk, ld_dk, k0, f.seq, oc);
-  write_rows<D>(gv, 1.f, dv + base * ld_dv, ld_dv, k0, f.seq, oc);
+  P::template write<D>(gk, scale, dk + base * ld_dk, ld_dk, k0, f.seq, oc, qs);
+  P::template write<D>(gv, 1.f, dv + base * ld_dv, ld_dv, k0, f.seq, oc, dos);
 }
 
 // out[r][g * D + d] = sum over the group's query heads u of part[r][(g * group + u) * D + d], in
@@ -315,41 +247,43 @@ __global__ void group_sum(const T* part, Index rows, Index heads, Index group, I
   }
 }
 
-// Grid: (query tiles, batch * heads). Shared: q, dO, k, v tiles, dS, the query tile's L and D.
-template <int D>
+// Grid: (query tiles, batch * heads). Shared: q, dO, k, v tiles, (P if the policy keeps it,) dS,
+// the query tile's L and D.
+template <class P, int D>
 __global__ void __launch_bounds__(kThreads) dq_kernel(rows::FusedAttention<float> f, const float* dout, Index ld_do,
                                                       const float* lse, const float* delta, float* dq, Index ld_dq) {
-  using G = Geometry<D>;
-  extern __shared__ float smem[];
+  using L = typename P::template Layout<D>;
+  extern __shared__ __align__(128) float smem[];
   float* qs = smem;
-  float* dos = qs + G::tile;
-  float* ks = dos + G::tile;
-  float* vs = ks + G::tile;
-  float* dss = vs + G::tile;
-  float* lse_s = dss + G::scores;
+  float* dos = qs + L::tile;
+  float* ks = dos + L::tile;
+  float* vs = ks + L::tile;
+  float* ps = P::dq_score_tiles == 2 ? vs + L::tile : nullptr;
+  float* dss = vs + L::tile + (P::dq_score_tiles - 1) * L::scores;
+  float* lse_s = dss + L::scores;
   float* delta_s = lse_s + kTile;
   const Index qt = blockIdx.x, b = Index(blockIdx.y) / f.heads, h = Index(blockIdx.y) % f.heads;
   const Index base = b * f.seq, q0 = qt * kTile, qc = h * D, kc = h / f.group() * D;
   const float scale = float(f.scale);
-  stage<D>(f.q.row(base), f.q.ld, q0, f.seq, qc, qs);
-  stage<D>(dout + base * ld_do, ld_do, q0, f.seq, qc, dos);
+  stage<D, L::ld>(f.q.row(base), f.q.ld, q0, f.seq, qc, qs);
+  stage<D, L::ld>(dout + base * ld_do, ld_do, q0, f.seq, qc, dos);
   stage_row_stats(lse, delta, (b * f.heads + h) * f.seq, q0, f.seq, lse_s, delta_s);
-  float gq[kPer][G::cols] = {};
+  typename P::template Acc<D> gq;
+  P::template clear<D>(gq);
   for (Index kt = 0; kt <= qt; ++kt) {
     const Index k0 = kt * kTile;
     __syncthreads();
-    stage<D>(f.k.row(base), f.k.ld, k0, f.seq, kc, ks);
-    stage<D>(f.v.row(base), f.v.ld, k0, f.seq, kc, vs);
+    stage<D, L::ld>(f.k.row(base), f.k.ld, k0, f.seq, kc, ks);
+    stage<D, L::ld>(f.v.row(base), f.v.ld, k0, f.seq, kc, vs);
     __syncthreads();
-    float s[kPer][kPer] = {}, dp[kPer][kPer] = {};
-    scores<D>(qs, ks, s);
-    scores<D>(dos, vs, dp);
-    probabilities<false>(s, dp, lse_s, delta_s, q0, k0, f.seq, scale, nullptr, dss);
+    P::template probabilities<false, D>(qs, ks, dos, vs, lse_s, delta_s, q0, k0, f.seq, scale, ps, dss);
     __syncthreads();
-    times_tile<D>(dss, ks, gq);
+    P::template accumulate<D>(gq, dss, ks);
   }
-  write_rows<D>(gq, scale, dq + base * ld_dq, ld_dq, q0, f.seq, qc);
+  P::template write<D>(gq, scale, dq + base * ld_dq, ld_dq, q0, f.seq, qc, ks);
 }
+
+// ---- launching ---------------------------------------------------------------------------------
 
 template <class Kernel, class... Args>
 void launch(Kernel kernel, dim3 grid, std::size_t shared, cudaStream_t s, const char* name, Args... args) {
@@ -381,8 +315,7 @@ void per_head_dkv(const rows::FusedAttention<float>& f, Index batch, milora::cud
   milora::cuda::check_launch("llama attention dk dv group sum");
 }
 
-/// One schedule's three kernels and their dynamic shared memory in bytes: schedule<D>() here, and
-/// tensor_core::schedule<D>() (attention_tensor_core.cuh); run_forward / run_backward launch either.
+/// One policy's three kernels for head_dim D and their dynamic shared memory in bytes.
 struct Schedule {
   void (*forward)(rows::FusedAttention<float>, float*, Index, float*);
   std::size_t forward_shared;
@@ -396,12 +329,13 @@ struct Schedule {
   const char* dq_name;
 };
 
-template <int D>
+template <class P, int D>
 Schedule schedule() {
-  using G = Geometry<D>;
-  return {forward_kernel<D>, sizeof(float) * (3 * G::tile + G::scores + 3 * kTile), "llama attention forward (tiled)",
-          dkv_kernel<D>,     sizeof(float) * (4 * G::tile + 2 * G::scores + 2 * kTile), "llama attention dk dv (tiled)",
-          dq_kernel<D>,      sizeof(float) * (4 * G::tile + G::scores + 2 * kTile), "llama attention dq (tiled)"};
+  using L = typename P::template Layout<D>;
+  constexpr int forward_tiles = P::forward_pv_tile ? 4 : 3;
+  return {forward_kernel<P, D>, sizeof(float) * (forward_tiles * L::tile + L::scores + 3 * kTile), P::forward_name,
+          dkv_kernel<P, D>,     sizeof(float) * (4 * L::tile + 2 * L::scores + 2 * kTile),           P::dkv_name,
+          dq_kernel<P, D>,      sizeof(float) * (4 * L::tile + P::dq_score_tiles * L::scores + 2 * kTile), P::dq_name};
 }
 
 // Forward and dq: a block per (query tile, sequence and head); dk, dv: per (key tile, sequence and head).

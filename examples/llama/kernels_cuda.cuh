@@ -16,7 +16,8 @@
 #include <algorithm>
 #include <type_traits>
 
-#include "attention_tensor_core.cuh"
+#include "attention_cuda_cores.cuh"
+#include "attention_tensor_cores.cuh"
 #include "attention_tiled.cuh"
 #include "kernel_profile.hpp"
 #include "kernels_cuda_launch.hpp"
@@ -150,7 +151,7 @@ template <class T>
 rows::RowPtr<T> rows_of(DeviceView<T> m) { return {m.data(), m.ld()}; }
 
 // Float with head_dim 16 / 32 / 64 / 128: the tiled kernels of attention_tiled.cuh, their products on
-// tensor cores in TF32 when the context allows TF32 (attention_tensor_core.cuh). Otherwise one
+// CUDA cores, or on tensor cores in TF32 when the context allows TF32. Otherwise one
 // thread per query row (double, which the parity test uses to check FusedAttention's math on the
 // GPU to 1e-10; other head sizes): the threads of a warp are consecutive positions of one
 // (sequence, head), so they read the same key and value rows at about the same time.
@@ -160,7 +161,8 @@ void attention_forward(const rows::FusedAttention<T>& a, Index batch, DeviceView
     if (tiled::supports(a.head_dim)) {
       tiled::with_head_dim(a.head_dim, [&]<int D>() {
         const bool tensor_cores = milora::cuda::context().tf32();  // --tf32
-        tiled::run_forward(tensor_cores ? tiled::tensor_core::schedule<D>() : tiled::schedule<D>(), a, batch, out, lse, s);
+        tiled::run_forward(tensor_cores ? tiled::schedule<tiled::TensorCores, D>() : tiled::schedule<tiled::CudaCores, D>(), a,
+                           batch, out, lse, s);
       });
       return;
     }
@@ -183,8 +185,8 @@ void attention_backward(const rows::FusedAttention<T>& a, Index batch, DeviceVie
     if (tiled::supports(a.head_dim)) {
       tiled::with_head_dim(a.head_dim, [&]<int D>() {
         const bool tensor_cores = milora::cuda::context().tf32();
-        tiled::run_backward(tensor_cores ? tiled::tensor_core::schedule<D>() : tiled::schedule<D>(), a, batch, dout.data(),
-                            dout.ld(), lse, delta, dq, dk, dv, s);
+        tiled::run_backward(tensor_cores ? tiled::schedule<tiled::TensorCores, D>() : tiled::schedule<tiled::CudaCores, D>(), a,
+                            batch, dout.data(), dout.ld(), lse, delta, dq, dk, dv, s);
       });
       return;
     }

@@ -10,7 +10,7 @@
 // The attention is fused (FusedAttention in kernels_rows.hpp): it keeps one logsumexp per query
 // row instead of the seq x seq probabilities, and its backward recomputes them. For float and
 // head_dim 16/32/64/128 it runs in shared-memory tiles of 64 rows (attention_tiled.cuh), its
-// products on tensor cores in TF32 when the context allows TF32 (attention_tensor_core.cuh); double
+// products on tensor cores in TF32 when the context allows TF32 (attention_tensor_cores.cuh); double
 // and other head sizes keep one thread per row. docs/benchmarks.md has the H200 profile.
 #pragma once
 

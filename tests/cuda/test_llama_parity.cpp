@@ -94,7 +94,7 @@ TEST_CASE("CUDA LLaMA parity, bf16 frozen projections and saved activations: log
 // Float products of 64- and 128-term dots and softmax sums over 150 keys: ~1e-6 relative; 1e-4 is
 // issue 8's float bound. A wrong mask, tile offset or head mapping is off by O(1).
 // With TF32 allowed (--tf32) the same kernels take their products on tensor cores
-// (attention_tensor_core.cuh): every operand rounded to a 10-bit mantissa (2^-11 relative), so
+// (attention_tensor_cores.cuh): every operand rounded to a 10-bit mantissa (2^-11 relative), so
 // outputs and gradients move by ~1e-3; bound 1e-2, the bound of the --tf32 tool test. That path
 // must also differ from the float one by more than float's own error (1e-5), or it did not run.
 namespace {
