@@ -10,19 +10,11 @@
 namespace llama::cuda_launch::tiled {
 
 struct CudaCores {
-  static constexpr const char* forward_name = "llama attention forward (tiled)";
-  static constexpr const char* dkv_name = "llama attention dk dv (tiled)";
-  static constexpr const char* dq_name = "llama attention dq (tiled)";
+  static constexpr const char* label = "tiled";
   static constexpr bool forward_pv_tile = false;  // P . V goes straight into the output's registers
   static constexpr int dq_score_tiles = 1;         // dq needs dS alone
-
   template <int D>
-  struct Layout {
-    static constexpr int ld = D + 1;             // padded: the column walks of a tile hit distinct banks
-    static constexpr int tile = kTile * ld;
-    static constexpr int sld = kTile + 1;
-    static constexpr int scores = kTile * sld;
-  };
+  using Layout = TileLayout<D, 1, 1>;  // one float of padding: a column walk hits distinct banks
   template <int D>
   struct Acc {
     float v[kPer][D / kGrid];

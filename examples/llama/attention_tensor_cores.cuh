@@ -21,9 +21,7 @@
 namespace llama::cuda_launch::tiled {
 
 struct TensorCores {
-  static constexpr const char* forward_name = "llama attention forward (tensor cores)";
-  static constexpr const char* dkv_name = "llama attention dk dv (tensor cores)";
-  static constexpr const char* dq_name = "llama attention dq (tensor cores)";
+  static constexpr const char* label = "tensor cores";
   static constexpr bool forward_pv_tile = true;  // P . V passes through shared memory (see above)
   static constexpr int dq_score_tiles = 2;        // the raw scores and dP, then P and dS in place
 
@@ -34,11 +32,7 @@ struct TensorCores {
   using FragC = nvcuda::wmma::fragment<nvcuda::wmma::accumulator, 16, 16, 8, float>;
 
   template <int D>
-  struct Layout {
-    static constexpr int ld = D + 8;                 // a staged 64 x D tile's row stride
-    static constexpr int tile = kTile * ld;
-    static constexpr int sld = kTile + 8;            // a 64 x 64 score tile's row stride
-    static constexpr int scores = kTile * sld;
+  struct Layout : TileLayout<D, 8, 8> {               // rows 32 bytes apart, as WMMA loads want
     static constexpr int out_frags = 4 * (D / 16);   // 16 x 16 fragments of a 64 x D output
     static constexpr int per_warp = (out_frags + 7) / 8;
   };

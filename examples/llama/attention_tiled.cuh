@@ -40,7 +40,8 @@
 //   probabilities<keys_are_rows, D>(x, y, u, z, lse, delta, q0, k0, seq, scale, ps, dss):
 //                                    P = exp(scale x . y^T - L) into ps (if not null) and
 //                                    dS = P (u . z^T - D) into dss for a tile pair
-//   forward_pv_tile (a 64 x D scratch for add_pv), dq_score_tiles (1: dq needs dS alone), names
+//   forward_pv_tile (a 64 x D scratch for add_pv), dq_score_tiles (1: dq needs dS alone), and a
+//   label for the kernels' names in MILORA_CUDA_PROFILE's table
 #pragma once
 
 #if !defined(__CUDACC__)
@@ -49,6 +50,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <string>
 
 #include "kernel_profile.hpp"
 #include "kernels_rows.hpp"
@@ -63,6 +65,16 @@ constexpr int kTile = 64;                  // query and key rows per tile
 constexpr int kGrid = 16;                  // a kGrid x kGrid grid of threads:
 constexpr int kThreads = kGrid * kGrid;    // thread (ty, tx) holds rows ty + 16 a and columns tx + 16 b
 constexpr int kPer = kTile / kGrid;        // rows (a) per thread
+
+/// A 64 x D staged tile whose rows are D + pad floats apart, and a 64 x 64 score tile with rows
+/// 64 + score_pad apart: padding spreads a column walk over the shared memory banks.
+template <int D, int pad, int score_pad>
+struct TileLayout {
+  static constexpr int ld = D + pad;
+  static constexpr int tile = kTile * ld;
+  static constexpr int sld = kTile + score_pad;
+  static constexpr int scores = kTile * sld;
+};
 
 /// The head sizes with a tiled kernel.
 inline bool supports(Index head_dim) { return head_dim == 16 || head_dim == 32 || head_dim == 64 || head_dim == 128; }
@@ -333,9 +345,13 @@ template <class P, int D>
 Schedule schedule() {
   using L = typename P::template Layout<D>;
   constexpr int forward_tiles = P::forward_pv_tile ? 4 : 3;
-  return {forward_kernel<P, D>, sizeof(float) * (forward_tiles * L::tile + L::scores + 3 * kTile), P::forward_name,
-          dkv_kernel<P, D>,     sizeof(float) * (4 * L::tile + 2 * L::scores + 2 * kTile),           P::dkv_name,
-          dq_kernel<P, D>,      sizeof(float) * (4 * L::tile + P::dq_score_tiles * L::scores + 2 * kTile), P::dq_name};
+  // the profile's names, one string per policy for the life of the program
+  static const std::string forward = std::string("llama attention forward (") + P::label + ")",
+                           dkv = std::string("llama attention dk dv (") + P::label + ")",
+                           dq = std::string("llama attention dq (") + P::label + ")";
+  return {forward_kernel<P, D>, sizeof(float) * (forward_tiles * L::tile + L::scores + 3 * kTile), forward.c_str(),
+          dkv_kernel<P, D>,     sizeof(float) * (4 * L::tile + 2 * L::scores + 2 * kTile),           dkv.c_str(),
+          dq_kernel<P, D>,      sizeof(float) * (4 * L::tile + P::dq_score_tiles * L::scores + 2 * kTile), dq.c_str()};
 }
 
 // Forward and dq: a block per (query tile, sequence and head); dk, dv: per (key tile, sequence and head).

@@ -18,14 +18,13 @@
 #include <vector>
 
 #include "milora/backend/detail/blas_lapack.hpp"
-#include "milora/backend/detail/host_bf16.hpp"
+#include "milora/backend/detail/host_backend.hpp"
 #include "milora/core/backend.hpp"
-#include "milora/core/random.hpp"
 
 namespace milora {
 
 namespace detail {
-/// How EigenBackend holds matrices of any element type (detail::HostBf16 uses it for bf16).
+/// How EigenBackend holds matrices of any element type (detail::HostBackend uses it).
 struct EigenStorage {
   template <class U>
   using matrix = Eigen::Matrix<U, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>;
@@ -43,7 +42,7 @@ struct EigenStorage {
 }  // namespace detail
 
 template <class T>
-struct EigenBackend : detail::HostBf16<EigenBackend<T>, T, detail::EigenStorage> {
+struct EigenBackend : detail::HostBackend<EigenBackend<T>, T, detail::EigenStorage> {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "EigenBackend supports float and double");
 
@@ -161,15 +160,7 @@ struct EigenBackend : detail::HostBf16<EigenBackend<T>, T, detail::EigenStorage>
       }
   }
 
-  // ---- random ----------------------------------------------------------------------------------
-  static void fill_uniform(view m, double lo, double hi, std::uint64_t seed) {
-    random::fill_uniform_host<T>(m, lo, hi, seed);
-  }
-  static void fill_normal(view m, double mean, double stddev, std::uint64_t seed) {
-    random::fill_normal_host<T>(m, mean, stddev, seed);
-  }
-
-  // ---- bf16 storage: inherited from detail::HostBf16 (backend/detail/host_bf16.hpp) --------------
+  // ---- random fills, bf16 storage: inherited from detail::HostBackend (backend/detail/host_backend.hpp)
 
   // ---- LAPACK ----------------------------------------------------------------------------------
   static SVDResult<matrix> svd(const_view a) {

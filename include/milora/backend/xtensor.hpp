@@ -37,16 +37,15 @@
 #include <stdexcept>
 #include <vector>
 
-#include "milora/backend/detail/host_bf16.hpp"
+#include "milora/backend/detail/host_backend.hpp"
 #include "milora/backend/detail/mirror.hpp"
 #include "milora/backend/xtensor_ref.hpp"
 #include "milora/core/backend.hpp"
-#include "milora/core/random.hpp"
 
 namespace milora {
 
 namespace detail {
-/// How XtensorBackend holds matrices of any element type (detail::HostBf16 uses it for bf16).
+/// How XtensorBackend holds matrices of any element type (detail::HostBackend uses it).
 struct XtensorStorage {
   template <class U>
   using matrix = xmatrix<U>;
@@ -66,7 +65,7 @@ struct XtensorStorage {
 }  // namespace detail
 
 template <class T>
-struct XtensorBackend : detail::HostBf16<XtensorBackend<T>, T, detail::XtensorStorage> {
+struct XtensorBackend : detail::HostBackend<XtensorBackend<T>, T, detail::XtensorStorage> {
   static_assert(std::is_same_v<T, float> || std::is_same_v<T, double>,
                 "XtensorBackend supports float and double");
 
@@ -202,15 +201,7 @@ struct XtensorBackend : detail::HostBf16<XtensorBackend<T>, T, detail::XtensorSt
     xt::noalias(pe) = pe - step_size * me / (xt::sqrt(ve) / bc2 + eps);
   }
 
-  // ---- random ----------------------------------------------------------------------------------
-  static void fill_uniform(view m, double lo, double hi, std::uint64_t seed) {
-    random::fill_uniform_host<T>(m, lo, hi, seed);
-  }
-  static void fill_normal(view m, double mean, double stddev, std::uint64_t seed) {
-    random::fill_normal_host<T>(m, mean, stddev, seed);
-  }
-
-  // ---- bf16 storage: inherited from detail::HostBf16 (backend/detail/host_bf16.hpp) --------------
+  // ---- random fills, bf16 storage: inherited from detail::HostBackend (backend/detail/host_backend.hpp)
 
   // ---- LAPACK (through xt::linalg) -------------------------------------------------------------
   static SVDResult<matrix> svd(const_view a) {

@@ -1,5 +1,6 @@
-// The bf16 storage of the host backends (Eigen, xtensor), written once: HostBf16<Backend, T, Storage>
-// gives a backend every member of the Bf16Backend concept (milora/core/backend.hpp) by inheritance.
+// What the host backends (Eigen, xtensor) share, written once: HostBackend<Backend, T, Storage>
+// gives a backend every member of the Bf16Backend concept (milora/core/backend.hpp) and its random
+// fills by inheritance.
 //
 // Storage says how the host library holds matrices of any element type U:
 //   template <class U> using matrix = ...;      owning, row-major
@@ -8,6 +9,7 @@
 //   template <class U> static matrix<U> uninitialized(Index rows, Index cols);
 //   template <class V> static auto* row(V m, Index i);   the first element of row i of a view
 //   using bf16_element = ...;                   16 bits, bf16's bit pattern (std::bit_cast to uint16_t)
+// The fills give element (i, j) draw i * cols + j of milora/core/random.hpp, as every backend does.
 // Rows are contiguous in every view (row-major, inner stride 1), so conversions walk row pointers,
 // which the compiler vectorises. Rounding is milora's float_to_bf16 (to nearest, ties to even,
 // double through float, as on every backend); widening is exact. The products widen W a panel of
@@ -23,11 +25,19 @@
 #include "milora/core/backend.hpp"
 #include "milora/core/bf16.hpp"
 #include "milora/core/checks.hpp"
+#include "milora/core/random.hpp"
 
 namespace milora::detail {
 
 template <class Backend, class T, class Storage>
-struct HostBf16 {
+struct HostBackend {
+  static void fill_uniform(typename Storage::template view<T> m, double lo, double hi, std::uint64_t seed) {
+    random::fill_uniform_host<T>(m, lo, hi, seed);
+  }
+  static void fill_normal(typename Storage::template view<T> m, double mean, double stddev, std::uint64_t seed) {
+    random::fill_normal_host<T>(m, mean, stddev, seed);
+  }
+
   using bf16_matrix = typename Storage::template matrix<typename Storage::bf16_element>;
   using bf16_view = typename Storage::template view<typename Storage::bf16_element>;
   using bf16_const_view = typename Storage::template const_view<typename Storage::bf16_element>;
