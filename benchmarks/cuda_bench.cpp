@@ -1,4 +1,4 @@
-// CudaBackend on a GPU (issue 5), as ratios against baselines measured in the same run:
+// CudaBackend on a GPU, as ratios against baselines measured in the same run:
 //   adapter: LoRA forward + backward (dx, dA, dB) over a frozen layer, against the plain cuBLAS
 //            layer's forward + backward (dx): 4096 x 4096 and 11008 x 4096 (out x in, LLaMA-7B's
 //            attention and MLP up/gate shapes), r = 16 and 64, 2048 and 8192 tokens, float.

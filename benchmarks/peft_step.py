@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""The baseline of issue 8: one LoRA fine-tuning step of Hugging Face transformers' LlamaForCausalLM
+"""The GPU baseline of the reference LLaMA: one LoRA fine-tuning step of Hugging Face transformers' LlamaForCausalLM
 with PEFT, on a GPU, for the config llama_step_bench runs (scripts/gpu.sh runs both and prints the
 ratio).
 

@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# The CUDA backend on a GPU: its test suite, its benchmark and torch.linalg.svd on the same GPU
-# (issue 5); the reference LLaMA there: the CUDA LLaMA tests, milora-finetune / milora-eval
-# --device cuda against the CPU, PEFT loading milora's adapter, and a LoRA step of a ~1.1B LLaMA
-# against transformers + PEFT (issue 8); a short table printed last. Two steps, because the GPU machines lent to this project
+# The CUDA backend on a GPU: its test suite, its benchmark and torch.linalg.svd on the same GPU;
+# the reference LLaMA there: the CUDA LLaMA tests, milora-finetune / milora-eval --device cuda
+# against the CPU, PEFT loading milora's adapter, and a LoRA step of a ~1.1B LLaMA against
+# transformers + PEFT; a short table printed last. Two steps, because the GPU machines lent to this project
 # (/work/.library/device) have nvcc and PyTorch but not Debian's Eigen, doctest or Google Benchmark,
 # and cannot install anything:
 #
@@ -208,7 +208,7 @@ PY
   stage peft_step_tf32 60 python3 "$root/benchmarks/peft_step.py" $shape --dtype float32 --tf32 || fails+=(peft_step_tf32)
   stage peft_step_f32 60 python3 "$root/benchmarks/peft_step.py" $shape --dtype float32 || fails+=(peft_step_f32)
   step_table > "$log/step_table.txt" 2>&1 || true
-  # last, issue 5's backend benchmark and torch's SVD on the same GPU
+  # last, the backend's benchmark and torch's SVD on the same GPU
   stage torch_svd 40 bash -c torch_svd || fails+=(torch_svd)
   stage cuda_bench 150 "$out/benchmarks/cuda_bench" --benchmark_repetitions="${MILORA_GPU_BENCH_REPS:-1}" || fails+=(cuda_bench)
   echo

@@ -79,7 +79,7 @@ TEST_CASE("InitMethods: names are the policies' own, each once, calibration and 
     CHECK(seen.insert(m.name).second);
     CHECK(&milora::init_method<B>(m.name) == &m);
   }
-  CHECK(milora::init_method_names<B>() == "lora,pissa,milora,olora,orthogonal,mica,corda-kpm,corda-ipm,eva,lora-ga");
+  CHECK(milora::init_method_names<B>() == "lora,gaussian,pissa,milora,olora,orthogonal,mica,corda-kpm,corda-ipm,eva,lora-ga");
   // what the policies' types say, independently of the registry's own reading
   using enum milora::Calibration;
   CHECK(milora::init_method<B>("corda-kpm").calibration == input_statistics);
@@ -110,7 +110,7 @@ TEST_CASE("with_init_method: the named method's exact or fast policy, an unknown
   CHECK(solver_of("olora", true) == "olora");
   int calls = 0;
   CHECK_THROWS_WITH_AS(milora::with_init_method<B>("dora", false, [&]<class P>() { ++calls; }),
-                       "unknown init method 'dora' (lora,pissa,milora,olora,orthogonal,mica,corda-kpm,corda-ipm,eva,lora-ga)",
+                       "unknown init method 'dora' (lora,gaussian,pissa,milora,olora,orthogonal,mica,corda-kpm,corda-ipm,eva,lora-ga)",
                        milora::value_error);
   CHECK(calls == 0);
 }

@@ -1,8 +1,8 @@
 // The fine-tuning task of compare_inits: write four random letters backwards, "kqzb=bzqk\n", 10
 // tokens per problem in the byte vocabulary. It is nothing like the pre-training corpus (English
 // fortunes), so what the adapters learn and what the model forgets can be told apart, and a small
-// model can learn it in minutes (it is a matter of attending at the right offsets; three-digit
-// addition, the first choice, stayed near 0 % for every method in the demo's budget).
+// model can learn it in minutes: it is a matter of attending at the right offsets (docs/demo.md says
+// why not arithmetic).
 #pragma once
 
 #include <random>

@@ -1,4 +1,4 @@
-// The reference LLaMA on CudaBackend against the same model on EigenBackend (issue 8): the tiny
+// The reference LLaMA on CudaBackend against the same model on EigenBackend: the tiny
 // golden model of tests/data/llama_tiny with MiLoRA adapters on every projection, one forward and
 // backward on both. Logits, loss and every adapter gradient agree to 1e-4 relative in float (two
 // float computations with different summation orders: cuBLAS vs OpenBLAS, a thread per row vs
@@ -92,7 +92,7 @@ TEST_CASE("CUDA LLaMA parity, bf16 frozen projections and saved activations: log
 // model cannot reach them: several 64-row tiles with a partial last one, and head sizes 64 and 128,
 // against the CPU kernels in double (the seq x seq probabilities, an independent computation).
 // Float products of 64- and 128-term dots and softmax sums over 150 keys: ~1e-6 relative; 1e-4 is
-// issue 8's float bound. A wrong mask, tile offset or head mapping is off by O(1).
+// the float bound of docs/cuda.md. A wrong mask, tile offset or head mapping is off by O(1).
 // With TF32 allowed (--tf32) the same kernels take their products on tensor cores
 // (attention_tensor_cores.cuh): every operand rounded to a 10-bit mantissa (2^-11 relative), so
 // outputs and gradients move by ~1e-3; bound 1e-2, the bound of the --tf32 tool test. That path

@@ -1,5 +1,5 @@
 // CUDA against Eigen on the same weights and seed: adapters, outputs, gradients, AdamW steps and
-// the merged weight agree to 1e-4 relative in float (issue 5's bound; cuBLAS's summation order
+// the merged weight agree to 1e-4 relative in float (docs/cuda.md's bound; cuBLAS's summation order
 // differs from OpenBLAS's and cuSOLVER's gesvd from LAPACK's gesdd, so bit equality is not
 // expected) and to 1e-10 in double. OLoRA is left out: its factors' signs follow the QR routine
 // (B*A does not), and its properties are tested on CudaBackend by test_init_policies.cpp.
@@ -35,7 +35,7 @@ TEST_CASE("CUDA parity: MiLoRA matches Eigen (float 1e-4, double 1e-10)") {
 // so outputs agree to the float bound; but a residual entry W - s B A that lies within float
 // rounding (1e-7 relative) of a bf16 rounding boundary may round to the neighbouring bf16 value
 // on one backend: one bf16 ulp (2^-7) of one entry of 384, ~2.5e-4 of the matrix. Hence 1e-3,
-// still ten times inside issue 5's bf16 bound of 1e-2.
+// still ten times inside docs/cuda.md's bf16 bound of 1e-2.
 TEST_CASE("CUDA parity: LoRA, PiSSA and MiLoRA with bf16 frozen weights match Eigen (1e-3)") {
   using milora::Bf16Weights;
   using milora::ExactSVD;

@@ -100,7 +100,7 @@ TEST_CASE("add_adapters_for_method: each method name gets its own policy, the fa
   const Index batch = 1, seq = 6, batches = 2;
   const auto tokens = tokens_of(batch * seq * batches + 1, cfg.vocab_size, 4);
   const std::vector<std::string> targets = {"q_proj", "down_proj"};
-  const std::vector<std::string> methods = {"lora", "pissa", "milora", "olora", "orthogonal",
+  const std::vector<std::string> methods = {"lora", "gaussian", "pissa", "milora", "olora", "orthogonal",
                                             "mica", "corda-kpm", "corda-ipm", "eva", "lora-ga"};
   std::string listed;
   for (const auto& m : methods) listed += (listed.empty() ? "" : ",") + m;
@@ -139,7 +139,7 @@ TEST_CASE("add_adapters_for_method: each method name gets its own policy, the fa
   auto model = llama::random_model<llama::Llama<BE>>(cfg, 5, 0.3);
   CHECK_THROWS_WITH_AS(llama::add_adapters_for_method(*model, "dora", false, targets, {.rank = 2, .alpha = 4}, tokens, batch,
                                                       seq, batches),
-                       doctest::Contains("unknown init method 'dora' (lora,pissa,"), milora::value_error);
+                       doctest::Contains("unknown init method 'dora' (lora,gaussian,pissa,"), milora::value_error);
   CHECK(model->adapted().empty());
 }
 
@@ -366,7 +366,7 @@ TEST_CASE("Llama<double> full training: the gradient of every weight (embedding,
 // bf16 (relative 2^-9 per entry), so the adapter gradients move at that precision: measured
 // 1e-3 to 1.4e-2 of each gradient's norm here (2e-3 to 9e-3 on a 64-wide model; the last layer's
 // down_proj lora_B not at all: it reads only the float final norm's gradient and its own h),
-// bounded by 2e-2 (issue 8's bf16 tolerance). Switching back gives
+// bounded by 2e-2 (the bf16 tolerance of docs/cuda.md). Switching back gives
 // the default's gradients bit for bit (the buffers are remade). The saved activations take about
 // half the bytes (the bf16 ones exactly half; rstd and the attention's probabilities stay).
 TEST_CASE("Llama<double>: activations kept in bf16 give the same loss and logits, gradients to bf16 precision, about half "

@@ -102,7 +102,7 @@ TEST_CASE("milora-finetune / -eval / -generate: train, checkpoint, resume bit fo
 // --dtype bf16: the frozen projections in bf16, everything the run saves in float32 as before. The
 // run is its own (resumes bit for bit in bf16, refuses to resume as float32), and its checkpoint is
 // an ordinary PEFT folder: milora-eval on the original float32 model gives its held-out loss to
-// bf16 precision (2e-2, issue 8's bf16 tolerance), as does the float32 run of the same settings, and
+// bf16 precision (2e-2, the bf16 tolerance of docs/cuda.md), as does the float32 run of the same settings, and
 // milora-eval / milora-generate --dtype bf16 (the model in bf16, the adapter merged into it) run.
 TEST_CASE("milora-finetune --dtype bf16: trains as float32 does to 2e-2, resumes bit for bit, refuses a float32 resume, "
           "its checkpoint evaluates on the float32 model") {

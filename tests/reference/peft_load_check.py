@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Does an adapter milora wrote load in PEFT and compute what milora computes? (issue 8)
+"""Does an adapter milora wrote load in PEFT and compute what milora computes?
 
 Loads a Hugging Face LLaMA folder with transformers, puts a PEFT adapter folder on it with
 PeftModel.from_pretrained (for a PiSSA / MiLoRA checkpoint of milora-finetune: its plain_lora/

@@ -29,6 +29,7 @@
 #include "milora/init/calibrated.hpp"
 #include "milora/init/corda.hpp"
 #include "milora/init/eva.hpp"
+#include "milora/init/gaussian.hpp"
 #include "milora/init/kaiming.hpp"
 #include "milora/init/lora_ga.hpp"
 #include "milora/init/mica.hpp"
@@ -68,6 +69,7 @@ template <Backend B>
 using InitMethods = std::tuple<
     //         PEFT init_lora_weights  exact policy                                        fast policy
     InitMethod<"true",        KaimingUniform>,
+    InitMethod<"gaussian",    Gaussian>,
     InitMethod<"pissa",       PrincipalSVD<ExactSVD>,                              PrincipalSVD<RandomizedSVD>>,
     InitMethod<"",            MinorSVD<ExactSVD>,                                  MinorSVD<CholeskyKrylovSVD>>,
     InitMethod<"olora",       LeadingQR>,

@@ -9,10 +9,9 @@
 //
 // Cost: 2 (1 + 2 q) gemms of W with a k-column block plus k x n work, instead of gesdd's O(m n^2).
 // PEFT's init_lora_weights="pissa_niter_K" calls torch.svd_lowrank(W, q=r, niter=K), i.e.
-// RandomizedSVD{.oversampling = 0, .power_iterations = K}. Our default, p = r and q = 6, was picked
-// by measurement on a 4096 x 4096 LLM-like spectrum (docs/benchmarks.md): p = 10, q = 4 gave sigma
-// errors of 3e-3 (r = 16) and 3e-2 (r = 64); p = r, q = 6 gives 2e-5 and 5e-5, still 17-57x
-// faster than gesdd.
+// RandomizedSVD{.oversampling = 0, .power_iterations = K}. Our default, p = r and q = 6, keeps sigma
+// to ~1e-5 on a slowly decaying (LLM-like) spectrum, where PEFT-like p = 10, q = 4 is off by 1e-3
+// to 1e-2; docs/benchmarks.md has the measured alternatives.
 // As everywhere, the adapter builds W' from the factors produced, so the output is unchanged at init
 // whatever the accuracy.
 #pragma once

@@ -7,9 +7,8 @@
 // Panels are taken so that each gemm writes its own columns of C once: rows of W when the product
 // uses W^T (a forward, y = x W^T), columns of W when it uses W (a backward, dx = dy W); splitting the
 // summation index instead reads and writes all of C once per panel. What the bf16 path costs over a
-// float layer on the CPU (1.15-1.3x, forward or forward + backward, at 4096^2, 512 or 2048 tokens;
-// docs/benchmarks.md) is the rounded copy of x and the widening, not the panel size: 8, 16, 24 and
-// 64 MiB panels measured the same within this VM's noise.
+// float layer on the CPU is the rounded copy of x and the widening, not the panel size
+// (docs/benchmarks.md, "Why the code is as it is").
 //
 // B is a Bf16Backend (milora/core/backend.hpp): these call nothing that concept does not name.
 #pragma once

@@ -71,9 +71,8 @@ inline void syrk(bool ta, Index n, Index k, double alpha, const double* a, Index
 // ---- TRSM: X = op(L)^-1 X, L lower triangular (n x n), X n x m, row-major ------------------------
 // By panels of kTrsmPanel rows, right-looking: a small trsm on each diagonal block, then one gemm
 // updates every row still to solve. The same arithmetic as one trsm call, but OpenBLAS threads its
-// own trsm poorly when X is narrow, as in CholeskyKrylovSVD's blocks: a forward + backward pair at
-// n = 4096 on 2 cores measured 1.7x faster for m = 8-32, 1.3x for m = 80, 1.2x for m = 256 and the
-// same for m = 1024 (docs/benchmarks.md, issue 4).
+// own trsm poorly when X is narrow, as in CholeskyKrylovSVD's blocks, and one gemm per panel does
+// not (docs/benchmarks.md, "Why the code is as it is", has the gain by width).
 inline constexpr Index kTrsmPanel = 128;
 
 template <class T, class Trsm, class Gemm>

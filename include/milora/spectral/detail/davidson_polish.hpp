@@ -17,11 +17,10 @@ namespace milora::detail::minor_krylov {
 // estimate of step 3 from these residuals; if it misses the tolerance, the b residuals R,
 // preconditioned by the float pass's last factor M (~ G - mu I), join the basis for the next
 // step as two blocks, M^-1 R and M^-2 R. The basis keeps growing (a restart to the b Ritz
-// vectors measured 3 steps where 2 do), and the second block is nearly free: the products with
-// W are memory-bound, so one pass over W with 2b columns costs about what b columns do, and on
-// the LLM-like spectrum it makes one step do the work of two (4096^2: 9e-3 -> 5e-5 in one step).
-// The float pass's own residuals are no substitute for the exact R: as a first block they
-// moved the estimate from 9e-3 only to 6e-3 (float noise, not information).
+// vectors takes more steps), and the second block is nearly free: the products with W are
+// memory-bound, so one pass over W with 2b columns costs about what b columns do, and one step
+// then does the work of two. The float pass's own residuals are no substitute for the exact R:
+// they are float noise, not information. (docs/benchmarks.md has the estimates step by step.)
 template <Backend D>
 struct MinorBasis {
   matrix_t<D> x;       // k x r, orthonormal

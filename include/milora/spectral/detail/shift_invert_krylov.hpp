@@ -222,15 +222,14 @@ std::optional<KrylovPass<P>> phases(const KrylovSettings& settings, matrix_t<P>&
   while (!state.converged && !state.stalled && pass.blocks + per_phase <= settings.max_blocks) {
     // Ritz values are upper bounds: the smallest eigenvalue is below theta_0, and the wanted
     // ones spread over ~ theta_r - theta_0. If the shift is still above the smallest
-    // eigenvalue, Cholesky fails and we step down by 4x the distance. (Adding ||r_0|| to every
-    // step, the safe choice, measured 3x more phases on the test spectra.)
+    // eigenvalue, Cholesky fails and we step down by 4x the distance; stepping by ||r_0|| every
+    // time is safe but costs phases.
     const double theta0 = state.theta[0] + pass.mu;  // back to G's eigenvalues
-    // After the unshifted phase theta_0 is still far off, by up to ||r_0|| (measured: stepping
-    // by half the width there failed two Cholesky attempts out of three). The bound is loose,
-    // though: on the LLM-like spectrum theta_0 was off by 0.19 ||r_0||, and a shift of
-    // ||r_0|| / 4 landed 3 widths below the cluster, where the next phase converges instead of
-    // only locating it; if that shift fails, the next is ||r_0||, the safe one.
-    // After a shifted phase theta_0 is accurate and half the width is the right distance.
+    // After the unshifted phase theta_0 can be off by up to ||r_0||, so half the width is too
+    // little there. The bound is loose, though: a shift of first_shift * ||r_0|| usually lands
+    // a few widths below the cluster, where the next phase converges instead of only locating
+    // it; if that shift fails, the next is ||r_0||, the safe one. After a shifted phase theta_0
+    // is accurate and half the width is the right distance. (docs/benchmarks.md counts phases.)
     const double half_width = 0.5 * (state.theta[std::size_t(r)] - state.theta[0]);
     const double step = pass.mu == 0 ? std::max(half_width, state.residual0) : half_width;
     const double first_margin = pass.mu == 0 && state.residual0 > half_width ? settings.first_shift : 1.0;
