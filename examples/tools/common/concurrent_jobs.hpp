@@ -4,7 +4,7 @@
 //
 // Why: a fast spectral solve is mostly narrow, memory-bound products and small factorisations,
 // which a second BLAS thread barely speeds up; two matrices side by side, each with a
-// single-threaded BLAS, use two cores better (docs/benchmarks.md, "Two matrices at a time"). Two
+// single-threaded BLAS, use two cores better (docs/benchmarks.md, "Why the code is as it is"). Two
 // threads each calling a multi-threaded OpenBLAS are worse than either: its threads spin waiting
 // for each other. The thread count is process-wide state of OpenBLAS, hence an object that
 // restores it. Without LAPACKE milora's products are Eigen's own, single-threaded: nothing to share.
