@@ -145,11 +145,11 @@ std::pair<double, double> task_metrics(const Options& o, Model& model, const Dat
 }
 
 Row run_method(const Options& o, const std::string& method, unsigned seed, const fs::path& model_dir, const Data& d,
-               double task_before, double ppl_before, std::ofstream& curves) {
+               double task_before, double ppl_before, std::ostream& curves) {
   using Model = llama::Llama<BE>;
   const milora::io::HFModel hf(model_dir);
   auto model = llama::from_pretrained<Model>(hf);
-  const auto targets = milora::tools::split_list(o.targets);
+  const auto targets = milora::tools::parse_targets(o.targets);
   const auto t0 = std::chrono::steady_clock::now();
   if (method == "full") model->enable_full_training();
   else  // exact solvers; CorDA / EVA / LoRA-GA calibrated on the first 8 batches of the task's training data
@@ -221,14 +221,15 @@ std::string pm(const std::vector<double>& v, int digits) {
 }
 
 void write_reports(const Options& o, const std::vector<Row>& rows, const fs::path& out) {
-  std::ofstream csv(out / "results.csv");
+  std::ostringstream csv;
   csv << "method,seed,lr,trainable,seconds,task_loss_before,task_loss,task_accuracy,ppl_before,ppl_after,forgetting,top_energy,bottom_energy,"
          "sigma_shift,vector_shift\n";
   for (const auto& r : rows)
     csv << r.method << ',' << r.seed << ',' << r.lr << ',' << r.trainable << ',' << r.seconds << ',' << r.task_loss_before << ',' << r.task_loss << ','
         << r.task_accuracy << ',' << r.ppl_before << ',' << r.ppl_after << ',' << r.ppl_after - r.ppl_before << ','
         << r.sub.top_energy << ',' << r.sub.bottom_energy << ',' << r.sub.sigma_shift << ',' << r.sub.vector_shift << '\n';
-  std::ofstream md(out / "summary.md");
+  milora::io::write_file_atomically(out / "results.csv", csv.str());
+  std::ostringstream md;
   md << "| method | lr | trainable | task loss (before " << std::fixed << std::setprecision(4) << rows.front().task_loss_before
      << ") | task accuracy | corpus ppl after (before " << std::setprecision(3) << rows.front().ppl_before << ") | ΔW energy in top-" << o.rank << " | in bottom-" << o.rank
      << " | top-σ shift | top-u shift | time [s] |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
@@ -256,12 +257,13 @@ void write_reports(const Options& o, const std::vector<Row>& rows, const fs::pat
   }
   md << "\n" << rows.size() / order.size() << " seeds per method (mean ± sample std); rank " << o.rank << ", alpha = rank, "
      << o.steps << " steps of " << o.batch << " x " << o.seq << " tokens; targets " << o.targets << ".\n";
+  milora::io::write_file_atomically(out / "summary.md", md.str());
 }
 
 void write_plots(const fs::path& out, const std::vector<std::string>& methods) {
   std::string names;  // gnuplot's word list, e.g. "full lora pissa milora"
   for (const auto& m : methods) names += (names.empty() ? "" : " ") + m;
-  std::ofstream gp(out / "plots.gp");
+  std::ostringstream gp;
   gp << "methods = '" << names << "'\n";
   gp << R"(set datafile separator ','
 set terminal pngcairo size 900,560 noenhanced
@@ -283,7 +285,7 @@ set xlabel ''; set ylabel 'share of energy'; set style data histograms; set styl
 set style fill solid 0.8; set yrange [0:*]
 plot 'energy.csv' using 2:xtic(1) title 'top-r', '' using 3 title 'bottom-r'
 )";
-  gp.close();
+  milora::io::write_file_atomically(out / "plots.gp", gp.str());
   // per-method means for the bar chart
   std::map<std::string, std::pair<std::vector<double>, std::vector<double>>> e;
   std::ifstream csv(out / "results.csv");
@@ -298,9 +300,9 @@ plot 'energy.csv' using 2:xtic(1) title 'top-r', '' using 3 title 'bottom-r'
     e[f[0]].first.push_back(std::stod(f[11]));
     e[f[0]].second.push_back(std::stod(f[12]));
   }
-  std::ofstream en(out / "energy.csv");
+  std::ostringstream en;
   for (const auto& m : order) en << m << ',' << mean_std(e[m].first).first << ',' << mean_std(e[m].second).first << '\n';
-  en.close();
+  milora::io::write_file_atomically(out / "energy.csv", en.str());
   if (std::system("command -v gnuplot > /dev/null 2>&1") != 0) {
     std::cerr << "compare_inits: gnuplot not found (apt-get install gnuplot-nox): no PNG plots; the CSVs are there\n";
     return;
@@ -347,7 +349,7 @@ void run(const Options& o) {
   base.reset();
 
   std::vector<Row> rows;
-  std::ofstream curves(out / "curves.csv");
+  std::ostringstream curves;
   curves << "method,seed,step,loss,smoothed\n";
   const auto methods = milora::tools::split_list(o.methods);
   for (unsigned seed = 0; seed < unsigned(o.seeds); ++seed) {
@@ -365,7 +367,7 @@ void run(const Options& o) {
       rows.push_back(r);
     }
   }
-  curves.close();
+  milora::io::write_file_atomically(out / "curves.csv", curves.str());
   write_reports(o, rows, out);
   write_plots(out, methods);
   std::cout << "\n" << llama::read_file(out / "summary.md") << "\nwritten: " << (out / "summary.md").string() << ", "
@@ -393,10 +395,10 @@ int main(int argc, char** argv) {
   app.add_option("--pretrain-steps", o.pretrain_steps, "pre-training steps")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--pretrain-hidden", o.pretrain_hidden, "pre-trained model width")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--pretrain-layers", o.pretrain_layers, "pre-trained model depth")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--eval-batches", o.eval_batches, "corpus held-out batches (8 x 128) for perplexity")->capture_default_str();
+  app.add_option("--eval-batches", o.eval_batches, "corpus held-out batches (8 x 128) for perplexity")->capture_default_str()->check(milora::tools::whole_number);
   for (const auto& m : milora::tools::split_list(kMethods)) {
     o.lr.try_emplace(m, Options::untuned_lr);  // a registered method nobody tuned yet
-    app.add_option(std::string("--lr-") + m, o.lr[m], std::string("learning rate of ") + m)->capture_default_str();
+    app.add_option(std::string("--lr-") + m, o.lr[m], std::string("learning rate of ") + m)->capture_default_str()->check(milora::tools::finite_non_negative);
   }
   return milora::tools::run_tool("compare_inits", app, argc, argv, [&] { run(o); });
 }

@@ -4,6 +4,7 @@
 // are the reference model's rules: what it can compute is what from_json accepts.
 #pragma once
 
+#include <set>
 #include <string>
 #include <vector>
 
@@ -111,10 +112,23 @@ struct LlamaConfig {
   }
 
   /// Throws format_error naming the first weight of weights() that `model` lacks or holds with
-  /// another shape.
+  /// another shape, or a tensor of `model` that is not among them (a config.json with fewer layers
+  /// than the weights would otherwise train and save a smaller model without a word). Tolerated:
+  /// the rotary inverse frequencies older checkpoints store (recomputed from rope_theta) and the
+  /// lm_head a tied model may carry anyway (transformers ignores it too).
   void check(const milora::io::HFModel& model) const {
     using milora::detail::concat;
-    for (const auto& w : weights()) {
+    const auto expected = weights();
+    std::set<std::string> names;
+    for (const auto& w : expected) names.insert(w.name);
+    for (const auto& name : model.tensor_names()) {
+      const bool inv_freq = name.size() > 20 && name.compare(name.size() - 20, 20, ".rotary_emb.inv_freq") == 0;
+      if (names.count(name) || inv_freq || (tie_word_embeddings && name == "lm_head.weight")) continue;
+      throw milora::format_error(concat("model '", model.dir().string(), "': '", name, "' is not a weight of the LLaMA its config.json describes (",
+                                        num_hidden_layers, " layers",
+                                        name.rfind("model.layers.", 0) == 0 ? "; is num_hidden_layers right?)" : ")"));
+    }
+    for (const auto& w : expected) {
       if (!model.contains(w.name)) throw milora::format_error(concat("model '", model.dir().string(), "' has no '", w.name, "'"));
       const auto [r, c] = milora::io::matrix_shape(model.info(w.name), model.file_of(w.name).path().string());
       if (r != w.rows || c != w.cols)

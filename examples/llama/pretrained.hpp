@@ -22,14 +22,17 @@
 namespace llama {
 
 /// A model with the weights of a Hugging Face folder (config.json + safetensors), checked against
-/// the config before anything is loaded; weights are converted to the backend's scalar.
+/// the config before anything is loaded; weights are converted to the backend's scalar and
+/// refused, with their name, if they hold NaN or Inf.
 template <class Model>
 std::unique_ptr<Model> from_pretrained(const milora::io::HFModel& hf) {
   using BE = typename Model::backend;
   const LlamaConfig config = LlamaConfig::from_model(hf);
   config.check(hf);
   return std::make_unique<Model>(config, [&](const std::string& name, Index, Index) {
-    return milora::io::to_backend<BE>(hf.load<typename Model::scalar>(name));
+    const auto w = hf.load<typename Model::scalar>(name);
+    milora::io::require_finite(w, milora::detail::concat("'", name, "' of ", hf.dir().string()));
+    return milora::io::to_backend<BE>(w);
   });
 }
 

@@ -217,23 +217,6 @@ class Trainer {
   }
   std::optional<double> last_val_loss() const { return last_val_loss_; }
 
-  /// fsync()s every regular file under `dir` (when `files`) and the folder itself, so that a
-  /// rename after it publishes data that a power cut cannot take back (a killed process needs no
-  /// sync: the page cache outlives it).
-  static void sync_tree(const std::filesystem::path& dir, bool files = true) {
-    auto sync = [](const std::filesystem::path& p, int flags) {
-      const int fd = ::open(p.c_str(), flags);
-      if (fd < 0) throw milora::io_error("cannot open '" + p.string() + "' to sync it");
-      const int rc = ::fsync(fd);
-      ::close(fd);
-      if (rc != 0) throw milora::io_error("fsync of '" + p.string() + "' failed");
-    };
-    if (files)
-      for (const auto& e : std::filesystem::recursive_directory_iterator(dir))
-        if (e.is_regular_file()) sync(e.path(), O_RDONLY);
-    sync(dir, O_RDONLY | O_DIRECTORY);
-  }
-
   /// Writes out/checkpoint-<step> atomically (see the header comment) and returns its path. In
   /// full training the checkpoint is a Hugging Face model folder instead of an adapter.
   std::filesystem::path save_checkpoint() {
@@ -242,33 +225,41 @@ class Trainer {
     const fs::path tmp = config_.out / (".checkpoint-" + std::to_string(step_) + ".tmp");
     fs::remove_all(tmp);
     fs::create_directories(tmp);
-    std::vector<std::string> keys;
-    if (model_.full_training()) {
-      save_pretrained(model_, tmp);
-      for (const auto& p : model_.parameters()) keys.emplace_back(p.name);
-    } else {
-      const auto trained = export_adapters(model_, base_name());
-      milora::io::save_peft_adapter(trained, tmp);
-      if (residual()) milora::io::save_peft_adapter(milora::io::to_plain_lora(initial_, trained), tmp / "plain_lora");
-      keys = adapter_parameter_keys();
+    // Every file is written through io::AtomicFile (checked writes, fsync), so the bytes are on
+    // disk before the name says the checkpoint exists; a failed save (a full disk) removes the
+    // temporary folder and leaves the earlier checkpoints as they were.
+    try {
+      std::vector<std::string> keys;
+      if (model_.full_training()) {
+        save_pretrained(model_, tmp);
+        for (const auto& p : model_.parameters()) keys.emplace_back(p.name);
+      } else {
+        const auto trained = export_adapters(model_, base_name());
+        milora::io::save_peft_adapter(trained, tmp);
+        if (residual()) milora::io::save_peft_adapter(milora::io::to_plain_lora(initial_, trained), tmp / "plain_lora");
+        keys = adapter_parameter_keys();
+      }
+      milora::io::SafetensorsWriter w;
+      for (std::size_t i = 0; i < keys.size(); ++i) {
+        w.add(keys[i] + ".exp_avg", milora::io::to_host_matrix<BE>(opt_.exp_avg(i)), milora::io::DType::F32);
+        w.add(keys[i] + ".exp_avg_sq", milora::io::to_host_matrix<BE>(opt_.exp_avg_sq(i)), milora::io::DType::F32);
+      }
+      w.write(tmp / "optimizer.safetensors");
+      nlohmann::json state = {{"step", step_}, {"data_cursor", train_.cursor()}, {"run", run_info_},
+                              {"optimizer_steps", opt_.steps()}, {"last_loss", last_loss_}};
+      milora::io::write_json_file(tmp / "trainer_state.json", state);
+    } catch (...) {
+      std::error_code ec;
+      fs::remove_all(tmp, ec);
+      throw;
     }
-    milora::io::SafetensorsWriter w;
-    for (std::size_t i = 0; i < keys.size(); ++i) {
-      w.add(keys[i] + ".exp_avg", milora::io::to_host_matrix<BE>(opt_.exp_avg(i)), milora::io::DType::F32);
-      w.add(keys[i] + ".exp_avg_sq", milora::io::to_host_matrix<BE>(opt_.exp_avg_sq(i)), milora::io::DType::F32);
-    }
-    w.write(tmp / "optimizer.safetensors");
-    nlohmann::json state = {{"step", step_}, {"data_cursor", train_.cursor()}, {"run", run_info_},
-                            {"optimizer_steps", opt_.steps()}, {"last_loss", last_loss_}};
-    milora::io::write_json_file(tmp / "trainer_state.json", state);
-    sync_tree(tmp);  // the files' bytes are on disk before the name says the checkpoint exists
     // Saving a step again (a resumed run) moves the old folder aside first: a kill at any point
     // leaves either the old or the new checkpoint-<step>, never a half-deleted one.
     const fs::path old = config_.out / (".checkpoint-" + std::to_string(step_) + ".old");
     fs::remove_all(old);
     if (fs::exists(final_dir)) fs::rename(final_dir, old);
     fs::rename(tmp, final_dir);
-    sync_tree(config_.out, false);
+    milora::io::AtomicFile::sync_folder(config_.out);
     fs::remove_all(old);
     return final_dir;
   }
@@ -292,8 +283,11 @@ class Trainer {
     const auto adapter = milora::io::load_peft_adapter<T>(dir);
     const milora::io::SafetensorsFile moments(dir / "optimizer.safetensors");
     std::vector<std::pair<milora::io::HostMatrix<T>, milora::io::HostMatrix<T>>> mv;
-    for (const auto& key : adapter_parameter_keys())  // load and check everything before changing anything
+    for (const auto& key : adapter_parameter_keys()) {  // load and check everything before changing anything
       mv.emplace_back(moments.template load<T>(key + ".exp_avg"), moments.template load<T>(key + ".exp_avg_sq"));
+      milora::io::require_finite(mv.back().first, concat("'", moments.path().string(), "': '", key, ".exp_avg'"));
+      milora::io::require_finite(mv.back().second, concat("'", moments.path().string(), "': '", key, ".exp_avg_sq'"));
+    }
     train_.set_cursor(state["data_cursor"].get<std::size_t>());
     import_adapters(model_, adapter, dir.string());
     for (std::size_t i = 0; i < mv.size(); ++i)

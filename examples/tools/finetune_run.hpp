@@ -14,6 +14,7 @@
 
 #include "common/cli.hpp"
 #include "llama/calibration.hpp"
+#include "llama/checkpoint_folder.hpp"
 #include "llama/device.hpp"
 #include "llama/trainer.hpp"
 
@@ -49,6 +50,7 @@ Index add_adapters_for(const Options& o, Model& model, const std::vector<std::st
 template <class BE, class Weights>
 void finetune(const Options& o) {
   using Model = llama::Llama<BE, Weights>;
+  const llama::CheckpointFolder out_folder(o.out);  // claimed (writable, locked, leftovers cleared) before any work
   const milora::io::HFModel hf(o.model);
   auto model = llama::from_pretrained<Model>(hf);
   model->keep_activations_in_bf16(o.dtype == "bf16");  // bf16 fine-tuning: frozen weights and saved activations
@@ -66,7 +68,7 @@ void finetune(const Options& o) {
     }
   }
   const double alpha = o.alpha > 0 ? o.alpha : 2.0 * double(o.rank);
-  const auto targets = milora::tools::split_list(o.targets);
+  const auto targets = milora::tools::parse_targets(o.targets);
   const Index n_train = Index(tokens.size()), n_val = Index(val.size());
   llama::DataLoader loader(std::move(tokens), o.train.batch, o.train.seq, "'" + o.data + "'");
   std::cerr << "milora-finetune: " << cfg.num_hidden_layers << " layers, hidden " << cfg.hidden_size << ", vocab "

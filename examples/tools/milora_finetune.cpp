@@ -32,7 +32,7 @@ int main(int argc, char** argv) {
   app.add_option("--model", o.model, "Hugging Face LLaMA folder (config.json, safetensors, tokenizer.model)")->required()->check(CLI::ExistingDirectory);
   app.add_option("--data", o.data, "training data: text, or little-endian uint32 token ids in a .u32 file")->required()->check(CLI::ExistingFile);
   app.add_option("--val-data", o.val_data, "held-out data (default: the last --val-fraction of --data)")->check(CLI::ExistingFile);
-  app.add_option("--val-fraction", o.val_fraction, "share of --data held out when no --val-data is given")->capture_default_str()->check(CLI::Range(0.0, 0.5));
+  app.add_option("--val-fraction", o.val_fraction, "share of --data held out when no --val-data is given")->capture_default_str()->check(milora::tools::finite_in(0.0, 0.5));
   milora::tools::add_method_option<milora::EigenBackend<float>>(
       app, o.method, "Those calibrated see the first --calibration-batches of --data; mica trains A alone (B frozen)");
   app.add_option("--calibration-batches", o.calibration_batches, "batches of --data that CorDA / EVA collect input statistics from, LoRA-GA gradients")
@@ -43,19 +43,19 @@ int main(int argc, char** argv) {
   app.add_flag("--tf32", o.tf32, "with --device cuda: float products on tensor cores in TF32 after the init (faster, ~1e-3 per product)");
   milora::tools::add_solver_option(app, o.solver);
   app.add_option("--rank", o.rank, "adapter rank r")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--alpha", o.alpha, "lora_alpha (default 2 * rank)")->check(CLI::PositiveNumber);
+  app.add_option("--alpha", o.alpha, "lora_alpha (default 2 * rank)")->check(milora::tools::finite_positive);
   app.add_option("--targets", o.targets, "comma-separated projections to adapt")->capture_default_str();
   app.add_option("--steps", t.steps, "optimizer steps")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--lr", t.lr, "peak learning rate")->capture_default_str()->check(CLI::NonNegativeNumber);
-  app.add_option("--warmup", t.warmup, "linear warm-up steps (then cosine decay to 0)")->capture_default_str()->check(CLI::NonNegativeNumber);
+  app.add_option("--lr", t.lr, "peak learning rate")->capture_default_str()->check(milora::tools::finite_non_negative);
+  app.add_option("--warmup", t.warmup, "linear warm-up steps (then cosine decay to 0)")->capture_default_str()->check(milora::tools::whole_number);
   app.add_option("--batch", t.batch, "sequences per micro-batch")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--seq", t.seq, "tokens per sequence")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--accum", t.accumulation, "micro-batches per optimizer step")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--weight-decay", t.weight_decay, "AdamW weight decay")->capture_default_str()->check(CLI::NonNegativeNumber);
-  app.add_option("--grad-clip", t.grad_clip, "max global gradient norm (0: off)")->capture_default_str()->check(CLI::NonNegativeNumber);
-  app.add_option("--eval-every", t.eval_every, "steps between held-out evaluations (0: at the end only)")->capture_default_str();
-  app.add_option("--save-every", t.save_every, "steps between checkpoints (0: at the end only)")->capture_default_str();
-  app.add_option("--seed", o.seed, "seed of LoRA's random A")->capture_default_str();
+  app.add_option("--weight-decay", t.weight_decay, "AdamW weight decay")->capture_default_str()->check(milora::tools::finite_non_negative);
+  app.add_option("--grad-clip", t.grad_clip, "max global gradient norm (0: off)")->capture_default_str()->check(milora::tools::finite_non_negative);
+  app.add_option("--eval-every", t.eval_every, "steps between held-out evaluations (0: at the end only)")->capture_default_str()->check(milora::tools::whole_number);
+  app.add_option("--save-every", t.save_every, "steps between checkpoints (0: at the end only)")->capture_default_str()->check(milora::tools::whole_number);
+  app.add_option("--seed", o.seed, "seed of LoRA's random A")->capture_default_str()->check(milora::tools::whole_number);
   app.add_option("--out", o.out, "folder for checkpoints")->required();
   app.add_option("--resume", o.resume, "checkpoint folder of this run to continue from, or `latest`: the newest complete "
                                        "checkpoint in --out (none yet: start from step 0)")

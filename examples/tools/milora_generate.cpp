@@ -6,12 +6,15 @@
 // Temperature 0 is greedy decoding. Each new token re-runs the model on the whole context (no KV
 // cache: this is the reference, written to be read); the context keeps the last
 // max_position_embeddings tokens.
+#include <algorithm>
+#include <cmath>
 #include <iostream>
 
 #include "common/cli.hpp"
 #include "common/options.hpp"
 #include "llama/data.hpp"
 #include "llama/inference.hpp"
+#include "llama/non_finite.hpp"
 
 int main(int argc, char** argv) {
   milora::tools::InferenceOptions m;
@@ -23,9 +26,9 @@ int main(int argc, char** argv) {
   milora::tools::add_inference_options(app, m);
   app.add_option("--prompt", prompt, "text to continue")->required();
   app.add_option("--max-new-tokens", max_new, "tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--temperature", temperature, "0: greedy; otherwise sample softmax(logits / T)")->capture_default_str()->check(CLI::NonNegativeNumber);
-  app.add_option("--top-k", top_k, "sample among the k most likely tokens (0: all)")->capture_default_str()->check(CLI::NonNegativeNumber);
-  app.add_option("--seed", seed, "sampling seed")->capture_default_str();
+  app.add_option("--temperature", temperature, "0: greedy; otherwise sample softmax(logits / T)")->capture_default_str()->check(milora::tools::finite_non_negative);
+  app.add_option("--top-k", top_k, "sample among the k most likely tokens (0: all)")->capture_default_str()->check(milora::tools::whole_number);
+  app.add_option("--seed", seed, "sampling seed")->capture_default_str()->check(milora::tools::whole_number);
   return milora::tools::run_tool("milora-generate", app, argc, argv, [&] {
     llama::with_inference_model(m.model, m.adapter, m.device, m.dtype, "milora-generate", [&]<class BE>(auto& model) {
       const auto& cfg = model.config();
@@ -39,6 +42,11 @@ int main(int argc, char** argv) {
         model.forward(window, 1, n);
         // Only the last position's logits come to the host (on a GPU the rest stay there).
         const std::vector<float> last = BE::to_host(BE::cblock(model.logits(), n - 1, 0, 1, cfg.vocab_size));
+        if (!std::all_of(last.begin(), last.end(), [](float x) { return std::isfinite(x); })) {
+          const auto where = llama::find_non_finite(model);
+          throw milora::numerical_error(milora::detail::concat("the logits of new token ", i, " are not finite",
+                                                               where.empty() ? "" : "; first: " + where));
+        }
         const llama::Token next = llama::sample(last, temperature, top_k, seed, std::uint64_t(i));
         context.push_back(next);
         generated.push_back(next);

@@ -9,7 +9,9 @@
 // (same shards, dtypes and other files), which is the base model the adapter belongs to. Train
 // with PEFT or milora on OUT/residual; milora-convert turns the result into a plain LoRA for the
 // original model.
+#include <cctype>
 #include <cstdint>
+#include <iostream>
 #include <map>
 #include <mutex>
 #include <set>
@@ -99,14 +101,41 @@ std::map<std::string, std::pair<io::LoraFactors<float>, io::HostMatrix<float>>> 
   return out;
 }
 
+// For each target found in some layers but not in others: the target and the layers that lack it
+// ("model.layers.3, model.layers.7"). A layer is a "<prefix>.layers.<N>." in a weight's name.
+std::vector<std::pair<std::string, std::string>> layers_missing_targets(const std::vector<std::string>& names,
+                                                                        const std::vector<std::string>& targets) {
+  std::map<std::string, std::set<std::string>> found;  // target -> layers holding it
+  std::set<std::string> layers;
+  for (const auto& name : names) {
+    const auto at = name.find(".layers.");
+    if (at == std::string::npos || name.size() <= 7 || name.compare(name.size() - 7, 7, ".weight") != 0) continue;
+    auto end = at + 8;
+    while (end < name.size() && std::isdigit(static_cast<unsigned char>(name[end]))) ++end;
+    if (end == at + 8 || end >= name.size() || name[end] != '.') continue;
+    const std::string layer = name.substr(0, end);
+    layers.insert(layer);
+    found[milora::tools::module_leaf(io::module_of_weight(name))].insert(layer);
+  }
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& t : targets) {
+    const auto it = found.find(t);
+    if (it == found.end() || it->second.size() == layers.size()) continue;
+    std::string missing;
+    for (const auto& l : layers)
+      if (!it->second.count(l)) missing += (missing.empty() ? "" : ", ") + l;
+    out.emplace_back(t, missing);
+  }
+  return out;
+}
+
 void run(const Options& o) {
   if (data_driven(o) != !o.calibration_data.empty())
     throw milora::value_error(data_driven(o) ? concat("--method ", o.method, " needs --calibration-data (text or .u32 tokens)")
                                              : concat("--calibration-data is for ", milora::tools::calibrated_method_names<Backend>(),
                                                       ", not ", o.method));
   const io::HFModel model(o.model);
-  const auto targets = milora::tools::split_list(o.targets);
-  if (targets.empty()) throw milora::value_error("--targets is empty");
+  const auto targets = milora::tools::parse_targets(o.targets);
   // Which weights to adapt; every check happens before anything is written.
   std::set<std::string> selected;
   std::map<std::string, int> matches;
@@ -116,7 +145,9 @@ void run(const Options& o) {
     const auto leaf = milora::tools::module_leaf(io::module_of_weight(name));
     if (!matches.count(leaf)) continue;
     const auto& info = model.info(name);
-    if (info.shape.size() != 2) continue;
+    if (info.shape.size() != 2)
+      throw milora::shape_error(concat("target '", leaf, "' matches '", name, "', which has ", info.shape.size(),
+                                       " dimensions; milora adapts 2-D weights (out x in)"));
     if (!io::dtype_info(info.dtype).floating_point)
       throw milora::format_error(concat("dtype unsupported: '", name, "' is ", io::dtype_name(info.dtype),
                                         "; milora adapts F16, BF16, F32 and F64 weights"));
@@ -129,6 +160,10 @@ void run(const Options& o) {
   }
   for (const auto& [t, n] : matches)
     if (n == 0) throw milora::value_error(concat("unknown target '", t, "': no 2-D weight of '", o.model, "' ends in ", t, ".weight"));
+  // A target some layers lack is adapted where it exists, as PEFT does, but said: a checkpoint with
+  // a layer missing is more often damaged than designed so.
+  for (const auto& [t, layers] : layers_missing_targets(model.tensor_names(), targets))
+    std::cerr << "milora-init: warning: no '" << t << "' in " << layers << "; adapted where it exists\n";
 
   io::PeftAdapter<float> adapter;
   adapter.config.r = o.rank;
@@ -140,6 +175,7 @@ void run(const Options& o) {
                       {"milora.seed", std::to_string(o.seed)}};
   milora::AdapterConfig base_cfg = adapter.config.adapter_config();
 
+  milora::tools::StagedOutput staged(o.out);  // --out checked (and its stale leftovers cleared) before the work
   // Data-driven: every adapter at once, from the model's forward (and backward) passes first.
   std::map<std::string, std::pair<io::LoraFactors<float>, io::HostMatrix<float>>> precomputed;
   if (data_driven(o)) {
@@ -148,15 +184,18 @@ void run(const Options& o) {
         concat(o.calibration_batches, " batches of ", o.batch, " x ", o.seq, " tokens of ", o.calibration_data);
   }
 
-  milora::tools::StagedOutput staged(o.out);
   milora::tools::Progress progress(selected.size());
   std::mutex modules_mutex;  // adapt() runs on up to --jobs threads at once
   auto adapt = [&](const std::string& name, io::HostMatrix<float>& w) {
     const auto started = progress.start();
     const std::string module = io::module_of_weight(name);
+    io::require_finite(w, concat("'", name, "'"));
     io::LoraFactors<float> factors;
     if (data_driven(o)) {
-      auto& [computed, residual] = precomputed.at(module);  // each module's entry is taken by one call
+      const auto it = precomputed.find(module);  // each module's entry is taken by one call
+      if (it == precomputed.end())
+        throw milora::state_error(concat("'", name, "' was not adapted by the calibrated model (", o.model, "/config.json)"));
+      auto& [computed, residual] = it->second;
       if (residual.rows != w.rows || residual.cols != w.cols)
         throw milora::shape_error(concat("'", name, "' is ", w.rows, "x", w.cols, ", the model's ", residual.rows, "x", residual.cols));
       w = std::move(residual);
@@ -207,7 +246,7 @@ int main(int argc, char** argv) {
   app.add_option("--batch", o.batch, "sequences per calibration batch")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--seq", o.seq, "tokens per calibration sequence")->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--rank", o.rank, "adapter rank r")->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--alpha", o.alpha, "lora_alpha (default: the rank, so s = 1)")->check(CLI::PositiveNumber);
+  app.add_option("--alpha", o.alpha, "lora_alpha (default: the rank, so s = 1)")->check(milora::tools::finite_positive);
   app.add_flag("--rslora", o.rslora, "scale alpha / sqrt(r) instead of alpha / r");
   app.add_option("--targets", o.targets, "comma-separated module names to adapt")->capture_default_str();
   milora::tools::add_solver_option(app, o.solver);
@@ -216,7 +255,7 @@ int main(int argc, char** argv) {
                  "on few cores. The BLAS rounds differently with fewer threads, so the factors agree with --jobs 1 to "
                  "the solver's accuracy, not bit for bit")
       ->check(CLI::PositiveNumber)->capture_default_str();
-  app.add_option("--seed", o.seed, "seed of LoRA's random A (one stream per module, derived from its name)")->capture_default_str();
+  app.add_option("--seed", o.seed, "seed of LoRA's random A (one stream per module, derived from its name)")->capture_default_str()->check(milora::tools::whole_number);
   app.add_option("--out", o.out, "output folder (must not exist)")->required();
   return milora::tools::run_tool("milora-init", app, argc, argv, [&] { run(o); });
 }

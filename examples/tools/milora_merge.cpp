@@ -46,10 +46,12 @@ int main(int argc, char** argv) {
                               [&](const std::string& name, io::HostMatrix<float>& w) {
                                 const auto started = progress.start();
                                 const auto& f = adapter.modules.at(io::module_of_weight(name));
+                                io::require_finite(w, concat("'", name, "' of ", model_dir));
                                 auto W = io::to_backend<B>(w);
                                 B::gemm(s, io::to_backend<B>(f.B), milora::Trans::no, io::to_backend<B>(f.A),
                                         milora::Trans::no, 1, W);
                                 w.data = B::to_host(W);
+                                io::require_finite(w, concat("'", name, "' merged"));  // an overflow in its dtype's range is named too
                                 progress.done(io::module_of_weight(name), w.rows, w.cols, started);
                               });
     staged.commit();

@@ -2,12 +2,17 @@
 // independently of milora's writer (the header is a string we type, the data raw little-endian).
 #pragma once
 
+#include <fcntl.h>
+#include <signal.h>
+#include <sys/resource.h>
+#include <sys/wait.h>
 #include <unistd.h>
 
 #include <atomic>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
+#include <functional>
 #include <fstream>
 #include <string>
 #include <vector>
@@ -53,6 +58,54 @@ inline void write_file(const std::filesystem::path& p, const std::string& bytes)
 inline std::string read_file(const std::filesystem::path& p) {
   std::ifstream in(p, std::ios::binary);
   return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+
+struct ChildResult {
+  int status;          // exit status, or -1 when a signal ended the child
+  std::string err;  // everything the child wrote to its standard error
+};
+
+/// Runs `body` in a child process whose files may not grow past `file_size_limit` bytes
+/// (RLIMIT_FSIZE; a write past it fails with EFBIG, as one on a full disk fails with ENOSPC:
+/// SIGXFSZ is ignored, so the child is not killed). Standard output goes to /dev/null; standard
+/// error comes back through a pipe, which the limit does not apply to. `body` may exec a tool or
+/// return (exit status 0); it must not return into the test framework otherwise.
+inline ChildResult run_child(rlim_t file_size_limit, const std::function<void()>& body) {
+  int fds[2];
+  if (::pipe(fds) != 0) return {-2, "pipe failed"};
+  const pid_t pid = ::fork();
+  if (pid < 0) return {-2, "fork failed"};
+  if (pid == 0) {
+    ::close(fds[0]);
+    ::dup2(fds[1], 2);
+    ::close(fds[1]);
+    const int null = ::open("/dev/null", O_WRONLY);
+    ::dup2(null, 1);
+    ::signal(SIGXFSZ, SIG_IGN);
+    const rlimit rl{file_size_limit, file_size_limit};
+    if (::setrlimit(RLIMIT_FSIZE, &rl) != 0) ::_exit(125);
+    body();
+    ::_exit(0);
+  }
+  ::close(fds[1]);
+  std::string err;
+  char buf[4096];
+  for (::ssize_t n; (n = ::read(fds[0], buf, sizeof buf)) > 0;) err.append(buf, std::size_t(n));
+  ::close(fds[0]);
+  int status = 0;
+  ::waitpid(pid, &status, 0);
+  return {WIFEXITED(status) ? WEXITSTATUS(status) : -1, err};
+}
+
+/// `run_child` of the program `path` with `args`.
+inline ChildResult run_program(rlim_t file_size_limit, const std::string& path, const std::vector<std::string>& args) {
+  return run_child(file_size_limit, [&] {
+    std::vector<char*> argv{const_cast<char*>(path.c_str())};
+    for (const auto& a : args) argv.push_back(const_cast<char*>(a.c_str()));
+    argv.push_back(nullptr);
+    ::execv(path.c_str(), argv.data());
+    ::_exit(127);
+  });
 }
 
 }  // namespace milora_test

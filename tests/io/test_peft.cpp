@@ -4,6 +4,8 @@
 // reproduces the trained layer on the original weights.
 #include <doctest/doctest.h>
 
+#include <limits>
+
 #include <cmath>
 #include <string>
 #include <vector>
@@ -141,12 +143,28 @@ TEST_CASE("PEFT folders milora cannot apply are refused with the reason") {
   j["alpha_pattern"] = {{"q_proj", 8}};
   refused(j, "alpha_pattern is not empty");
   j = cfg;
+  j["rank_pattern"] = {{"q_proj", 2}};  // the same rank as r: refused all the same (PEFT would scale by alpha / 2)
+  refused(j, "rank_pattern is not empty");
+  j = cfg;
   j["use_rslora"] = "yes";
   refused(j, "\"use_rslora\" must be true or false");
   j = cfg;
   j["r"] = 4;  // the tensors have rank 2
   refused(j, "has rank 2 but adapter_config.json says r = 4");
   write_json_file(dir / kAdapterConfigFile, cfg);
+  j = cfg;  // an empty rank_pattern, as PEFT writes it, is fine
+  j["rank_pattern"] = nlohmann::json::object();
+  write_json_file(dir / kAdapterConfigFile, j);
+  CHECK_NOTHROW(load_peft_adapter<float>(dir.path));
+  // A factor holding NaN or Inf is refused with its key and position.
+  for (const float bad : {std::numeric_limits<float>::quiet_NaN(), std::numeric_limits<float>::infinity()}) {
+    auto a = small_adapter();
+    a.modules.begin()->second.B(1, 0) = bad;
+    save_peft_adapter(a, dir.path);
+    const std::string message = "'" + peft_key(a.modules.begin()->first, 'B') + "' holds " + (bad != bad ? "nan" : "inf") + " at (1, 0)";
+    CHECK_THROWS_WITH_AS(load_peft_adapter<float>(dir.path), doctest::Contains(message.c_str()), milora::value_error);
+  }
+  save_peft_adapter(small_adapter(), dir.path);
   // A lora_A without its lora_B.
   SafetensorsWriter w;
   w.add(peft_key("m", 'A'), pattern<float>(2, 3, 0));

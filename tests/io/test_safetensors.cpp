@@ -156,6 +156,9 @@ TEST_CASE("malformed safetensors files are each refused with the rule they break
       {"zero_header", st_bytes("", ""), "does not start with '{'"},
       {"not_an_object", st_bytes("[1, 2, 3]", ""), "does not start with '{'"},
       {"bad_json", st_bytes(R"({"a":{"dtype":"F32",)", ""), "not valid JSON"},
+      // nlohmann's lexer stops at a NUL: what follows one must not be ignored (Python's json refuses it)
+      {"nul_padding", st_bytes("{" + a + "," + b + "}" + std::string(4, '\0'), data12), "a NUL byte at offset"},
+      {"nul_then_json", st_bytes("{" + a + "}" + std::string(1, '\0') + "{\"b\": 1", std::string(8, '\0')), "a NUL byte at offset"},
       {"entry_not_object", st_bytes(R"({"a":1})", ""), "tensor 'a' is not an object"},
       {"unknown_dtype", st_bytes(R"({"a":{"dtype":"F17","shape":[2],"data_offsets":[0,8]}})", std::string(8, '\0')),
        "tensor 'a' has unknown dtype 'F17'"},

@@ -21,6 +21,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "milora/io/atomic_file.hpp"
 #include "milora/io/json.hpp"
 #include "milora/io/safetensors.hpp"
 
@@ -130,7 +131,7 @@ void write_hf_model(const HFModel& src, const std::filesystem::path& out,
   std::filesystem::create_directories(out);
   for (const auto& entry : std::filesystem::directory_iterator(src.dir())) {
     if (!entry.is_regular_file() || entry.path().extension() == ".safetensors") continue;
-    std::filesystem::copy_file(entry.path(), out / entry.path().filename());
+    copy_file_atomically(entry.path(), out / entry.path().filename());
   }
   for (std::size_t s = 0; s < src.num_shards(); ++s) {
     const SafetensorsFile& shard = src.shard(s);

@@ -5,7 +5,10 @@
 // no dependency on any tensor library.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
+#include <string>
+#include <type_traits>
 #include <span>
 #include <utility>
 #include <vector>
@@ -31,6 +34,17 @@ struct HostMatrix {
   T& operator()(Index i, Index j) { return data[static_cast<std::size_t>(i * cols + j)]; }
   const T& operator()(Index i, Index j) const { return data[static_cast<std::size_t>(i * cols + j)]; }
 };
+
+/// Throws value_error "WHAT holds nan at (i, j)" for the first NaN or Inf of m: values read from
+/// a file are checked before anything computes with them, so a damaged file is named, not a NaN
+/// that surfaces later in a merged weight, a loss or a sampled token.
+template <class T>
+void require_finite(const HostMatrix<T>& m, const std::string& what) {
+  static_assert(std::is_floating_point_v<T>, "require_finite: a matrix of floating-point values");
+  for (std::size_t k = 0; k < m.data.size(); ++k)
+    if (!std::isfinite(m.data[k]))
+      throw value_error(detail::concat(what, " holds ", m.data[k], " at (", Index(k) / m.cols, ", ", Index(k) % m.cols, ")"));
+}
 
 /// A backend matrix with the same values.
 template <ProductBackend B>

@@ -2,6 +2,7 @@
 // keys; a config or checkpoint header that two readers would interpret differently is refused here.
 #pragma once
 
+#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -12,6 +13,7 @@
 #include <nlohmann/json.hpp>
 
 #include "milora/core/errors.hpp"
+#include "milora/io/atomic_file.hpp"
 
 namespace milora::io {
 
@@ -32,6 +34,11 @@ inline nlohmann::json parse_json_strict(const char* first, const char* last, con
     }
     return true;
   };
+  // nlohmann's lexer takes a NUL byte for the end of the input and would ignore whatever follows
+  // it; JSON text can hold no raw NUL (strings escape it), so one anywhere is an error, as in
+  // Python's json and serde_json.
+  if (const void* nul = std::memchr(first, 0, static_cast<std::size_t>(last - first)))
+    throw format_error(detail::concat(where, ": not valid JSON: a NUL byte at offset ", static_cast<const char*>(nul) - first));
   nlohmann::json j;
   try {
     j = nlohmann::json::parse(first, last, callback);
@@ -53,17 +60,9 @@ inline nlohmann::json read_json_file(const std::filesystem::path& path) {
   return j;
 }
 
-/// Writes `j` indented, through "<path>.partial" and a rename.
+/// Writes `j` indented, atomically (AtomicFile: every write checked, fsync, rename).
 inline void write_json_file(const std::filesystem::path& path, const nlohmann::json& j) {
-  const std::filesystem::path partial = path.string() + ".partial";
-  {
-    std::ofstream out(partial, std::ios::binary | std::ios::trunc);
-    out << j.dump(2) << '\n';
-    if (!out) throw io_error(detail::concat("cannot write '", partial.string(), "'"));
-  }
-  std::error_code ec;
-  std::filesystem::rename(partial, path, ec);
-  if (ec) throw io_error(detail::concat("cannot rename '", partial.string(), "' to '", path.string(), "': ", ec.message()));
+  write_file_atomically(path, j.dump(2) + '\n');
 }
 
 }  // namespace milora::io

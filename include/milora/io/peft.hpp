@@ -120,6 +120,9 @@ struct PeftLoraConfig {
     if (j.contains("use_dora") && j["use_dora"] == true) fail("use_dora is true: DoRA adapters are not LoRA deltas");
     if (j.contains("fan_in_fan_out") && j["fan_in_fan_out"] == true) fail("fan_in_fan_out is true: weights stored in x out are not supported");
     if (j.contains("bias") && j["bias"] != "none") fail(concat("bias is ", j["bias"].dump(), ": adapters that train biases are not supported"));
+    // Per-module ranks or alphas would give modules scales other than the one scale() computes.
+    if (j.contains("rank_pattern") && !j["rank_pattern"].is_null() && !j["rank_pattern"].empty())
+      fail("rank_pattern is not empty: per-module ranks are not supported");
     if (j.contains("alpha_pattern") && !j["alpha_pattern"].is_null() && !j["alpha_pattern"].empty())
       fail("alpha_pattern is not empty: per-module alphas are not supported");
     c.extra = j;
@@ -187,7 +190,7 @@ void save_peft_adapter(const PeftAdapter<T>& adapter, const std::filesystem::pat
 }
 
 /// Reads a PEFT LoRA adapter folder. Every lora_A needs its lora_B with matching rank; keys that
-/// are not LoRA factors of this form are refused with their name.
+/// are not LoRA factors of this form, and factors holding NaN or Inf, are refused with their name.
 template <class T>
 PeftAdapter<T> load_peft_adapter(const std::filesystem::path& dir) {
   using milora::detail::concat;
@@ -210,7 +213,9 @@ PeftAdapter<T> load_peft_adapter(const std::filesystem::path& dir) {
     if (t.shape.size() != 2) throw format_error(concat(where, ": '", key, "' is not a matrix"));
     const std::string module = key.substr(prefix.size(), key.size() - prefix.size() - 14);  // 14 = ".lora_A.weight"
     auto& f = a.modules[module];
-    (factor == 'A' ? f.A : f.B) = file.template load<T>(key);
+    auto& m = (factor == 'A' ? f.A : f.B);
+    m = file.template load<T>(key);
+    require_finite(m, concat(where, ": '", key, "'"));
   }
   for (const auto& [module, f] : a.modules) {
     if (f.A.data.empty() || f.B.data.empty())

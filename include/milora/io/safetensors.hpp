@@ -322,45 +322,24 @@ class SafetensorsWriter {
     }
     std::string text = header.dump();
     text.append((8 - text.size() % 8) % 8, ' ');  // pad so the data region starts 8-byte aligned
-    const std::filesystem::path partial = path.string() + ".partial";
-    {
-      std::ofstream out(partial, std::ios::binary | std::ios::trunc);
-      if (!out) throw io_error(concat("cannot create '", partial.string(), "'"));
-      const std::uint64_t n = text.size();
-      std::byte len[8];
-      store(len, n);
-      out.write(reinterpret_cast<const char*>(len), 8);
-      out.write(text.data(), static_cast<std::streamsize>(text.size()));
-      const auto put = [&](const std::vector<std::byte>& bytes) {
-        out.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
-      };
-      try {
-        if (jobs == 1) {
-          std::vector<std::byte> buffer;
-          for (const auto& e : entries_) {
-            buffer.assign(e.nbytes, std::byte{0});
-            e.fill(buffer);
-            put(buffer);
-          }
-        } else {
-          fill_concurrently(jobs, put);
-        }
-      } catch (...) {
-        out.close();
-        std::error_code ec;
-        std::filesystem::remove(partial, ec);
-        throw;
+    AtomicFile out(path);  // removes the partial file unless committed
+    const std::uint64_t n = text.size();
+    std::byte len[8];
+    store(len, n);
+    out.write(len, 8);
+    out.write(text);
+    const auto put = [&](const std::vector<std::byte>& bytes) { out.write(bytes.data(), bytes.size()); };
+    if (jobs == 1) {
+      std::vector<std::byte> buffer;
+      for (const auto& e : entries_) {
+        buffer.assign(e.nbytes, std::byte{0});
+        e.fill(buffer);
+        put(buffer);
       }
-      out.flush();
-      if (!out) {
-        std::error_code ec;
-        std::filesystem::remove(partial, ec);
-        throw io_error(concat("writing '", partial.string(), "' failed (disk full?)"));
-      }
+    } else {
+      fill_concurrently(jobs, put);
     }
-    std::error_code ec;
-    std::filesystem::rename(partial, path, ec);
-    if (ec) throw io_error(concat("cannot rename '", partial.string(), "' to '", path.string(), "': ", ec.message()));
+    out.commit();
   }
 
  private:
