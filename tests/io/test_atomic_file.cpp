@@ -42,7 +42,7 @@ nlohmann::json big_json() {
 
 }  // namespace
 
-TEST_CASE("a full disk (file-size limit) fails every writer with the file's name; nothing is published") {
+TEST_CASE("a full disk (file-size limit) fails every writer with the file's name, and nothing is published") {
   ScratchDir dir;
   const auto json = dir / "state.json";
   SUBCASE("write_json_file: the bytes a buffered stream would only flush at close") {
@@ -75,7 +75,7 @@ TEST_CASE("a full disk (file-size limit) fails every writer with the file's name
   }
 }
 
-TEST_CASE("AtomicFile: the old file stays until commit; without commit the partial is removed") {
+TEST_CASE("AtomicFile: the old file stays until commit, and without commit the partial is removed") {
   ScratchDir dir;
   const auto path = dir / "a.txt";
   write_file_atomically(path, "old");

@@ -170,7 +170,7 @@ TEST_CASE("a full disk: every tool that writes fails naming the file, exits non-
   }
 }
 
-TEST_CASE("NaN and Inf: in a weight, in an adapter factor, in a flag; each refused with its name, nothing written") {
+TEST_CASE("NaN and Inf: in a weight, in an adapter factor, in a flag, each refused with its name, nothing written") {
   ScratchDir dir;
   const auto model = make_llama(dir / "model");
   milora_test::write_file(dir / "train.txt", words(400));
@@ -275,7 +275,7 @@ TEST_CASE("plain milora-init on a folder it does not model as a LLaMA: a 3-D tar
   CHECK(milora::io::load_peft_adapter<float>(out).modules.size() == 5);
 }
 
-TEST_CASE("leftovers and late failures: dead runs' partial folders go, live ones stay; --out problems are found before the work") {
+TEST_CASE("leftovers and late failures: dead runs' partial folders go, live ones stay, and --out problems are found before the work") {
   ScratchDir dir;
   const auto model = make_llama(dir / "model");
   milora_test::write_file(dir / "train.txt", words(400));
