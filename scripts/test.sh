@@ -37,6 +37,7 @@ cmake -S "$root" -B "$root/build/test-nolapacke" -DCMAKE_BUILD_TYPE=Release -DCM
 nolapacke_log="$root/build/test-nolapacke/build.log"
 cmake --build "$root/build/test-nolapacke" -j1 --target milora_tests >"$nolapacke_log" 2>&1 &
 nolapacke_build=$!
+trap 'kill "$nolapacke_build" 2>/dev/null || true' EXIT  # a failure below must not leave it running
 
 cmake -S "$root" -B "$root/build/test" -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_FLAGS_RELEASE="-O1 -g1" \
   -DMILORA_SANITIZE=address,undefined -DMILORA_NO_SANITIZE=vptr,null,alignment \
