@@ -6,7 +6,7 @@
 //     first second, not at the first checkpoint minutes later;
 //   - takes an exclusive lock on ".lock" (flock, released by the kernel when the process ends,
 //     however it ends), so two runs never write the same folder, and what is left from earlier
-//     runs is known to be stale:
+//     runs is known to be stale;
 //   - restores a ".checkpoint-<N>.old" whose checkpoint-<N> is missing (a kill between the two
 //     renames) and removes the other leftovers.
 #pragma once

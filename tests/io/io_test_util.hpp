@@ -61,7 +61,7 @@ inline std::string read_file(const std::filesystem::path& p) {
 }
 
 struct ChildResult {
-  int status;          // exit status, or -1 when a signal ended the child
+  int status;       // exit status, or -1 when a signal ended the child
   std::string err;  // everything the child wrote to its standard error
 };
 

@@ -94,7 +94,6 @@ void poison(const fs::path& file, const std::string& tensor, float value) {
     if (t.name == tensor) m.data[0] = value;
     w.add(t.name, m, milora::io::DType::F32, t.shape);
   }
-  const milora::io::SafetensorsFile check(file);  // keeps `in` mapped while the new file replaces it
   w.write(file);
 }
 

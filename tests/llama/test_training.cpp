@@ -3,6 +3,7 @@
 #include <doctest/doctest.h>
 
 #include <filesystem>
+#include <fstream>
 #include <vector>
 
 #include "llama/kernels_cpu.hpp"
