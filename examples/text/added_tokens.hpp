@@ -14,7 +14,7 @@
 #include "bpe.hpp"
 #include "utf8.hpp"
 
-namespace text {
+namespace milora::text {
 
 struct AddedToken {
   std::string content;
@@ -130,4 +130,4 @@ class AddedTokenMatcher {
   std::unordered_map<std::uint64_t, std::int32_t> edges_;
 };
 
-}  // namespace text
+}  // namespace milora::text

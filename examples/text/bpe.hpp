@@ -25,7 +25,7 @@
 #include "milora/core/errors.hpp"
 #include "utf8.hpp"
 
-namespace text {
+namespace milora::text {
 
 using TokenId = std::int32_t;
 
@@ -251,4 +251,4 @@ class Bpe {
   mutable StringMap<std::vector<TokenId>> cache_;
 };
 
-}  // namespace text
+}  // namespace milora::text

@@ -10,7 +10,7 @@
 
 #include "utf8.hpp"
 
-namespace text {
+namespace milora::text {
 
 class ByteLevelAlphabet {
  public:
@@ -47,4 +47,4 @@ class ByteLevelAlphabet {
   std::array<std::int16_t, 324> byte_of_{};  // code points 0 .. 323 (256 + 68 - 1)
 };
 
-}  // namespace text
+}  // namespace milora::text

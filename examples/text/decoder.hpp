@@ -15,7 +15,7 @@
 #include "pattern.hpp"
 #include "utf8.hpp"
 
-namespace text {
+namespace milora::text {
 
 class Decoder {
  public:
@@ -204,4 +204,4 @@ class Decoder {
   std::vector<Step> steps_;
 };
 
-}  // namespace text
+}  // namespace milora::text

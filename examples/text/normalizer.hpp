@@ -14,7 +14,7 @@
 #include "pattern.hpp"
 #include "unicode_normalization.hpp"
 
-namespace text {
+namespace milora::text {
 
 class Normalizer {
  public:
@@ -57,4 +57,4 @@ class Normalizer {
   std::vector<std::function<std::string(std::string)>> steps_;
 };
 
-}  // namespace text
+}  // namespace milora::text

@@ -10,7 +10,7 @@
 #include "milora/core/errors.hpp"
 #include "regex.hpp"
 
-namespace text {
+namespace milora::text {
 
 class Pattern {
  public:
@@ -48,4 +48,4 @@ class Pattern {
   std::shared_ptr<const Regex> regex_;
 };
 
-}  // namespace text
+}  // namespace milora::text

@@ -12,7 +12,7 @@
 #include "bpe.hpp"
 #include "milora/core/errors.hpp"
 
-namespace text {
+namespace milora::text {
 
 struct SpecialTokensAround {
   std::vector<TokenId> before, after;
@@ -62,4 +62,4 @@ inline void read_post_processor(const nlohmann::json& j, const std::string& wher
   }
 }
 
-}  // namespace text
+}  // namespace milora::text

@@ -14,7 +14,7 @@
 #include "milora/core/errors.hpp"
 #include "pattern.hpp"
 
-namespace text {
+namespace milora::text {
 
 class PreTokenizer {
  public:
@@ -194,4 +194,4 @@ class PreTokenizer {
   std::vector<Step> steps_;
 };
 
-}  // namespace text
+}  // namespace milora::text

@@ -19,7 +19,7 @@
 
 #include "milora/core/errors.hpp"
 
-namespace text {
+namespace milora::text {
 
 class Regex {
  public:
@@ -100,4 +100,4 @@ class Regex {
   std::unique_ptr<pcre2_code, Free> code_;
 };
 
-}  // namespace text
+}  // namespace milora::text

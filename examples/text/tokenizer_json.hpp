@@ -31,7 +31,7 @@
 #include "pre_tokenizer.hpp"
 #include "utf8.hpp"
 
-namespace text {
+namespace milora::text {
 
 class TokenizerJson {
  public:
@@ -230,4 +230,4 @@ class TokenizerJson {
   bool clean_up_spaces_ = true;
 };
 
-}  // namespace text
+}  // namespace milora::text

@@ -12,7 +12,7 @@
 
 #include "milora/core/errors.hpp"
 
-namespace text {
+namespace milora::text {
 
 enum class NormalForm { NFC, NFD, NFKC, NFKD };
 
@@ -47,4 +47,4 @@ inline std::string normalize_unicode(std::string_view s, NormalForm form) {
   return out;
 }
 
-}  // namespace text
+}  // namespace milora::text

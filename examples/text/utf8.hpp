@@ -8,7 +8,7 @@
 
 #include "milora/core/errors.hpp"
 
-namespace text {
+namespace milora::text {
 
 /// Bytes of the UTF-8 sequence whose first byte is `lead` (1 to 4), or 0 for a byte that cannot
 /// start one.
@@ -125,4 +125,4 @@ inline std::string to_utf8_lossy(std::string_view bytes) {
   return out;
 }
 
-}  // namespace text
+}  // namespace milora::text

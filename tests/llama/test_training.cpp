@@ -153,7 +153,7 @@ TEST_CASE("data: u32 token files are validated, too little data for a batch is n
   CHECK_THROWS_WITH_AS(llama::load_tokens(dir / "big.u32", tok, 256), doctest::Contains("token 1 is 256, not below vocab_size 256"),
                        milora::value_error);
   CHECK_THROWS_WITH_AS(llama::load_tokens(dir / "empty.txt", tok, 256), doctest::Contains("is empty"), milora::value_error);
-  CHECK_THROWS_WITH_AS(llama::Tokenizer::for_model(dir, 32000), doctest::Contains("has no tokenizer.model and vocab_size is 32000"),
+  CHECK_THROWS_WITH_AS(llama::Tokenizer::for_model(dir, 32000), doctest::Contains("has no tokenizer.json or tokenizer.model and vocab_size is 32000"),
                        milora::io_error);
   CHECK_THROWS_WITH_AS(llama::DataLoader(std::vector<Token>(10, 1), 2, 5), "data has 10 tokens; a batch of 2 x 5 needs 11",
                        milora::value_error);
@@ -168,6 +168,41 @@ TEST_CASE("data: u32 token files are validated, too little data for a batch is n
   CHECK(in == std::vector<Token>{0, 1, 2});
   fs::remove_all(dir);
 }
+
+#if defined(MILORA_HAS_TOKENIZER_JSON)
+#include "text/byte_level.hpp"
+
+TEST_CASE("Tokenizer: a model folder's tokenizer.json is used first, and its ids must fit the model's vocabulary") {
+  const auto dir = fresh_dir("tokenizer_json");
+  fs::create_directories(dir);
+  // A byte-level BPE (GPT-2's alphabet: 256 single-byte tokens) with one merge, "t" + "h", and a BOS
+  // added by the post-processor, as LLaMA-3.1's file has it.
+  nlohmann::json vocab = nlohmann::json::object();
+  for (int b = 0; b < 256; ++b) vocab[std::string(milora::text::ByteLevelAlphabet::get().encode(static_cast<unsigned char>(b)))] = b;
+  vocab["th"] = 256;
+  const nlohmann::json tokenizer = {
+      {"added_tokens", {{{"id", 257}, {"content", "<|begin_of_text|>"}, {"special", true}}}},
+      {"pre_tokenizer", {{"type", "ByteLevel"}, {"add_prefix_space", false}}},
+      {"decoder", {{"type", "ByteLevel"}}},
+      {"post_processor",
+       {{"type", "TemplateProcessing"},
+        {"single", {{{"SpecialToken", {{"id", "<|begin_of_text|>"}, {"type_id", 0}}}}, {{"Sequence", {{"id", "A"}, {"type_id", 0}}}}}},
+        {"special_tokens", {{"<|begin_of_text|>", {{"id", "<|begin_of_text|>"}, {"ids", {257}}}}}}}},
+      {"model", {{"type", "BPE"}, {"vocab", vocab}, {"merges", {"t h"}}}}};
+  milora::io::write_json_file(dir / "tokenizer.json", tokenizer);
+  std::ofstream(dir / "tokenizer.model") << "not read: tokenizer.json comes first";
+  const auto tok = llama::Tokenizer::for_model(dir, 258);
+  CHECK_FALSE(tok.bytes());
+  const auto ids = tok.encode("the");
+  CHECK(ids == std::vector<Token>{257, 256, 'e'});
+  CHECK(tok.decode(ids) == "<|begin_of_text|>the");
+  std::ofstream(dir / "data.txt") << "this";
+  CHECK(llama::load_tokens(dir / "data.txt", tok, 258) == std::vector<Token>{257, 256, 'i', 's'});
+  CHECK_THROWS_WITH_AS(llama::Tokenizer::for_model(dir, 256), doctest::Contains("has ids up to 257 but the model's vocab_size is 256"),
+                       milora::format_error);
+  fs::remove_all(dir);
+}
+#endif
 
 #if defined(MILORA_HAS_SENTENCEPIECE)
 #include <sentencepiece_trainer.h>

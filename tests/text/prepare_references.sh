@@ -23,5 +23,5 @@ elif [ $rc -ne 0 ]; then
   cat "$cache/fetch.log" >&2
   exit $rc
 fi
-node "$here/reference_tokenizers.mjs" "$cache" "$corpus" "$cache/reference.json"
+node "$here/reference_tokenizers.mjs" "$cache" "$corpus" "$here/chat_templates.json" "$here/conversations.json" "$cache/reference.json"
 touch "$stamp"

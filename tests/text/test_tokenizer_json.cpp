@@ -11,7 +11,7 @@
 
 namespace {
 
-using Ids = std::vector<text::TokenId>;
+using Ids = std::vector<milora::text::TokenId>;
 using Words = std::vector<std::string>;
 
 // A tokenizer.json of vocabulary `vocab` (token -> id) and `merges`, with the given components.
@@ -28,8 +28,8 @@ nlohmann::json file(nlohmann::json vocab, nlohmann::json merges, nlohmann::json 
   }
   return j;
 }
-text::TokenizerJson make(const nlohmann::json& j, nlohmann::json config = nlohmann::json::object()) {
-  return text::TokenizerJson(j, config, "test tokenizer.json");
+milora::text::TokenizerJson make(const nlohmann::json& j, nlohmann::json config = nlohmann::json::object()) {
+  return milora::text::TokenizerJson(j, config, "test tokenizer.json");
 }
 std::string error_of(const nlohmann::json& j) {
   try {
@@ -41,7 +41,7 @@ std::string error_of(const nlohmann::json& j) {
 }
 Words pieces(const nlohmann::json& pre, const std::string& s, bool first = true) {
   Words w;
-  text::PreTokenizer(pre, "test").split(s, first, w);
+  milora::text::PreTokenizer(pre, "test").split(s, first, w);
   return w;
 }
 const nlohmann::json abc = {{"a", 0}, {"b", 1}, {"c", 2}, {"ab", 3}, {"bc", 4}, {"abc", 5}, {"aa", 6}};
@@ -125,7 +125,7 @@ TEST_CASE("Added tokens: found in the raw text first, leftmost-longest, with lst
 TEST_CASE("Post-processors: TemplateProcessing around the text, nested in a Sequence") {
   nlohmann::json added = nlohmann::json::array({{{"id", 5}, {"content", "<s>"}, {"special", true}},
                                                 {{"id", 6}, {"content", "</s>"}, {"special", true}}});
-  const auto tmpl = [](const std::string& name, text::TokenId id, bool after) {
+  const auto tmpl = [](const std::string& name, milora::text::TokenId id, bool after) {
     nlohmann::json single = nlohmann::json::array();
     single.push_back({{"Sequence", {{"id", "A"}, {"type_id", 0}}}});
     const nlohmann::json special = {{"SpecialToken", {{"id", name}, {"type_id", 0}}}};
@@ -151,11 +151,11 @@ TEST_CASE("Decoders: byte fallback, strip, metaspace, and ill-formed UTF-8 as U+
   CHECK(tok.decode(Ids{0, 1, 2, 3}) == "a\u4e2d");            // 中 from three byte tokens; the leading space stripped
   CHECK(tok.decode(Ids{0, 1, 2}) == "a\ufffd\ufffd");         // a cut character: one U+FFFD per byte, as HF's ByteFallback
   // ByteLevel: the bytes of a cut character become one U+FFFD (maximal subpart, as TextDecoder).
-  CHECK(text::to_utf8_lossy("a\xE4\xB8") == "a\ufffd");
-  CHECK(text::to_utf8_lossy("\xE4\xB8" "b\xFF") == "\ufffd" "b\ufffd");
+  CHECK(milora::text::to_utf8_lossy("a\xE4\xB8") == "a\ufffd");
+  CHECK(milora::text::to_utf8_lossy("\xE4\xB8" "b\xFF") == "\ufffd" "b\ufffd");
   const auto meta = make(file(vocab, nlohmann::json::array(), {{"decoder", {{"type", "Metaspace"}, {"prepend_scheme", "first"}}}}));
   CHECK(meta.decode(Ids{0, 4, 0}) == "a  a");
-  CHECK(text::TokenizerJson::clean_up_tokenization("Hi , you do n't know . ' x ' ") == "Hi, you don't know.'x'");
+  CHECK(milora::text::TokenizerJson::clean_up_tokenization("Hi , you do n't know . ' x ' ") == "Hi, you don't know.'x'");
 }
 
 TEST_CASE("Normalizers: NFC, Prepend, Replace in sequence") {

@@ -3,11 +3,14 @@
 
 #include <filesystem>
 #include <fstream>
+#include <map>
+#include <memory>
 #include <string>
 
 #include <nlohmann/json.hpp>
 
 #include "milora/io/json.hpp"
+#include "text/tokenizer_json.hpp"
 
 namespace text_test {
 
@@ -18,6 +21,14 @@ inline std::filesystem::path model_dir(const std::string& name) { return referen
 inline const nlohmann::json& reference() {
   static const nlohmann::json j = milora::io::read_json_file(references() / "reference.json");
   return j;
+}
+
+/// The tokenizer of a fetched model, loaded once per test program (Gemma-3's file is 33 MB).
+inline std::shared_ptr<const milora::text::TokenizerJson> tokenizer(const std::string& name) {
+  static std::map<std::string, std::shared_ptr<const milora::text::TokenizerJson>> loaded;
+  auto& t = loaded[name];
+  if (!t) t = milora::text::TokenizerJson::load(model_dir(name));
+  return t;
 }
 
 }  // namespace text_test
