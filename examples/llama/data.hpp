@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <memory>
+#include <optional>
 #include <span>
 #include <string>
 #include <string_view>
@@ -71,22 +72,37 @@ class Tokenizer {
 
   bool bytes() const { return sp_ == nullptr && json_ == nullptr; }
 
-  std::vector<Token> encode(const std::string& text) const {
+  /// The ids of `text`; with `add_special_tokens`, the tokens the tokenizer puts around a text (the
+  /// BOS of LLaMA's tokenizers; a chat template writes its own, so rendered chats are encoded
+  /// without).
+  std::vector<Token> encode(const std::string& text, bool add_special_tokens = true) const {
 #if defined(MILORA_HAS_TOKENIZER_JSON)
-    if (json_) return json_->encode(text);
+    if (json_) return json_->encode(text, add_special_tokens);
 #endif
 #if defined(MILORA_HAS_SENTENCEPIECE)
     if (sp_) {
       std::vector<int> ids;
       const auto status = sp_->Encode(text, &ids);
       if (!status.ok()) throw milora::value_error("sentencepiece: " + status.ToString());
-      if (sp_->bos_id() >= 0) ids.insert(ids.begin(), sp_->bos_id());
+      if (add_special_tokens && sp_->bos_id() >= 0) ids.insert(ids.begin(), sp_->bos_id());
       return {ids.begin(), ids.end()};
     }
 #endif
     std::vector<Token> out(text.size());
     for (std::size_t i = 0; i < text.size(); ++i) out[i] = Token(static_cast<unsigned char>(text[i]));
     return out;
+  }
+
+  /// The end-of-sequence token (tokenizer_config.json's eos_token, sentencepiece's </s>); none for
+  /// bytes.
+  std::optional<Token> eos_id() const {
+#if defined(MILORA_HAS_TOKENIZER_JSON)
+    if (json_) return json_->eos_id();
+#endif
+#if defined(MILORA_HAS_SENTENCEPIECE)
+    if (sp_ && sp_->eos_id() >= 0) return sp_->eos_id();
+#endif
+    return std::nullopt;
   }
 
   std::string decode(std::span<const Token> tokens) const {

@@ -137,15 +137,17 @@ class ProgressBar {
   std::chrono::steady_clock::time_point start_;
 };
 
-/// Trains `model`'s adapters on `train`, evaluating on `val` (may be empty).
-template <class Model>
+/// Trains `model`'s adapters on `train`, evaluating on `val` (may be empty). The data is a token
+/// stream (DataLoader, held-out tokens) or examples (instruction_data.hpp's ExampleLoader and
+/// ExampleSet): anything with next / cursor / set_cursor / batch / seq, and an `evaluate` overload.
+template <class Model, class Loader = DataLoader, class Validation = std::vector<Token>>
 class Trainer {
  public:
   using BE = typename Model::backend;
   using T = typename Model::scalar;
 
   /// `run_info` is stored in trainer_state.json and must match on resume (method, rank, model, ...).
-  Trainer(Model& model, TrainConfig config, DataLoader train, std::vector<Token> val, nlohmann::json run_info)
+  Trainer(Model& model, TrainConfig config, Loader train, Validation val, nlohmann::json run_info)
       : model_(model), config_(std::move(config)), train_(std::move(train)), val_(std::move(val)),
         run_info_(std::move(run_info)), opt_({.lr = config_.lr, .weight_decay = config_.weight_decay}) {
     config_.validate();
@@ -320,8 +322,8 @@ class Trainer {
 
   Model& model_;
   TrainConfig config_;
-  DataLoader train_;
-  std::vector<Token> val_;
+  Loader train_;
+  Validation val_;
   nlohmann::json run_info_;
   milora::AdamW<BE> opt_;
   milora::io::PeftAdapter<T> initial_;

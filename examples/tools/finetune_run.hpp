@@ -16,6 +16,7 @@
 #include "llama/calibration.hpp"
 #include "llama/checkpoint_folder.hpp"
 #include "llama/device.hpp"
+#include "llama/instruction_data.hpp"
 #include "llama/trainer.hpp"
 
 namespace llama::finetune {
@@ -31,6 +32,8 @@ struct Options {
   Index calibration_batches = 8;  // corda-kpm / corda-ipm / eva / lora-ga: batches of --data they see
   double alpha = 0;  // 0: alpha = 2 * rank
   double val_fraction = 0.1;
+  double epochs = 0;  // > 0: --steps from the number of examples (JSON-lines data)
+  llama::InstructionOptions instruction;
   std::uint64_t seed = 0;
   bool quiet = false;
   bool tf32 = false;
@@ -47,52 +50,30 @@ Index add_adapters_for(const Options& o, Model& model, const std::vector<std::st
                                         o.train.seq, o.calibration_batches);
 }
 
-template <class BE, class Weights>
-void finetune(const Options& o) {
-  using Model = llama::Llama<BE, Weights>;
-  const llama::CheckpointFolder out_folder(o.out);  // claimed (writable, locked, leftovers cleared) before any work
-  const milora::io::HFModel hf(o.model);
-  auto model = llama::from_pretrained<Model>(hf);
-  model->keep_activations_in_bf16(o.dtype == "bf16");  // bf16 fine-tuning: frozen weights and saved activations
-  const auto& cfg = model->config();
-  const auto tokenizer = llama::Tokenizer::for_model(o.model, cfg.vocab_size);
-  auto tokens = llama::load_tokens(o.data, tokenizer, cfg.vocab_size);
-  std::vector<llama::Token> val;
-  if (!o.val_data.empty()) {
-    val = llama::load_tokens(o.val_data, tokenizer, cfg.vocab_size);
-  } else if (o.val_fraction > 0) {  // the held-out split is the end of the data
-    const auto n = std::size_t(double(tokens.size()) * o.val_fraction);
-    if (n > std::size_t(o.train.seq)) {
-      val.assign(tokens.end() - std::ptrdiff_t(n), tokens.end());
-      tokens.resize(tokens.size() - n);
-    }
-  }
+// Adapters, trainer, resume, training and the JSON line: the same for token streams and examples.
+template <class Model, class Loader, class Validation>
+void train(const Options& o, Model& model, Loader loader, Validation val, const std::vector<llama::Token>& calibration_data,
+           nlohmann::json run, llama::TrainConfig tc) {
+  auto t0 = std::chrono::steady_clock::now();
   const double alpha = o.alpha > 0 ? o.alpha : 2.0 * double(o.rank);
   const auto targets = milora::tools::parse_targets(o.targets);
-  const Index n_train = Index(tokens.size()), n_val = Index(val.size());
-  llama::DataLoader loader(std::move(tokens), o.train.batch, o.train.seq, "'" + o.data + "'");
-  std::cerr << "milora-finetune: " << cfg.num_hidden_layers << " layers, hidden " << cfg.hidden_size << ", vocab "
-            << cfg.vocab_size << "; " << n_train << " training tokens, " << n_val << " held out; on the " << o.device << "\n";
-  auto t0 = std::chrono::steady_clock::now();
   const milora::AdapterConfig adapter_config{.rank = o.rank, .alpha = alpha, .seed = o.seed};
   // CorDA / EVA / LoRA-GA first see --calibration-batches batches of the training data through the base model
-  const Index calibration_tokens = add_adapters_for(o, *model, targets, adapter_config, loader.tokens());
-  llama::use_tf32<BE>(o.tf32);  // after the init: its SVDs and QRs run in full float
-  std::cerr << "milora-finetune: " << o.method << " r = " << o.rank << " on " << model->num_adapters() << " projections ("
-            << model->num_trainable() << " trainable of " << model->num_frozen() << " frozen parameters), initialised in "
+  const Index calibration_tokens = add_adapters_for(o, model, targets, adapter_config, calibration_data);
+  llama::use_tf32<typename Model::backend>(o.tf32);  // after the init: its SVDs and QRs run in full float
+  std::cerr << "milora-finetune: " << o.method << " r = " << o.rank << " on " << model.num_adapters() << " projections ("
+            << model.num_trainable() << " trainable of " << model.num_frozen() << " frozen parameters), initialised in "
             << std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count() << " s\n";
-  nlohmann::json run = {{"model", fs::weakly_canonical(o.model).string()}, {"data", fs::weakly_canonical(o.data).string()},
-                              {"method", o.method}, {"solver", o.solver}, {"rank", o.rank}, {"alpha", alpha},
-                              {"targets", targets}, {"seed", o.seed}, {"batch", o.train.batch}, {"seq", o.train.seq},
-                              {"accumulation", o.train.accumulation}, {"lr", o.train.lr}, {"warmup", o.train.warmup},
-                              {"steps", o.train.steps}, {"weight_decay", o.train.weight_decay},
-                              {"grad_clip", o.train.grad_clip}, {"train_tokens", n_train}};
+  run.update({{"model", fs::weakly_canonical(o.model).string()}, {"data", fs::weakly_canonical(o.data).string()},
+              {"method", o.method}, {"solver", o.solver}, {"rank", o.rank}, {"alpha", alpha},
+              {"targets", targets}, {"seed", o.seed}, {"batch", tc.batch}, {"seq", tc.seq},
+              {"accumulation", tc.accumulation}, {"lr", tc.lr}, {"warmup", tc.warmup},
+              {"steps", tc.steps}, {"weight_decay", tc.weight_decay}, {"grad_clip", tc.grad_clip}});
   if (calibration_tokens > 0) run["calibration_batches"] = o.calibration_batches;
   if (o.dtype != "float32") run["dtype"] = o.dtype;  // a bf16 run resumes in bf16 (absent: float32, as before --dtype)
-  llama::TrainConfig tc = o.train;
   tc.out = o.out;
   tc.progress = !o.quiet;
-  llama::Trainer<Model> trainer(*model, tc, std::move(loader), std::move(val), run);
+  llama::Trainer<Model, Loader, Validation> trainer(model, tc, std::move(loader), std::move(val), run);
   if (!o.resume.empty()) {
     const fs::path from = o.resume == "latest" ? llama::latest_checkpoint(o.out) : fs::path(o.resume);
     if (from.empty()) {
@@ -110,6 +91,75 @@ void finetune(const Options& o) {
     result["val_perplexity"] = std::exp(*trainer.last_val_loss());
   }
   std::cout << result.dump() << std::endl;
+}
+
+/// JSON-lines examples (instruction_data.hpp): the answers learned, one example per row, shuffled
+/// per epoch; the held-out examples are --val-data's or the file's last --val-fraction.
+template <class Model>
+void finetune_on_examples(const Options& o, Model& model, const llama::Tokenizer& tokenizer) {
+  const auto& cfg = model.config();
+  const auto chat_template = llama::model_chat_template(o.model);
+  llama::InstructionOptions io = o.instruction;
+  io.seq = o.train.seq;
+  const auto read = [&](const std::string& path) {
+    return llama::read_instruction_data(path, tokenizer, cfg.vocab_size, io, chat_template ? &*chat_template : nullptr);
+  };
+  llama::ExampleSet set = read(o.data), val;
+  if (!o.val_data.empty()) {
+    val = read(o.val_data);
+  } else if (o.val_fraction > 0) {  // the held-out examples are the end of the file
+    const auto n = std::size_t(double(set.examples.size()) * o.val_fraction);
+    if (n >= 1 && n < set.examples.size()) {
+      val.format = set.format;
+      val.examples.assign(std::make_move_iterator(set.examples.end() - std::ptrdiff_t(n)), std::make_move_iterator(set.examples.end()));
+      set.examples.resize(set.examples.size() - n);
+    }
+  }
+  llama::TrainConfig tc = o.train;
+  const Index per_step = tc.batch * tc.accumulation;
+  if (o.epochs > 0) tc.steps = std::max<Index>(1, Index(std::ceil(o.epochs * double(set.examples.size()) / double(per_step))));
+  std::cerr << "milora-finetune: " << set.format << " data: " << set.examples.size() << " training examples (" << set.learned_tokens()
+            << " answer tokens to learn" << (io.train_on_prompt ? ", prompts included" : "") << "), " << val.examples.size()
+            << " held out; " << set.truncated << " truncated and " << set.skipped_long << " skipped as longer than --seq + 1 = "
+            << tc.seq + 1 << ", " << set.without_answer << " without a token to learn";
+  if (set.boundary_merges > 0) std::cerr << ", " << set.boundary_merges << " with a token across the prompt/answer boundary (counted as prompt)";
+  std::cerr << "; " << double(tc.steps * per_step) / double(set.examples.size()) << " epochs in " << tc.steps << " steps\n";
+  nlohmann::json run = {{"train_examples", set.examples.size()}, {"train_on_prompt", io.train_on_prompt},
+                        {"prompt_format", io.prompt_format}, {"skip_long", io.skip_long}};
+  const auto calibration = set.concatenated();
+  llama::ExampleLoader loader(std::move(set), tc.batch, tc.seq, o.seed);
+  train(o, model, std::move(loader), std::move(val), calibration, run, tc);
+}
+
+template <class BE, class Weights>
+void finetune(const Options& o) {
+  using Model = llama::Llama<BE, Weights>;
+  const llama::CheckpointFolder out_folder(o.out);  // claimed (writable, locked, leftovers cleared) before any work
+  const milora::io::HFModel hf(o.model);
+  auto model = llama::from_pretrained<Model>(hf);
+  model->keep_activations_in_bf16(o.dtype == "bf16");  // bf16 fine-tuning: frozen weights and saved activations
+  const auto& cfg = model->config();
+  const auto tokenizer = llama::Tokenizer::for_model(o.model, cfg.vocab_size);
+  std::cerr << "milora-finetune: " << cfg.num_hidden_layers << " layers, hidden " << cfg.hidden_size << ", vocab " << cfg.vocab_size
+            << "; on the " << o.device << "\n";
+  if (fs::path(o.data).extension() == ".jsonl") return finetune_on_examples(o, *model, tokenizer);
+  if (o.epochs > 0) throw milora::value_error("--epochs needs JSON-lines examples (.jsonl); text and .u32 data count --steps");
+  auto tokens = llama::load_tokens(o.data, tokenizer, cfg.vocab_size);
+  std::vector<llama::Token> val;
+  if (!o.val_data.empty()) {
+    val = llama::load_tokens(o.val_data, tokenizer, cfg.vocab_size);
+  } else if (o.val_fraction > 0) {  // the held-out split is the end of the data
+    const auto n = std::size_t(double(tokens.size()) * o.val_fraction);
+    if (n > std::size_t(o.train.seq)) {
+      val.assign(tokens.end() - std::ptrdiff_t(n), tokens.end());
+      tokens.resize(tokens.size() - n);
+    }
+  }
+  const Index n_train = Index(tokens.size()), n_val = Index(val.size());
+  llama::DataLoader loader(std::move(tokens), o.train.batch, o.train.seq, "'" + o.data + "'");
+  std::cerr << "milora-finetune: " << n_train << " training tokens, " << n_val << " held out\n";
+  const auto calibration = loader.tokens();
+  train(o, *model, std::move(loader), std::move(val), calibration, {{"train_tokens", n_train}}, o.train);
 }
 
 /// finetune with the frozen projections stored as --dtype says.

@@ -30,7 +30,8 @@ int main(int argc, char** argv) {
   auto& t = o.train;
   CLI::App app{"milora-finetune: fine-tune a Hugging Face LLaMA folder with LoRA / PiSSA / MiLoRA / ... adapters (float32 or bf16 frozen weights, CPU or CUDA)."};
   app.add_option("--model", o.model, "Hugging Face LLaMA folder (config.json, safetensors, tokenizer.model)")->required()->check(CLI::ExistingDirectory);
-  app.add_option("--data", o.data, "training data: text, or little-endian uint32 token ids in a .u32 file")->required()->check(CLI::ExistingFile);
+  app.add_option("--data", o.data, "training data: text, little-endian uint32 token ids in a .u32 file, or examples in a .jsonl file "
+                                   "(text / Alpaca / prompt-completion / chat messages; docs/data.md)")->required()->check(CLI::ExistingFile);
   app.add_option("--val-data", o.val_data, "held-out data (default: the last --val-fraction of --data)")->check(CLI::ExistingFile);
   app.add_option("--val-fraction", o.val_fraction, "share of --data held out when no --val-data is given")->capture_default_str()->check(milora::tools::finite_in(0.0, 0.5));
   milora::tools::add_method_option<milora::EigenBackend<float>>(
@@ -46,6 +47,13 @@ int main(int argc, char** argv) {
   app.add_option("--alpha", o.alpha, "lora_alpha (default 2 * rank)")->check(milora::tools::finite_positive);
   app.add_option("--targets", o.targets, "comma-separated projections to adapt")->capture_default_str();
   app.add_option("--steps", t.steps, "optimizer steps")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--epochs", o.epochs, ".jsonl data: passes over the training examples (sets --steps)")->check(milora::tools::finite_positive);
+  app.add_flag("--train-on-prompt", o.instruction.train_on_prompt, ".jsonl data: learn the prompts too, not only the answers");
+  app.add_option("--prompt-format", o.instruction.prompt_format, ".jsonl data: auto (Alpaca records in Alpaca's prompt, chats by the "
+                                                                  "model's chat template), model, or alpaca")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"auto", "model", "alpaca"}));
+  app.add_flag("--skip-long", o.instruction.skip_long, ".jsonl data: skip examples longer than --seq + 1 tokens (default: truncate them)");
   app.add_option("--lr", t.lr, "peak learning rate")->capture_default_str()->check(milora::tools::finite_non_negative);
   app.add_option("--warmup", t.warmup, "linear warm-up steps (then cosine decay to 0)")->capture_default_str()->check(milora::tools::whole_number);
   app.add_option("--batch", t.batch, "sequences per micro-batch")->capture_default_str()->check(CLI::PositiveNumber);
