@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "byte_level.hpp"
+#include "component.hpp"
 #include "milora/core/errors.hpp"
 #include "pattern.hpp"
 #include "utf8.hpp"
@@ -50,11 +51,10 @@ class Decoder {
 
   void add(const nlohmann::json& j, const std::string& where) {
     using milora::detail::concat;
-    const std::string type = j.is_object() && j.contains("type") && j["type"].is_string() ? j["type"].get<std::string>() : "";
+    const std::string type = component_type(j);
     const std::string here = concat(where, " '", type, "'");
     if (type == "Sequence") {
-      if (!j.contains("decoders") || !j["decoders"].is_array()) throw milora::format_error(here + ": no \"decoders\" array");
-      for (const auto& d : j["decoders"]) add(d, where);
+      for (const auto& d : sequence_members(j, "decoders", where)) add(d, where);
       return;
     }
     Step s{};
@@ -89,9 +89,7 @@ class Decoder {
         scheme = j["add_prefix_space"].get<bool>() ? "always" : "never";
       s.strip_first = scheme != "never";
     } else {
-      throw milora::format_error(concat(where, ": the decoder ", type.empty() ? j.dump() : "'" + type + "'",
-                                        " is not supported (supported: Sequence, ByteLevel, Replace, ByteFallback, Fuse, Strip, ",
-                                        "Metaspace)"));
+      refuse_component(where, "decoder", j, "Sequence, ByteLevel, Replace, ByteFallback, Fuse, Strip, Metaspace");
     }
     steps_.push_back(std::move(s));
   }

@@ -10,6 +10,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "component.hpp"
 #include "milora/core/errors.hpp"
 #include "pattern.hpp"
 #include "unicode_normalization.hpp"
@@ -31,11 +32,10 @@ class Normalizer {
  private:
   void add(const nlohmann::json& j, const std::string& where) {
     using milora::detail::concat;
-    const std::string type = j.is_object() && j.contains("type") && j["type"].is_string() ? j["type"].get<std::string>() : "";
+    const std::string type = component_type(j);
     const std::string here = concat(where, " '", type, "'");
     if (type == "Sequence") {
-      if (!j.contains("normalizers") || !j["normalizers"].is_array()) throw milora::format_error(here + ": no \"normalizers\" array");
-      for (const auto& n : j["normalizers"]) add(n, where);
+      for (const auto& n : sequence_members(j, "normalizers", where)) add(n, where);
     } else if (type == "NFC" || type == "NFD" || type == "NFKC" || type == "NFKD") {
       const NormalForm form = type == "NFC" ? NormalForm::NFC : type == "NFD" ? NormalForm::NFD : type == "NFKC" ? NormalForm::NFKC : NormalForm::NFKD;
       icu_normalizer(form);  // fails now, not at the first text, if ICU lacks its data
@@ -50,8 +50,7 @@ class Normalizer {
         return pattern.replace_all(s, content);
       });
     } else {
-      throw milora::format_error(concat(where, ": the normalizer ", type.empty() ? j.dump() : "'" + type + "'",
-                                        " is not supported (supported: Sequence, NFC, NFD, NFKC, NFKD, Prepend, Replace)"));
+      refuse_component(where, "normalizer", j, "Sequence, NFC, NFD, NFKC, NFKD, Prepend, Replace");
     }
   }
   std::vector<std::function<std::string(std::string)>> steps_;

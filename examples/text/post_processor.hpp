@@ -10,6 +10,7 @@
 #include <nlohmann/json.hpp>
 
 #include "bpe.hpp"
+#include "component.hpp"
 #include "milora/core/errors.hpp"
 
 namespace milora::text {
@@ -23,11 +24,10 @@ struct SpecialTokensAround {
 inline void read_post_processor(const nlohmann::json& j, const std::string& where, SpecialTokensAround& around) {
   using milora::detail::concat;
   if (j.is_null()) return;
-  const std::string type = j.is_object() && j.contains("type") && j["type"].is_string() ? j["type"].get<std::string>() : "";
+  const std::string type = component_type(j);
   const std::string here = concat(where, " '", type, "'");
   if (type == "Sequence") {
-    if (!j.contains("processors") || !j["processors"].is_array()) throw milora::format_error(here + ": no \"processors\" array");
-    for (const auto& p : j["processors"]) read_post_processor(p, where, around);
+    for (const auto& p : sequence_members(j, "processors", where)) read_post_processor(p, where, around);
   } else if (type == "ByteLevel") {
     // Changes offsets only, never ids.
   } else if (type == "TemplateProcessing") {
@@ -57,8 +57,7 @@ inline void read_post_processor(const nlohmann::json& j, const std::string& wher
     around.before.insert(around.before.begin(), mine.before.begin(), mine.before.end());
     around.after.insert(around.after.end(), mine.after.begin(), mine.after.end());
   } else {
-    throw milora::format_error(concat(where, ": the post-processor ", type.empty() ? j.dump() : "'" + type + "'",
-                                      " is not supported (supported: Sequence, ByteLevel, TemplateProcessing)"));
+    refuse_component(where, "post-processor", j, "Sequence, ByteLevel, TemplateProcessing");
   }
 }
 

@@ -11,6 +11,7 @@
 #include <nlohmann/json.hpp>
 
 #include "byte_level.hpp"
+#include "component.hpp"
 #include "milora/core/errors.hpp"
 #include "pattern.hpp"
 
@@ -57,11 +58,10 @@ class PreTokenizer {
 
   void add(const nlohmann::json& j, const std::string& where) {
     using milora::detail::concat;
-    const std::string type = j.is_object() && j.contains("type") && j["type"].is_string() ? j["type"].get<std::string>() : "";
+    const std::string type = component_type(j);
     const std::string here = concat(where, " '", type, "'");
     if (type == "Sequence") {
-      if (!j.contains("pretokenizers") || !j["pretokenizers"].is_array()) throw milora::format_error(here + ": no \"pretokenizers\" array");
-      for (const auto& p : j["pretokenizers"]) add(p, where);
+      for (const auto& p : sequence_members(j, "pretokenizers", where)) add(p, where);
       return;
     }
     Step s{};
@@ -97,8 +97,7 @@ class PreTokenizer {
       else throw milora::format_error(concat(here, ": the prepend_scheme '", scheme, "' is not always, first or never"));
       s.metaspace_split = flag(j, "split", true, here);
     } else {
-      throw milora::format_error(concat(where, ": the pre-tokenizer ", type.empty() ? j.dump() : "'" + type + "'",
-                                        " is not supported (supported: Sequence, Split, ByteLevel, Metaspace)"));
+      refuse_component(where, "pre-tokenizer", j, "Sequence, Split, ByteLevel, Metaspace");
     }
     steps_.push_back(std::move(s));
   }

@@ -217,6 +217,7 @@ TEST_CASE("milora-finetune on chat JSON lines: answers learned, epochs, and a mi
     return milora_test::read_file(dir / "err.txt");
   };
   const std::string log = run("--out " + (dir / "full").string() + " --save-every 5");
+  const auto trained = nlohmann::json::parse(milora_test::read_file(dir / "out.txt"));
   // 27 training examples (3 held out), 4 per step: 2 epochs in 14 steps.
   CHECK(log.find("chat data: 27 training examples") != std::string::npos);
   CHECK(log.find("2.07407 epochs in 14 steps") != std::string::npos);
@@ -225,6 +226,19 @@ TEST_CASE("milora-finetune on chat JSON lines: answers learned, epochs, and a mi
   run("--out " + (dir / "resumed").string() + " --save-every 5 --resume latest");
   CHECK(milora_test::read_file(dir / "full" / "checkpoint-14" / "adapter_model.safetensors") ==
         milora_test::read_file(dir / "resumed" / "checkpoint-14" / "adapter_model.safetensors"));
+  // milora-eval scores the held-out examples (the file's last 3) as the trainer did: answers only.
+  std::string held_out;
+  for (int i = 27; i < 30; ++i)
+    held_out += "{\"messages\": [{\"role\": \"user\", \"content\": \"" + std::to_string(i) + "+1\"}, {\"role\": \"assistant\", \"content\": \"" +
+                std::to_string(i + 1) + "\"}]}\n";
+  write(dir / "val.jsonl", held_out);
+  const std::string eval = std::string(MILORA_TOOL_DIR) + "/milora-eval --model " + model.string() + " --adapter " +
+                           (dir / "full" / "checkpoint-14" / "plain_lora").string() + " --data " + (dir / "val.jsonl").string() +
+                           " --seq 48 --batch 4 > " + (dir / "eval.txt").string() + " 2>&1";
+  REQUIRE(std::system(eval.c_str()) == 0);
+  const std::string eval_out = milora_test::read_file(dir / "eval.txt");
+  const auto scored = nlohmann::json::parse(eval_out.substr(eval_out.rfind('{')));
+  CHECK(scored["loss"].get<double>() == doctest::Approx(trained["val_loss"].get<double>()).epsilon(1e-5));
 }
 #endif
 #endif  // MILORA_HAS_TOKENIZER_JSON
