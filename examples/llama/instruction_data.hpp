@@ -16,10 +16,13 @@
 // split cleanly at P's end (a BPE merge across the boundary), the boundary token counts as prompt,
 // and the example is counted in `boundary_merges`.
 //
-// ExampleLoader serves the examples one per row of seq + 1 tokens (padded; the pads and the
-// prompt are kIgnoreIndex targets, so a padded row gives the loss and gradients of the example run
-// alone: the attention is causal and positions start at 0 in every row), shuffled per epoch with
-// a seed. Its cursor is the global example position, so a checkpoint resumes mid-epoch exactly.
+// ExampleLoader serves the examples shuffled per epoch with a seed, one per row (padded: the pads
+// and the prompt are kIgnoreIndex targets, so a padded row gives the loss and gradients of the
+// example run alone, the attention being causal and positions starting at 0 in every row) or
+// packed, as many whole examples per row as fit, each attending to itself only and its positions
+// starting at 0 (the row's segment starts, AttentionShape::segment_start), which gives the same
+// losses and gradients with less padding. Its cursor is the global example position, so a
+// checkpoint resumes mid-epoch exactly.
 #pragma once
 
 #include <algorithm>
@@ -27,6 +30,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <span>
 #include <string>
 #include <vector>
 
@@ -257,11 +261,11 @@ inline void example_row(const Example& ex, Index seq, Token* inputs, Token* targ
   }
 }
 
-/// Batches of examples, one per row, in a seeded order that changes every epoch.
+/// Batches of examples, one per row or packed, in a seeded order that changes every epoch.
 class ExampleLoader {
  public:
-  ExampleLoader(ExampleSet set, Index batch, Index seq, std::uint64_t seed)
-      : set_(std::move(set)), batch_(batch), seq_(seq), seed_(seed) {
+  ExampleLoader(ExampleSet set, Index batch, Index seq, std::uint64_t seed, bool pack = false)
+      : set_(std::move(set)), batch_(batch), seq_(seq), seed_(seed), pack_(pack) {
     if (batch <= 0 || seq <= 0) throw milora::value_error(milora::detail::concat("ExampleLoader: batch ", batch, " and seq ", seq, " must be positive"));
     if (set_.examples.empty()) throw milora::value_error("ExampleLoader: no examples");
     order_for(0);
@@ -269,13 +273,34 @@ class ExampleLoader {
   void next(std::vector<Token>& inputs, std::vector<Token>& targets) {
     inputs.resize(std::size_t(batch_ * seq_));
     targets.resize(std::size_t(batch_ * seq_));
+    segments_.assign(pack_ ? std::size_t(batch_ * seq_) : 0, 0);
     for (Index r = 0; r < batch_; ++r) {
-      const std::size_t n = set_.examples.size();
-      if (cursor_ / n != epoch_) order_for(cursor_ / n);
-      example_row(set_.examples[order_[cursor_ % n]], seq_, inputs.data() + r * seq_, targets.data() + r * seq_);
-      ++cursor_;
+      Token* in = inputs.data() + r * seq_;
+      Token* tg = targets.data() + r * seq_;
+      if (!pack_) {
+        example_row(current(), seq_, in, tg);
+        ++cursor_;
+        continue;
+      }
+      // Whole examples while they fit (an example takes len - 1 positions: its last token is only
+      // a target); the first always fits, since examples are at most seq + 1 tokens.
+      std::int32_t* seg = segments_.data() + r * seq_;
+      Index pos = 0;
+      while (pos < seq_) {
+        const Example& ex = current();
+        const Index n = std::min<Index>(Index(ex.tokens.size()) - 1, seq_);
+        if (pos > 0 && pos + n > seq_) break;
+        example_row(ex, n, in + pos, tg + pos);
+        std::fill(seg + pos, seg + pos + n, std::int32_t(pos));
+        pos += n;
+        ++cursor_;
+      }
+      for (Index t = pos; t < seq_; ++t) in[t] = 0, tg[t] = kIgnoreIndex, seg[t] = std::int32_t(pos);  // padding, a segment of its own
     }
   }
+  /// The last batch's segment starts (packed rows; empty when one example per row).
+  std::span<const std::int32_t> segment_starts() const { return segments_; }
+  bool packed() const { return pack_; }
   /// The global example position: epoch * examples + position in the epoch's order.
   std::size_t cursor() const { return cursor_; }
   void set_cursor(std::size_t c) {
@@ -310,6 +335,11 @@ class ExampleLoader {
   }
 
  private:
+  const Example& current() {
+    const std::size_t n = set_.examples.size();
+    if (cursor_ / n != epoch_) order_for(cursor_ / n);
+    return set_.examples[order_[cursor_ % n]];
+  }
   void order_for(std::size_t e) {
     epoch_ = e;
     order_ = order(e);
@@ -317,8 +347,10 @@ class ExampleLoader {
   ExampleSet set_;
   Index batch_, seq_;
   std::uint64_t seed_;
+  bool pack_;
   std::size_t cursor_ = 0, epoch_ = 0;
   std::vector<std::size_t> order_;
+  std::vector<std::int32_t> segments_;
 };
 
 /// Mean loss over the learned tokens of every example of `set` (in file order, `batch` rows at a

@@ -69,6 +69,10 @@ inline Index count_targets(std::span<const Token> targets, Index vocab) {
 struct AttentionShape {
   Index batch, seq, heads, kv_heads, head_dim;
   Index group() const { return heads / kv_heads; }  // query heads per key/value head
+  // Packed rows (several examples in one row): per token, the position in its row where its
+  // example starts; a token attends to [start, itself] only. Null: one sequence per row. Only
+  // kernel sets with rope_segmented (the CPU's) take it.
+  const std::int32_t* segment_start = nullptr;
 };
 
 /// A matrix's rows and columns (the attention's saved state is sized by the backend).

@@ -92,6 +92,25 @@ struct LlamaKernels<milora::EigenBackend<T>> {
     }
   }
 
+  /// rope for packed rows: the position of row r is its place in its example, r % seq minus the
+  /// start of that example (AttentionShape::segment_start), so every example starts at position 0.
+  static void rope_segmented(view x, const_view cos, const_view sin, Index seq, Index head_dim, double sign,
+                             const std::int32_t* segment_start) {
+    const Index half = head_dim / 2, heads = x.cols() / head_dim;
+    for (Index r = 0; r < x.rows(); ++r) {
+      const Index t = r % seq - segment_start[r];
+      for (Index h = 0; h < heads; ++h) {
+        T* p = &x(r, h * head_dim);
+        for (Index i = 0; i < half; ++i) {
+          const T c = cos(t, i), s = T(sign) * sin(t, i);
+          const T a = p[i], b = p[i + half];
+          p[i] = a * c - b * s;
+          p[i + half] = b * c + a * s;
+        }
+      }
+    }
+  }
+
   /// The CPU keeps the attention weights: (batch*heads*seq) x seq, zero above the diagonal. Plain
   /// and fast with BLAS-3 products at the sequence lengths a CPU trains on; the CUDA kernels keep
   /// one logsumexp per row instead (kernels_rows.hpp, FusedAttention).
@@ -111,7 +130,8 @@ struct LlamaKernels<milora::EigenBackend<T>> {
         auto vh = BE::cblock(v, b * s.seq, g * s.head_dim, s.seq, s.head_dim);
         auto p = BE::block(probs, (b * s.heads + h) * s.seq, 0, s.seq, s.seq);
         BE::gemm(scale, qh, milora::Trans::no, kh, milora::Trans::yes, 0, p);
-        for (Index i = 0; i < s.seq; ++i) softmax_causal_row(&p(i, 0), i, s.seq);
+        for (Index i = 0; i < s.seq; ++i)
+          softmax_causal_row(&p(i, 0), s.segment_start ? s.segment_start[b * s.seq + i] : 0, i, s.seq);
         BE::gemm(1, p, milora::Trans::no, vh, milora::Trans::no, 0,
                  BE::block(out, b * s.seq, h * s.head_dim, s.seq, s.head_dim));
       }
@@ -204,10 +224,14 @@ struct LlamaKernels<milora::EigenBackend<T>> {
   static T silu(T g) { return g / (T(1) + std::exp(-g)); }
 
   // Softmax of p[0..i] in place (positions j <= i are visible to query i), zero after.
-  static void softmax_causal_row(T* p, Index i, Index seq) {
-    Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>> row(p, i + 1);
+  // Row i of the attention weights: softmax over the keys [start, i], zero elsewhere (before its
+  // example's start in a packed row, and after i). The backward needs no mask of its own: where
+  // P is zero, dS = P (dP - rowsum) is zero too.
+  static void softmax_causal_row(T* p, Index start, Index i, Index seq) {
+    Eigen::Map<Eigen::Array<T, 1, Eigen::Dynamic>> row(p + start, i + 1 - start);
     row = (row - row.maxCoeff()).exp();  // Eigen's vectorised exp
     row *= T(1 / row.template cast<double>().sum());
+    std::fill(p, p + start, T(0));
     std::fill(p + i + 1, p + seq, T(0));
   }
 

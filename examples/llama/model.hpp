@@ -277,8 +277,11 @@ class Llama {
   /// Runs the model on `batch` sequences of `seq` tokens (row-major: sequence b is
   /// tokens[b*seq, (b+1)*seq)). Afterwards logits() is (batch*seq) x vocab. Throws for a token
   /// outside the vocabulary or a sequence longer than max_position_embeddings.
-  void forward(std::span<const Token> tokens, Index batch, Index seq) {
+  /// `segment_start` (optional, one per token) packs several examples into a row: see
+  /// AttentionShape::segment_start and set_segments.
+  void forward(std::span<const Token> tokens, Index batch, Index seq, std::span<const std::int32_t> segment_start = {}) {
     prepare(tokens.size(), batch, seq);
+    set_segments(segment_start, seq);
     ActivationStore<BE>& a = act_;
     if (full_) a.tokens.assign(tokens.begin(), tokens.end());  // the embedding's backward needs them
     K::embed(embed_, tokens, a.layer(0).x);
@@ -291,8 +294,8 @@ class Llama {
       b.q.forward(s.xn1, s.q);
       b.k.forward(s.xn1, s.k);
       b.v.forward(s.xn1, s.v);
-      K::rope(s.q, rope_cos_, rope_sin_, seq, config_.head_dim, +1);
-      K::rope(s.k, rope_cos_, rope_sin_, seq, config_.head_dim, +1);
+      rope(s.q, seq, +1);
+      rope(s.k, seq, +1);
       K::attention_forward(s.q, s.k, s.v, attention_, s.att, s.att_saved);
       b.o.forward(s.att, s.x_mid);
       BE::axpy(1, s.x, s.x_mid);
@@ -322,13 +325,13 @@ class Llama {
   /// forward, the loss against `targets`, and backward: adapter gradients accumulate
   /// grad_scale * d(mean loss)/d(parameter) (grad_scale = 1/accumulation steps). Returns the loss.
   double forward_backward(std::span<const Token> tokens, std::span<const Token> targets, Index batch, Index seq,
-                          double grad_scale = 1.0) {
+                          double grad_scale = 1.0, std::span<const std::int32_t> segment_start = {}) {
     if (num_adapters() == 0 && !full_ && !adapters_.probing())
       throw milora::state_error("Llama::forward_backward: the model has no adapters to train");
     if (targets.size() != tokens.size())
       throw milora::shape_error(milora::detail::concat("Llama::forward_backward: ", targets.size(), " targets for ",
                                                        tokens.size(), " tokens"));
-    forward(tokens, batch, seq);
+    forward(tokens, batch, seq, segment_start);
     ActivationStore<BE>& a = act_;
     Gradients& g = grads_;
     const double loss = K::cross_entropy(a.logits, targets, grad_scale, g.dlogits);
@@ -355,8 +358,8 @@ class Llama {
       // attention half
       b.o.backward(s.att, g.dres, g.datt);
       K::attention_backward(g.datt, s.q, s.k, s.v, s.att, s.att_saved, attention_, g.dq, g.dk, g.dv);
-      K::rope(g.dq, rope_cos_, rope_sin_, seq, config_.head_dim, -1);
-      K::rope(g.dk, rope_cos_, rope_sin_, seq, config_.head_dim, -1);
+      rope(g.dq, seq, -1);
+      rope(g.dk, seq, -1);
       b.q.backward(s.xn1, g.dq, g.dxn);
       b.k.backward(s.xn1, g.dk, g.dtmp);
       BE::axpy(1, g.dtmp, g.dxn);
@@ -401,6 +404,37 @@ class Llama {
 
   // cos / sin of t * theta^(-2i/d), t < seq, i < d/2: transformers' LlamaRotaryEmbedding (computed
   // in double here and rounded once; transformers computes the angle in float32).
+  // Kernel sets that can mask packed rows have rope_segmented (the CPU's); the others refuse them.
+  static constexpr bool kSegments = requires(view x, const_view c, const std::int32_t* st) { K::rope_segmented(x, c, c, Index{}, Index{}, 1.0, st); };
+
+  void set_segments(std::span<const std::int32_t> segment_start, Index seq) {
+    using milora::detail::concat;
+    attention_.segment_start = nullptr;
+    segment_start_.clear();
+    if (segment_start.empty()) return;
+    if constexpr (!kSegments) {
+      throw milora::value_error("Llama: packed rows (several examples per row) are not implemented on this backend; pad them");
+    } else {
+      if (Index(segment_start.size()) != attention_.batch * seq)
+        throw milora::shape_error(concat("Llama: ", segment_start.size(), " segment starts for ", attention_.batch * seq, " tokens"));
+      // Each token's start is its own position (a new example) or the start of the token before it.
+      for (std::size_t r = 0; r < segment_start.size(); ++r) {
+        const Index t = Index(r) % seq, st = segment_start[r];
+        if (!(st == t || (t > 0 && st == segment_start[r - 1])))
+          throw milora::value_error(concat("Llama: segment start ", st, " of token ", r, " (position ", t,
+                                           " in its row) is neither its own position nor the start of the token before it"));
+      }
+      segment_start_.assign(segment_start.begin(), segment_start.end());
+      attention_.segment_start = segment_start_.data();
+    }
+  }
+  template <class M>
+  void rope(M& x, Index seq, double sign) {
+    if constexpr (kSegments)
+      if (attention_.segment_start) return K::rope_segmented(x, rope_cos_, rope_sin_, seq, config_.head_dim, sign, attention_.segment_start);
+    K::rope(x, rope_cos_, rope_sin_, seq, config_.head_dim, sign);
+  }
+
   void build_rope_tables(Index seq) {
     if (BE::rows(rope_cos_) >= seq) return;
     const Index half = config_.head_dim / 2;
@@ -424,6 +458,7 @@ class Llama {
   ModelAdapters<BE, Weights> adapters_{blocks_};
   matrix rope_cos_ = BE::zeros(0, 0), rope_sin_ = BE::zeros(0, 0);
   AttentionShape attention_{};
+  std::vector<std::int32_t> segment_start_;  // the forward's, kept for its backward
   ActivationStore<BE> act_;
   Gradients grads_;
 };

@@ -159,6 +159,11 @@ class Trainer {
 
   Index step() const { return step_; }
   const milora::AdamW<BE>& optimizer() const { return opt_; }
+  /// The loader's segment starts of its last batch, when it packs rows (instruction_data.hpp).
+  std::span<const std::int32_t> segments() const {
+    if constexpr (requires { train_.segment_starts(); }) return train_.segment_starts();
+    else return {};
+  }
   double last_loss() const { return last_loss_; }
 
   /// One optimizer step: `accumulation` micro-batches, clipping, the scheduled lr, AdamW. Returns
@@ -169,7 +174,7 @@ class Trainer {
     double loss = 0;
     for (Index m = 0; m < config_.accumulation; ++m) {
       train_.next(in, tg);
-      loss += model_.forward_backward(in, tg, train_.batch(), train_.seq(), 1.0 / double(config_.accumulation));
+      loss += model_.forward_backward(in, tg, train_.batch(), train_.seq(), 1.0 / double(config_.accumulation), segments());
     }
     loss /= double(config_.accumulation);
     // A NaN / Inf stops training before the optimizer touches anything: the parameters stay as the

@@ -33,6 +33,7 @@ struct Options {
   double alpha = 0;  // 0: alpha = 2 * rank
   double val_fraction = 0.1;
   double epochs = 0;  // > 0: --steps from the number of examples (JSON-lines data)
+  bool pack = false;  // JSON-lines data: several examples per row
   llama::InstructionOptions instruction;
   std::uint64_t seed = 0;
   bool quiet = false;
@@ -117,7 +118,18 @@ void finetune_on_examples(const Options& o, Model& model, const llama::Tokenizer
   }
   llama::TrainConfig tc = o.train;
   const Index per_step = tc.batch * tc.accumulation;
-  if (o.epochs > 0) tc.steps = std::max<Index>(1, Index(std::ceil(o.epochs * double(set.examples.size()) / double(per_step))));
+  // Packed, a row holds several examples: an epoch is the rows the examples fill, counted by
+  // packing one epoch's order (the next epochs' orders pack alike).
+  double examples_per_row = 1;
+  if (o.pack) {
+    llama::ExampleLoader probe(set, 1, tc.seq, o.seed, true);
+    std::vector<llama::Token> in, tg;
+    Index rows = 0;
+    while (probe.cursor() < set.examples.size()) probe.next(in, tg), ++rows;
+    examples_per_row = double(probe.cursor()) / double(rows);
+  }
+  if (o.epochs > 0)
+    tc.steps = std::max<Index>(1, Index(std::ceil(o.epochs * double(set.examples.size()) / (double(per_step) * examples_per_row))));
   std::cerr << "milora-finetune: " << set.format << " data: " << set.examples.size() << " training examples (" << set.learned_tokens()
             << " answer tokens to learn" << (io.train_on_prompt ? ", prompts included" : "") << "), " << val.examples.size()
             << " held out; " << set.truncated << " truncated and " << set.skipped_long << " skipped as longer than --seq + 1 = "
@@ -126,12 +138,13 @@ void finetune_on_examples(const Options& o, Model& model, const llama::Tokenizer
   // One example per row: what the rows hold besides padding is what a step computes usefully.
   double filled = 0;
   for (const auto& e : set.examples) filled += double(e.tokens.size() - 1);
-  std::cerr << "; rows " << 100.0 * filled / double(set.examples.size() * std::size_t(tc.seq)) << "% example tokens, the rest padding";
-  std::cerr << "; " << double(tc.steps * per_step) / double(set.examples.size()) << " epochs in " << tc.steps << " steps\n";
+  if (!o.pack) std::cerr << "; rows " << 100.0 * filled / double(set.examples.size() * std::size_t(tc.seq)) << "% example tokens, the rest padding";
+  if (o.pack) std::cerr << "; packed " << examples_per_row << " examples per row";
+  std::cerr << "; " << double(tc.steps * per_step) * examples_per_row / double(set.examples.size()) << " epochs in " << tc.steps << " steps\n";
   nlohmann::json run = {{"train_examples", set.examples.size()}, {"train_on_prompt", io.train_on_prompt},
-                        {"prompt_format", io.prompt_format}, {"skip_long", io.skip_long}};
+                        {"prompt_format", io.prompt_format}, {"skip_long", io.skip_long}, {"pack", o.pack}};
   const auto calibration = set.concatenated();
-  llama::ExampleLoader loader(std::move(set), tc.batch, tc.seq, o.seed);
+  llama::ExampleLoader loader(std::move(set), tc.batch, tc.seq, o.seed, o.pack);
   train(o, model, std::move(loader), std::move(val), calibration, run, tc);
 }
 
@@ -148,6 +161,7 @@ void finetune(const Options& o) {
             << "; on the " << o.device << "\n";
   if (fs::path(o.data).extension() == ".jsonl") return finetune_on_examples(o, *model, tokenizer);
   if (o.epochs > 0) throw milora::value_error("--epochs needs JSON-lines examples (.jsonl); text and .u32 data count --steps");
+  if (o.pack) throw milora::value_error("--pack needs JSON-lines examples (.jsonl); text and .u32 data fill every row already");
   auto tokens = llama::load_tokens(o.data, tokenizer, cfg.vocab_size);
   std::vector<llama::Token> val;
   if (!o.val_data.empty()) {

@@ -20,6 +20,8 @@ void run(const Options& o) {
   if (o.resume.empty() && fs::exists(o.out) && !fs::is_empty(o.out))
     throw milora::io_error(concat("output '", o.out, "' already exists; choose another --out or --resume a checkpoint in it"));
   llama::check_tf32_device(o.device, o.tf32);
+  if (o.pack && o.device != "cpu")
+    throw milora::value_error("--pack is implemented on the CPU only (the CUDA attention has no per-example mask yet); leave it out to pad");
   llama::on_device(o.device, "milora-finetune", [&]<class BE>() { run_on<BE>(o); });
 }
 
@@ -53,6 +55,8 @@ int main(int argc, char** argv) {
                                                                   "model's chat template), model, or alpaca")
       ->capture_default_str()
       ->check(CLI::IsMember({"auto", "model", "alpaca"}));
+  app.add_flag("--pack", o.pack, ".jsonl data: as many whole examples per row as fit, each attending to itself only (CPU; "
+                                 "default: one example per row, padded)");
   app.add_flag("--skip-long", o.instruction.skip_long, ".jsonl data: skip examples longer than --seq + 1 tokens (default: truncate them)");
   app.add_option("--lr", t.lr, "peak learning rate")->capture_default_str()->check(milora::tools::finite_non_negative);
   app.add_option("--warmup", t.warmup, "linear warm-up steps (then cosine decay to 0)")->capture_default_str()->check(milora::tools::whole_number);

@@ -118,6 +118,50 @@ TEST_CASE("instruction data: a padded row gives the loss and the gradients of it
   for (std::size_t i = 0; i < g_both.size(); ++i) CHECK((g_both[i] - (3 * g_alone[i] + 8 * g_b[i]) / 11).cwiseAbs().maxCoeff() < 1e-12);
 }
 
+TEST_CASE("packed rows: several examples in one row give the loss and gradients of each run alone") {
+  // Each example attends to itself only and its positions start at 0 (segment starts), so packing
+  // changes how much padding is computed, not what is learned. Double precision, 1e-12.
+  auto model = llama::random_model<llama::Llama<Exact>>(byte_config(), 5, 0.3);
+  model->add_adapters({"q_proj", "k_proj", "v_proj", "down_proj"}, {.rank = 2, .alpha = 4});
+  for (auto* p : model->adapted()) Exact::fill_normal(p->adapter->B(), 0, 0.1, 7);
+  llama::ExampleSet set;
+  set.examples.push_back({{10, 11, 12, 13, 14, 15}, {0, 0, 0, 1, 1, 1}});                  // 5 positions, 3 learned
+  set.examples.push_back({{20, 21, 22, 23, 24, 25, 26, 27, 28, 29}, {0, 0, 1, 1, 1, 1, 1, 1, 1, 1}});  // 9 positions, 8 learned
+  const auto step = [&](std::span<const Token> in, std::span<const Token> tg, milora::Index seq, std::span<const std::int32_t> seg) {
+    model->zero_grad();
+    const double loss = model->forward_backward(in, tg, 1, seq, 1.0, seg);
+    std::vector<Eigen::MatrixXd> g;
+    for (const auto& p : model->parameters()) g.emplace_back(p.grad);
+    return std::pair{loss, g};
+  };
+  std::vector<std::pair<double, std::vector<Eigen::MatrixXd>>> alone;
+  for (const auto& ex : set.examples) {
+    const milora::Index n = milora::Index(ex.tokens.size()) - 1;
+    std::vector<Token> in(static_cast<std::size_t>(n)), tg(static_cast<std::size_t>(n));
+    llama::example_row(ex, n, in.data(), tg.data());
+    alone.push_back(step(in, tg, n, {}));
+  }
+  llama::ExampleLoader loader(set, 1, 16, 3, /*pack=*/true);
+  std::vector<Token> in, tg;
+  loader.next(in, tg);
+  CHECK(loader.cursor() == 2);  // both fit: 5 + 9 of 16 positions, 2 of padding
+  const auto seg = loader.segment_starts();
+  const std::int32_t second = seg[15] == 14 ? seg[13] : -1;  // where the second example starts (5 or 9)
+  CHECK((second == 5 || second == 9));
+  CHECK(seg[0] == 0);
+  CHECK(seg[15] == 14);  // the padding, a segment of its own
+  const auto [packed, g_packed] = step(in, tg, 16, seg);
+  CHECK(std::abs(packed - (3 * alone[0].first + 8 * alone[1].first) / 11) < 1e-12);
+  for (std::size_t i = 0; i < g_packed.size(); ++i)
+    CHECK((g_packed[i] - (3 * alone[0].second[i] + 8 * alone[1].second[i]) / 11).cwiseAbs().maxCoeff() < 1e-12);
+  // Without the segments the second example would see the first: a different loss.
+  model->zero_grad();
+  CHECK(std::abs(model->forward_backward(in, tg, 1, 16) - packed) > 1e-6);
+  std::vector<std::int32_t> bad(seg.begin(), seg.end());
+  bad[3] = 2;
+  CHECK_THROWS_WITH_AS(model->forward_backward(in, tg, 1, 16, 1.0, bad), doctest::Contains("segment start 2 of token 3"), milora::value_error);
+}
+
 TEST_CASE("ExampleLoader: every example once per epoch, a new order each epoch, the same from a seed, resumable mid-epoch") {
   llama::ExampleSet set;
   for (Token i = 0; i < 7; ++i) set.examples.push_back({{i, Token(i + 100)}, {0, 1}});
@@ -144,6 +188,17 @@ TEST_CASE("ExampleLoader: every example once per epoch, a new order each epoch, 
   resumed.next(in2, tg2);
   CHECK(in == in2);
   CHECK(tg == tg2);
+  // Packed (each example takes one position here, so a row of 3 holds 3): the same order, and a
+  // resume from the cursor continues with the same rows.
+  llama::ExampleLoader packed(set, 1, 3, 42, true), packed_resumed(set, 1, 3, 42, true);
+  packed.next(in, tg);
+  CHECK(in == std::vector<Token>{Token(o0[0]), Token(o0[1]), Token(o0[2])});
+  CHECK(std::vector<std::int32_t>(packed.segment_starts().begin(), packed.segment_starts().end()) == std::vector<std::int32_t>{0, 1, 2});
+  packed.next(in, tg);
+  packed_resumed.set_cursor(packed.cursor());
+  packed.next(in, tg);
+  packed_resumed.next(in2, tg2);
+  CHECK(in == in2);
 }
 
 TEST_CASE("instruction data: bad input is named by file and line, long examples are truncated or skipped and counted") {
