@@ -28,6 +28,7 @@
 
 #include "llama/calibration.hpp"
 #include "llama/kernels_cpu.hpp"
+#include "llama/instruction_data.hpp"
 #include "llama/trainer.hpp"
 #include "milora/init/registry.hpp"
 #include "subspace.hpp"
@@ -135,12 +136,14 @@ fs::path pretrained_model(const Options& o, const std::vector<Token>& train, con
 struct Data {
   std::vector<Token> task_train, task_test_tokens, corpus_heldout;
   std::vector<std::pair<int, int>> task_test;  // the reversal task's problems (empty for a text task)
+  llama::ExampleSet examples_train, examples_test;  // a JSON-lines task: answers learned and scored
 };
 
 /// The task's held-out metrics: loss (answer tokens only for the reversal task) and accuracy (-1: none).
 template <class Model>
 std::pair<double, double> task_metrics(const Options& o, Model& model, const Data& d) {
   if (!d.task_test.empty()) return compare::task_metrics(model, d.task_test);
+  if (!d.examples_test.empty()) return {llama::evaluate(model, d.examples_test, 8, o.seq, o.eval_batches).first, -1.0};
   return {llama::evaluate(model, d.task_test_tokens, 8, o.seq, o.eval_batches).first, -1.0};
 }
 
@@ -169,17 +172,26 @@ Row run_method(const Options& o, const std::string& method, unsigned seed, const
   tc.lr = row.lr;
   tc.warmup = std::max<Index>(1, o.steps / 20);
   tc.progress = false;
-  llama::DataLoader loader(d.task_train, o.batch, o.seq, "task data");
-  if (d.task_test.empty()) {  // a text task: each seed starts reading at its own place (the reversal task's seeds draw other problems)
-    std::mt19937_64 gen(seed);
-    loader.set_cursor(gen() % (d.task_train.size() - std::size_t(o.batch * o.seq)));
-  }
-  llama::Trainer<Model> trainer(*model, tc, std::move(loader), {}, {});
-  double smoothed = 0;
-  for (Index s = 0; s < o.steps; ++s) {
-    const double loss = trainer.train_step();
-    smoothed = s == 0 ? loss : 0.9 * smoothed + 0.1 * loss;
-    if ((s + 1) % 10 == 0 || s + 1 == o.steps) curves << method << ',' << seed << ',' << s + 1 << ',' << loss << ',' << smoothed << '\n';
+  const auto train = [&](auto& trainer) {
+    double smoothed = 0;
+    for (Index s = 0; s < o.steps; ++s) {
+      const double loss = trainer.train_step();
+      smoothed = s == 0 ? loss : 0.9 * smoothed + 0.1 * loss;
+      if ((s + 1) % 10 == 0 || s + 1 == o.steps) curves << method << ',' << seed << ',' << s + 1 << ',' << loss << ',' << smoothed << '\n';
+    }
+  };
+  if (!d.examples_train.empty()) {  // a JSON-lines task: each seed visits the examples in its own order
+    llama::Trainer<Model, llama::ExampleLoader, llama::ExampleSet> trainer(*model, tc, llama::ExampleLoader(d.examples_train, o.batch, o.seq, seed),
+                                                                          {}, {});
+    train(trainer);
+  } else {
+    llama::DataLoader loader(d.task_train, o.batch, o.seq, "task data");
+    if (d.task_test.empty()) {  // a text task: each seed starts reading at its own place (the reversal task's seeds draw other problems)
+      std::mt19937_64 gen(seed);
+      loader.set_cursor(gen() % (d.task_train.size() - std::size_t(o.batch * o.seq)));
+    }
+    llama::Trainer<Model> trainer(*model, tc, std::move(loader), {}, {});
+    train(trainer);
   }
   row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::tie(row.task_loss, row.task_accuracy) = task_metrics(o, *model, d);
@@ -335,7 +347,19 @@ void run(const Options& o) {
 
   // the task: the reversal problems (seeded below) or a text whose last 10 % is held out
   const bool reversal = o.task == "reversal";
-  if (!reversal) {
+  if (fs::path(o.task).extension() == ".jsonl") {  // examples (docs/data.md): the last 10 % held out, answers scored
+    const fs::path dir = o.model.empty() ? model_dir : fs::path(o.model);
+    const auto chat_template = llama::model_chat_template(dir);
+    auto set = llama::read_instruction_data(o.task, tokenizer, base->config().vocab_size, {.seq = o.seq},
+                                            chat_template ? &*chat_template : nullptr);
+    const std::size_t cut = set.examples.size() * 9 / 10;
+    if (cut == 0 || cut == set.examples.size())
+      throw milora::value_error(concat("'", o.task, "' has ", set.examples.size(), " usable examples; the comparison needs at least 2"));
+    d.examples_test.examples.assign(set.examples.begin() + std::ptrdiff_t(cut), set.examples.end());
+    set.examples.resize(cut);
+    d.examples_train = std::move(set);
+    d.task_train = d.examples_train.concatenated();  // what CorDA / EVA / LoRA-GA calibrate on
+  } else if (!reversal) {
     auto t = tokenizer.encode(read_text(o.task, "task", "install the Debian package `fortunes-de`, or give --task FILE or --task reversal"));
     const std::size_t cut = t.size() * 9 / 10;
     d.task_test_tokens.assign(t.begin() + std::ptrdiff_t(cut), t.end());
@@ -383,8 +407,9 @@ int main(int argc, char** argv) {
   app.add_option("--out", o.out, "output folder (the pre-trained model is cached in OUT/pretrained)")->capture_default_str();
   app.add_option("--model", o.model, "a Hugging Face LLaMA folder to use instead of pre-training one")->check(CLI::ExistingDirectory);
   app.add_option("--corpus", o.corpus, "pre-training text (file or folder) whose held-out tail measures forgetting")->capture_default_str();
-  app.add_option("--task", o.task, "fine-tuning data: a text file or folder (the last 10 % held out), or `reversal` (four letters "
-                                   "backwards, with exact-match accuracy)")->capture_default_str();
+  app.add_option("--task", o.task, "fine-tuning data: a text file or folder (the last 10 % held out), a .jsonl file of examples whose "
+                                   "answers are learned and scored (docs/data.md), or `reversal` (four letters backwards, with "
+                                   "exact-match accuracy)")->capture_default_str();
   app.add_option("--methods", o.methods, std::string("comma-separated: ") + kMethods)->capture_default_str();
   app.add_option("--targets", o.targets, "projections to adapt")->capture_default_str();
   app.add_option("--rank", o.rank, "adapter rank (alpha = rank)")->capture_default_str()->check(CLI::PositiveNumber);

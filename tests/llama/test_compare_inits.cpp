@@ -157,6 +157,26 @@ TEST_CASE("compare_inits in miniature: every output, well-formed, the cached mod
               (dir / "task_heldout.txt").string() + " --seq 24 --batch 8 > " + (dir / "eval2.txt").string() + " 2>/dev/null") == 0);
   const auto eval2 = nlohmann::json::parse(milora_test::read_file(dir / "eval2.txt"));
   CHECK(std::stod(text[1][5]) == doctest::Approx(eval2["loss"].get<double>()).epsilon(1e-5));
+  // a JSON-lines task (prompt/completion): the answers learned and scored, the held-out loss the
+  // same as milora-eval's on the file's last 10 % of examples, each seed its own order
+  std::string jsonl, heldout;
+  for (int i = 0; i < 60; ++i) {
+    const std::string line = "{\"prompt\": \"Nummer " + std::to_string(i * 53 % 97) + ": \", \"completion\": \"" +
+                             std::to_string(i * 53 % 97 + 1) + "\"}\n";
+    jsonl += line;
+    if (i >= 54) heldout += line;
+  }
+  milora_test::write_file(dir / "task.jsonl", jsonl);
+  milora_test::write_file(dir / "heldout.jsonl", heldout);
+  REQUIRE(run(common + " --model " + (out / "pretrained").string() + " --task " + (dir / "task.jsonl").string() +
+              " --methods milora --seeds 2 --out " + (dir / "jsonl").string() + " > /dev/null 2> " + (dir / "stderr4.txt").string()) == 0);
+  const auto examples = read_csv(dir / "jsonl" / "results.csv");
+  REQUIRE(examples.size() == 3);
+  CHECK(examples[1][6] != examples[2][6]);  // two seeds, two orders
+  REQUIRE(run(std::string(MILORA_TOOL_DIR) + "/milora-eval --model " + (out / "pretrained").string() + " --data " +
+              (dir / "heldout.jsonl").string() + " --seq 24 --batch 8 > " + (dir / "eval3.txt").string() + " 2>/dev/null") == 0);
+  const auto eval3 = nlohmann::json::parse(milora_test::read_file(dir / "eval3.txt"));
+  CHECK(std::stod(examples[1][5]) == doctest::Approx(eval3["loss"].get<double>()).epsilon(1e-5));
   // the opt-in policies run through the same pipeline; an unknown method is refused before pre-training
   REQUIRE(run(common + " --model " + (out / "pretrained").string() + " --task " + (dir / "task.txt").string() +
               " --methods olora,orthogonal,corda-kpm,eva,lora-ga --seeds 1 --out " + (dir / "more").string() + " > /dev/null 2> " +
