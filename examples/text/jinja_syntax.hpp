@@ -11,6 +11,7 @@
 // name when the template is read.
 #pragma once
 
+#include <cctype>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -138,8 +139,6 @@ class Parser {
 
   // The tokens of a tag from j up to its closer; returns the offset after the closer.
   std::size_t lex_tag(std::size_t j, const std::string& closer, Item& item) {
-    static constexpr std::string_view ops3[] = {"=="};
-    (void)ops3;
     while (true) {
       while (j < src_.size() && std::isspace(static_cast<unsigned char>(src_[j]))) ++j;
       if (j >= src_.size()) fail(item.offset, "a tag is not closed with " + closer);
