@@ -87,7 +87,7 @@ TEST_CASE("Split: Hugging Face's five delimiter behaviours") {
   CHECK(split("Contiguous") == Words{"the", "-", "final", "--", "countdown"});
 }
 
-TEST_CASE("Split patterns: \\s is Unicode's White_Space, as in Oniguruma (U+180E is not; U+0085 is)") {
+TEST_CASE("Split patterns: \\s is Unicode White_Space, as in Oniguruma (not U+180E, but U+0085)") {
   const nlohmann::json llama3 = {
       {"type", "Split"},
       {"pattern", {{"Regex", R"((?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}{1,3}| ?[^\s\p{L}\p{N}]+[\r\n]*|\s*[\r\n]+|\s+(?!\S)|\s+)"}}},
