@@ -117,6 +117,9 @@ inline ExampleSet read_instruction_data(const std::filesystem::path& path, const
   if (!in) throw milora::io_error(concat("cannot open '", path.string(), "'"));
   ExampleSet set;
   const std::optional<Token> eos = tokenizer.eos_id();
+#if defined(MILORA_HAS_TOKENIZER_JSON)
+  std::optional<milora::text::ChatTemplate> alpaca_template;
+#endif
   std::string line;
   Index line_no = 0;
   while (std::getline(in, line)) {
@@ -177,11 +180,11 @@ inline ExampleSet read_instruction_data(const std::filesystem::path& path, const
         messages = j["messages"];
       }
       const bool alpaca = options.prompt_format == "alpaca" || (options.prompt_format == "auto" && format == "alpaca");
-      const milora::text::ChatTemplate alpaca_template = milora::text::ChatTemplate::alpaca();
+      if (alpaca && !alpaca_template) alpaca_template = milora::text::ChatTemplate::alpaca();  // read once, not per record
       if (!alpaca && chat_template == nullptr)
         throw milora::format_error(concat(where, ": a ", format, " record needs the model's chat template, and its folder has none ",
                                           "(--prompt-format alpaca writes single-turn records in Alpaca's format)"));
-      const milora::text::ChatTemplate& t = alpaca ? alpaca_template : *chat_template;
+      const milora::text::ChatTemplate& t = alpaca ? *alpaca_template : *chat_template;
       // Alpaca's prompt writes no special tokens: the tokenizer adds its BOS, and an EOS follows the answer.
       const bool specials = alpaca;
       append_eos = alpaca;

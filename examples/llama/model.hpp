@@ -402,8 +402,6 @@ class Llama {
     build_rope_tables(seq);
   }
 
-  // cos / sin of t * theta^(-2i/d), t < seq, i < d/2: transformers' LlamaRotaryEmbedding (computed
-  // in double here and rounded once; transformers computes the angle in float32).
   // Kernel sets that can mask packed rows have rope_segmented (the CPU's); the others refuse them.
   static constexpr bool kSegments = requires(view x, const_view c, const std::int32_t* st) { K::rope_segmented(x, c, c, Index{}, Index{}, 1.0, st); };
 
@@ -435,6 +433,8 @@ class Llama {
     K::rope(x, rope_cos_, rope_sin_, seq, config_.head_dim, sign);
   }
 
+  // cos / sin of t * theta^(-2i/d), t < seq, i < d/2: transformers' LlamaRotaryEmbedding (computed
+  // in double here and rounded once; transformers computes the angle in float32).
   void build_rope_tables(Index seq) {
     if (BE::rows(rope_cos_) >= seq) return;
     const Index half = config_.head_dim / 2;

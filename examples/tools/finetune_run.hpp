@@ -135,11 +135,13 @@ void finetune_on_examples(const Options& o, Model& model, const llama::Tokenizer
             << " held out; " << set.truncated << " truncated and " << set.skipped_long << " skipped as longer than --seq + 1 = "
             << tc.seq + 1 << ", " << set.without_answer << " without a token to learn";
   if (set.boundary_merges > 0) std::cerr << ", " << set.boundary_merges << " with a token across the prompt/answer boundary (counted as prompt)";
-  // One example per row: what the rows hold besides padding is what a step computes usefully.
-  double filled = 0;
-  for (const auto& e : set.examples) filled += double(e.tokens.size() - 1);
-  if (!o.pack) std::cerr << "; rows " << 100.0 * filled / double(set.examples.size() * std::size_t(tc.seq)) << "% example tokens, the rest padding";
-  if (o.pack) std::cerr << "; packed " << examples_per_row << " examples per row";
+  if (o.pack) {
+    std::cerr << "; packed " << examples_per_row << " examples per row";
+  } else {  // one example per row: what the rows hold besides padding is what a step computes usefully
+    double filled = 0;
+    for (const auto& e : set.examples) filled += double(e.tokens.size() - 1);
+    std::cerr << "; rows " << 100.0 * filled / double(set.examples.size() * std::size_t(tc.seq)) << "% example tokens, the rest padding";
+  }
   std::cerr << "; " << double(tc.steps * per_step) * examples_per_row / double(set.examples.size()) << " epochs in " << tc.steps << " steps\n";
   nlohmann::json run = {{"train_examples", set.examples.size()}, {"train_on_prompt", io.train_on_prompt},
                         {"prompt_format", io.prompt_format}, {"skip_long", io.skip_long}, {"pack", o.pack}};
