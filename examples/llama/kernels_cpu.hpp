@@ -77,38 +77,14 @@ struct LlamaKernels<milora::EigenBackend<T>> {
   /// pass (a rotation's Jacobian is the rotation, its transpose the inverse rotation).
   /// cos, sin: max_positions x head_dim/2 tables (model.hpp builds them once).
   static void rope(view x, const_view cos, const_view sin, Index seq, Index head_dim, double sign) {
-    const Index half = head_dim / 2, heads = x.cols() / head_dim;
-    for (Index r = 0; r < x.rows(); ++r) {
-      const Index t = r % seq;
-      for (Index h = 0; h < heads; ++h) {
-        T* p = &x(r, h * head_dim);
-        for (Index i = 0; i < half; ++i) {
-          const T c = cos(t, i), s = T(sign) * sin(t, i);
-          const T a = p[i], b = p[i + half];
-          p[i] = a * c - b * s;
-          p[i + half] = b * c + a * s;
-        }
-      }
-    }
+    rotate_heads(x, cos, sin, head_dim, sign, [seq](Index r) { return r % seq; });
   }
 
   /// rope for packed rows: the position of row r is its place in its example, r % seq minus the
   /// start of that example (AttentionShape::segment_start), so every example starts at position 0.
   static void rope_segmented(view x, const_view cos, const_view sin, Index seq, Index head_dim, double sign,
                              const std::int32_t* segment_start) {
-    const Index half = head_dim / 2, heads = x.cols() / head_dim;
-    for (Index r = 0; r < x.rows(); ++r) {
-      const Index t = r % seq - segment_start[r];
-      for (Index h = 0; h < heads; ++h) {
-        T* p = &x(r, h * head_dim);
-        for (Index i = 0; i < half; ++i) {
-          const T c = cos(t, i), s = T(sign) * sin(t, i);
-          const T a = p[i], b = p[i + half];
-          p[i] = a * c - b * s;
-          p[i + half] = b * c + a * s;
-        }
-      }
-    }
+    rotate_heads(x, cos, sin, head_dim, sign, [seq, segment_start](Index r) { return r % seq - segment_start[r]; });
   }
 
   /// The CPU keeps the attention weights: (batch*heads*seq) x seq, zero above the diagonal. Plain
@@ -221,6 +197,24 @@ struct LlamaKernels<milora::EigenBackend<T>> {
   }
 
  private:
+  // rope's rotation of every head of every row r, at the table row position(r).
+  template <class Position>
+  static void rotate_heads(view x, const_view cos, const_view sin, Index head_dim, double sign, Position position) {
+    const Index half = head_dim / 2, heads = x.cols() / head_dim;
+    for (Index r = 0; r < x.rows(); ++r) {
+      const Index t = position(r);
+      for (Index h = 0; h < heads; ++h) {
+        T* p = &x(r, h * head_dim);
+        for (Index i = 0; i < half; ++i) {
+          const T c = cos(t, i), s = T(sign) * sin(t, i);
+          const T a = p[i], b = p[i + half];
+          p[i] = a * c - b * s;
+          p[i + half] = b * c + a * s;
+        }
+      }
+    }
+  }
+
   static T silu(T g) { return g / (T(1) + std::exp(-g)); }
 
   // Softmax of p[0..i] in place (positions j <= i are visible to query i), zero after.
