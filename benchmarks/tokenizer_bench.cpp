@@ -12,11 +12,11 @@
 // (speed-up = 1 / ratio); bytes_per_second is each side's throughput.
 #include <cstdio>
 #include <filesystem>
-#include <fstream>
 #include <memory>
 #include <string>
 #include <vector>
 
+#include "milora/io/atomic_file.hpp"
 #include "milora/io/json.hpp"
 #include "ratio_reporter.hpp"
 #include "text/tokenizer_json.hpp"
@@ -66,7 +66,7 @@ int main(int argc, char** argv) {
   for (std::size_t copy = 0; g_text.size() < bytes; ++copy)
     for (const auto& t : reference["corpus"]) g_text += t.get<std::string>() + " (" + std::to_string(copy) + ")\n";
   g_text_file = g_references / "bench_text.txt";
-  std::ofstream(g_text_file, std::ios::binary) << g_text;
+  milora::io::write_file_atomically(g_text_file, g_text);  // checked: node must read the same text
 
   const std::vector<std::string> models = smoke ? std::vector<std::string>{"llama3_1"}
                                                 : std::vector<std::string>{"llama3_1", "qwen3", "gemma3", "llama2", "gpt2"};
