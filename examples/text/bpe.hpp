@@ -23,11 +23,10 @@
 #include <nlohmann/json.hpp>
 
 #include "milora/core/errors.hpp"
+#include "token.hpp"
 #include "utf8.hpp"
 
 namespace milora::text {
-
-using TokenId = std::int32_t;
 
 /// Hash and equality that let an unordered_map<std::string, V> be searched with a string_view.
 struct StringViewHash {

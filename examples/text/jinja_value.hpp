@@ -14,6 +14,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "jinja_error.hpp"
 #include "milora/core/errors.hpp"
 
 namespace milora::text::jinja {
@@ -26,11 +27,6 @@ struct Dict {
   const Value* find(std::string_view key) const;
   Value* find(std::string_view key);
   void set(const std::string& key, Value v);
-};
-
-/// An error in a template (its syntax, a type, raise_exception): the message says where.
-struct template_error : milora::value_error {
-  using milora::value_error::value_error;
 };
 
 struct Undefined {

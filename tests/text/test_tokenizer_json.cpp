@@ -7,6 +7,9 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "text/pre_tokenizer.hpp"
 #include "text/tokenizer_json.hpp"
 
 namespace {
