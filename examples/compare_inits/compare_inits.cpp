@@ -22,6 +22,7 @@
 #include <iomanip>
 #include <iostream>
 #include <map>
+#include <memory>
 #include <random>
 #include <sstream>
 #include <tuple>
@@ -172,26 +173,23 @@ Row run_method(const Options& o, const std::string& method, unsigned seed, const
   tc.lr = row.lr;
   tc.warmup = std::max<Index>(1, o.steps / 20);
   tc.progress = false;
-  const auto train = [&](auto& trainer) {
-    double smoothed = 0;
-    for (Index s = 0; s < o.steps; ++s) {
-      const double loss = trainer.train_step();
-      smoothed = s == 0 ? loss : 0.9 * smoothed + 0.1 * loss;
-      if ((s + 1) % 10 == 0 || s + 1 == o.steps) curves << method << ',' << seed << ',' << s + 1 << ',' << loss << ',' << smoothed << '\n';
-    }
-  };
+  std::unique_ptr<llama::Batches> batches;
   if (!d.examples_train.empty()) {  // a JSON-lines task: each seed visits the examples in its own order
-    llama::Trainer<Model, llama::ExampleLoader, llama::ExampleSet> trainer(*model, tc, llama::ExampleLoader(d.examples_train, o.batch, o.seq, seed),
-                                                                          {}, {});
-    train(trainer);
+    batches = std::make_unique<llama::ExampleLoader>(d.examples_train, o.batch, o.seq, seed);
   } else {
-    llama::DataLoader loader(d.task_train, o.batch, o.seq, "task data");
+    auto loader = std::make_unique<llama::DataLoader>(d.task_train, o.batch, o.seq, "task data");
     if (d.task_test.empty()) {  // a text task: each seed starts reading at its own place (the reversal task's seeds draw other problems)
       std::mt19937_64 gen(seed);
-      loader.set_cursor(gen() % (d.task_train.size() - std::size_t(o.batch * o.seq)));
+      loader->set_cursor(gen() % (d.task_train.size() - std::size_t(o.batch * o.seq)));
     }
-    llama::Trainer<Model> trainer(*model, tc, std::move(loader), {}, {});
-    train(trainer);
+    batches = std::move(loader);
+  }
+  llama::Trainer<Model> trainer(*model, tc, std::move(batches), {}, {});
+  double smoothed = 0;
+  for (Index s = 0; s < o.steps; ++s) {
+    const double loss = trainer.train_step();
+    smoothed = s == 0 ? loss : 0.9 * smoothed + 0.1 * loss;
+    if ((s + 1) % 10 == 0 || s + 1 == o.steps) curves << method << ',' << seed << ',' << s + 1 << ',' << loss << ',' << smoothed << '\n';
   }
   row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::tie(row.task_loss, row.task_accuracy) = task_metrics(o, *model, d);

@@ -16,6 +16,7 @@
 #include <string_view>
 #include <vector>
 
+#include "batches.hpp"
 #include "kernels.hpp"
 #include "milora/core/errors.hpp"
 
@@ -175,7 +176,7 @@ inline std::vector<Token> load_tokens(const std::filesystem::path& path, const T
 }
 
 /// Contiguous batches of a token sequence, resumable from its cursor.
-class DataLoader {
+class DataLoader final : public Batches {
  public:
   DataLoader(std::vector<Token> tokens, Index batch, Index seq, std::string name = "data")
       : tokens_(std::move(tokens)), batch_(batch), seq_(seq) {
@@ -186,20 +187,20 @@ class DataLoader {
                                        batch * seq + 1));
   }
   /// The next batch: inputs and targets, batch*seq each.
-  void next(std::vector<Token>& inputs, std::vector<Token>& targets) {
+  void next(std::vector<Token>& inputs, std::vector<Token>& targets) override {
     const std::size_t n = std::size_t(batch_ * seq_);
     if (cursor_ + n + 1 > tokens_.size()) cursor_ = 0;
     inputs.assign(tokens_.begin() + std::ptrdiff_t(cursor_), tokens_.begin() + std::ptrdiff_t(cursor_ + n));
     targets.assign(tokens_.begin() + std::ptrdiff_t(cursor_ + 1), tokens_.begin() + std::ptrdiff_t(cursor_ + n + 1));
     cursor_ += n;
   }
-  std::size_t cursor() const { return cursor_; }
-  void set_cursor(std::size_t c) {
+  std::size_t cursor() const override { return cursor_; }
+  void set_cursor(std::size_t c) override {
     if (c > tokens_.size()) throw milora::value_error(milora::detail::concat("DataLoader: cursor ", c, " past the data's end"));
     cursor_ = c;
   }
-  Index batch() const { return batch_; }
-  Index seq() const { return seq_; }
+  Index batch() const override { return batch_; }
+  Index seq() const override { return seq_; }
   const std::vector<Token>& tokens() const { return tokens_; }
 
  private:

@@ -265,7 +265,7 @@ inline void example_row(const Example& ex, Index seq, Token* inputs, Token* targ
 }
 
 /// Batches of examples, one per row or packed, in a seeded order that changes every epoch.
-class ExampleLoader {
+class ExampleLoader final : public Batches {
  public:
   ExampleLoader(ExampleSet set, Index batch, Index seq, std::uint64_t seed, bool pack = false)
       : set_(std::move(set)), batch_(batch), seq_(seq), seed_(seed), pack_(pack) {
@@ -273,7 +273,7 @@ class ExampleLoader {
     if (set_.examples.empty()) throw milora::value_error("ExampleLoader: no examples");
     order_for(0);
   }
-  void next(std::vector<Token>& inputs, std::vector<Token>& targets) {
+  void next(std::vector<Token>& inputs, std::vector<Token>& targets) override {
     inputs.resize(std::size_t(batch_ * seq_));
     targets.resize(std::size_t(batch_ * seq_));
     segments_.assign(pack_ ? std::size_t(batch_ * seq_) : 0, 0);
@@ -302,17 +302,17 @@ class ExampleLoader {
     }
   }
   /// The last batch's segment starts (packed rows; empty when one example per row).
-  std::span<const std::int32_t> segment_starts() const { return segments_; }
+  std::span<const std::int32_t> segment_starts() const override { return segments_; }
   bool packed() const { return pack_; }
   /// The global example position: epoch * examples + position in the epoch's order.
-  std::size_t cursor() const { return cursor_; }
-  void set_cursor(std::size_t c) {
+  std::size_t cursor() const override { return cursor_; }
+  void set_cursor(std::size_t c) override {
     cursor_ = c;
     order_for(c / set_.examples.size());
   }
   std::size_t epoch() const { return cursor_ / set_.examples.size(); }
-  Index batch() const { return batch_; }
-  Index seq() const { return seq_; }
+  Index batch() const override { return batch_; }
+  Index seq() const override { return seq_; }
   const ExampleSet& examples() const { return set_; }
   /// The examples of epoch `e` in order (a Fisher-Yates shuffle driven by splitmix64 of seed and
   /// epoch, written out so the order is the same with every standard library).

@@ -14,6 +14,9 @@
 #pragma once
 
 #include <chrono>
+#include <concepts>
+#include <functional>
+#include <memory>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -23,6 +26,7 @@
 #include <fcntl.h>
 #include <unistd.h>
 
+#include "batches.hpp"
 #include "data.hpp"
 #include "milora/core/log.hpp"
 #include "milora/io/json.hpp"
@@ -137,32 +141,45 @@ class ProgressBar {
   std::chrono::steady_clock::time_point start_;
 };
 
-/// Trains `model`'s adapters on `train`, evaluating on `val` (may be empty). The data is a token
-/// stream (DataLoader, held-out tokens) or examples (instruction_data.hpp's ExampleLoader and
-/// ExampleSet): anything with next / cursor / set_cursor / batch / seq, and an `evaluate` overload.
-template <class Model, class Loader = DataLoader, class Validation = std::vector<Token>>
+/// The held-out loss the trainer reports: {mean loss, tokens} over at most `batches` batches (all
+/// of them when batches <= 0). Empty: no held-out data.
+using HeldOutLoss = std::function<std::pair<double, Index>(Index batches)>;
+
+/// Trains `model`'s adapters on batches from `train` (a token stream or examples: batches.hpp),
+/// evaluating on held-out data.
+template <class Model>
 class Trainer {
  public:
   using BE = typename Model::backend;
   using T = typename Model::scalar;
 
   /// `run_info` is stored in trainer_state.json and must match on resume (method, rank, model, ...).
-  Trainer(Model& model, TrainConfig config, Loader train, Validation val, nlohmann::json run_info)
-      : model_(model), config_(std::move(config)), train_(std::move(train)), val_(std::move(val)),
+  Trainer(Model& model, TrainConfig config, std::unique_ptr<Batches> train, HeldOutLoss held_out, nlohmann::json run_info)
+      : model_(model), config_(std::move(config)), train_(std::move(train)), held_out_(std::move(held_out)),
         run_info_(std::move(run_info)), opt_({.lr = config_.lr, .weight_decay = config_.weight_decay}) {
     config_.validate();
+    if (!train_) throw milora::value_error("Trainer: no training data");
     if (model.num_adapters() == 0 && !model.full_training())
       throw milora::state_error("Trainer: the model has no adapters and is not in full training");
     opt_.add_all(model.parameters());
     if (!model.full_training()) initial_ = export_adapters(model, base_name());
+  }
+  /// The same with a loader (DataLoader, ExampleLoader) and held-out data that `evaluate` takes
+  /// (held-out tokens, an ExampleSet; empty: none), evaluated in the loader's batch shape.
+  template <std::derived_from<Batches> Loader, class Validation = std::vector<Token>>
+  Trainer(Model& model, TrainConfig config, Loader train, Validation val, nlohmann::json run_info)
+      : Trainer(model, std::move(config), std::make_unique<Loader>(std::move(train)), HeldOutLoss{}, std::move(run_info)) {
+    if (!val.empty())
+      held_out_ = [&model, val = std::move(val), b = train_->batch(), s = train_->seq()](Index batches) {
+        return evaluate(model, val, b, s, batches);
+      };
   }
 
   Index step() const { return step_; }
   const milora::AdamW<BE>& optimizer() const { return opt_; }
   /// The loader's segment starts of its last batch, when it packs rows (instruction_data.hpp).
   std::span<const std::int32_t> segments() const {
-    if constexpr (requires { train_.segment_starts(); }) return train_.segment_starts();
-    else return {};
+    return train_->segment_starts();
   }
   double last_loss() const { return last_loss_; }
 
@@ -173,8 +190,8 @@ class Trainer {
     model_.zero_grad();
     double loss = 0;
     for (Index m = 0; m < config_.accumulation; ++m) {
-      train_.next(in, tg);
-      loss += model_.forward_backward(in, tg, train_.batch(), train_.seq(), 1.0 / double(config_.accumulation), segments());
+      train_->next(in, tg);
+      loss += model_.forward_backward(in, tg, train_->batch(), train_->seq(), 1.0 / double(config_.accumulation), segments());
     }
     loss /= double(config_.accumulation);
     // A NaN / Inf stops training before the optimizer touches anything: the parameters stay as the
@@ -206,12 +223,12 @@ class Trainer {
     Index tokens = 0;
     while (step_ < config_.steps) {
       const double loss = train_step();
-      tokens += config_.accumulation * train_.batch() * train_.seq();
+      tokens += config_.accumulation * train_->batch() * train_->seq();
       if (config_.log_every > 0 && (step_ % config_.log_every == 0 || step_ == config_.steps))
         bar.update(step_, loss, opt_.lr(), last_grad_norm_, tokens);
       const bool last = step_ == config_.steps;
-      if (!val_.empty() && ((config_.eval_every > 0 && step_ % config_.eval_every == 0) || last)) {
-        const auto [vl, n] = evaluate(model_, val_, train_.batch(), train_.seq(), last ? 0 : config_.eval_batches);
+      if (held_out_ && ((config_.eval_every > 0 && step_ % config_.eval_every == 0) || last)) {
+        const auto [vl, n] = held_out_(last ? 0 : config_.eval_batches);
         last_val_loss_ = vl;
         bar.message(milora::detail::concat("step ", step_, ": held-out loss ", vl, ", perplexity ", std::exp(vl), " (", n,
                                            " tokens)"));
@@ -252,7 +269,7 @@ class Trainer {
         w.add(keys[i] + ".exp_avg_sq", milora::io::to_host_matrix<BE>(opt_.exp_avg_sq(i)), milora::io::DType::F32);
       }
       w.write(tmp / "optimizer.safetensors");
-      nlohmann::json state = {{"step", step_}, {"data_cursor", train_.cursor()}, {"run", run_info_},
+      nlohmann::json state = {{"step", step_}, {"data_cursor", train_->cursor()}, {"run", run_info_},
                               {"optimizer_steps", opt_.steps()}, {"last_loss", last_loss_}};
       milora::io::write_json_file(tmp / "trainer_state.json", state);
     } catch (...) {
@@ -295,7 +312,7 @@ class Trainer {
       milora::io::require_finite(mv.back().first, concat("'", moments.path().string(), "': '", key, ".exp_avg'"));
       milora::io::require_finite(mv.back().second, concat("'", moments.path().string(), "': '", key, ".exp_avg_sq'"));
     }
-    train_.set_cursor(state["data_cursor"].get<std::size_t>());
+    train_->set_cursor(state["data_cursor"].get<std::size_t>());
     import_adapters(model_, adapter, dir.string());
     for (std::size_t i = 0; i < mv.size(); ++i)
       opt_.restore(i, milora::io::to_backend<BE>(mv[i].first), milora::io::to_backend<BE>(mv[i].second),
@@ -327,8 +344,8 @@ class Trainer {
 
   Model& model_;
   TrainConfig config_;
-  Loader train_;
-  Validation val_;
+  std::unique_ptr<Batches> train_;
+  HeldOutLoss held_out_;
   nlohmann::json run_info_;
   milora::AdamW<BE> opt_;
   milora::io::PeftAdapter<T> initial_;

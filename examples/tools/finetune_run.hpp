@@ -74,7 +74,7 @@ void train(const Options& o, Model& model, Loader loader, Validation val, const 
   if (o.dtype != "float32") run["dtype"] = o.dtype;  // a bf16 run resumes in bf16 (absent: float32, as before --dtype)
   tc.out = o.out;
   tc.progress = !o.quiet;
-  llama::Trainer<Model, Loader, Validation> trainer(model, tc, std::move(loader), std::move(val), run);
+  llama::Trainer<Model> trainer(model, tc, std::move(loader), std::move(val), run);
   if (!o.resume.empty()) {
     const fs::path from = o.resume == "latest" ? llama::latest_checkpoint(o.out) : fs::path(o.resume);
     if (from.empty()) {
