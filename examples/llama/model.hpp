@@ -93,9 +93,11 @@ class Llama {
     for (Index l = 0; l < config.num_hidden_layers; ++l) {
       const std::string p = "model.layers." + std::to_string(l) + ".";
       auto b = std::make_unique<Block>();
+      std::size_t k = 0;  // the projection's index in LlamaConfig::kProjections
       auto proj = [&](Projection& pr, const std::string& module) {
         pr.module = p + module;
         pr.linear = milora::owning_linear_from<Weights, BE>(next(pr.module + ".weight"));
+        if (config.bias[k++]) pr.bias = next(pr.module + ".bias");
       };
       b->input_norm = next(p + "input_layernorm.weight");
       proj(b->q, "self_attn.q_proj");
@@ -128,7 +130,7 @@ class Llama {
       if constexpr (kNativeWeights) return p->linear.weight();
       else return BE::from_bf16(p->linear.weight());
     }
-    matrix* m = nullptr;
+    matrix* m = bias_named(name);
     if (name == "model.embed_tokens.weight") m = &embed_;
     else if (name == "model.norm.weight") m = &final_norm_;
     else if (name == "lm_head.weight" && !config_.tie_word_embeddings) m = &lm_head_;
@@ -149,6 +151,16 @@ class Llama {
       for (Projection* p : b->projections())
         if (name == p->module + ".weight") return p;
     }
+    return nullptr;
+  }
+  /// The bias called `name` ("model.layers.0.self_attn.q_proj.bias"), or nullptr.
+  matrix* bias_named(const std::string& name) {
+    constexpr std::string_view suffix = ".bias";
+    if (name.size() <= suffix.size() || name.compare(name.size() - suffix.size(), suffix.size(), suffix) != 0) return nullptr;
+    for (auto& b : blocks_)
+      if (name.rfind(b->prefix(), 0) == 0)
+        for (Projection* p : b->projections())
+          if (p->has_bias() && name == p->module + ".bias") return &p->bias;
     return nullptr;
   }
   /// Frozen parameters (every base weight, counting a tied embedding once).
@@ -225,7 +237,10 @@ class Llama {
     for (auto& b : blocks_) {
       b->d_input_norm = zeros_like(b->input_norm);
       b->d_post_attention_norm = zeros_like(b->post_attention_norm);
-      for (Projection* p : b->projections()) p->grad = BE::zeros(p->linear.out_features(), p->linear.in_features());
+      for (Projection* p : b->projections()) {
+        p->grad = BE::zeros(p->linear.out_features(), p->linear.in_features());
+        if (p->has_bias()) p->bias_grad = BE::zeros(1, p->linear.out_features());
+      }
     }
     full_ = true;
     act_.reset();  // buffers sized before full training lack the gradients' (prepare)
@@ -243,12 +258,16 @@ class Llama {
     }
     if constexpr (kNativeWeights) {
       auto add = [&](matrix& w, matrix& g) { out.push_back({weight_names_[out.size()], w, g}); };
+      auto add_projection = [&](Projection* p) {
+        add(p->linear.weight(), p->grad);
+        if (p->has_bias()) add(p->bias, p->bias_grad);
+      };
       add(embed_, d_embed_);
       for (auto& b : blocks_) {
         add(b->input_norm, b->d_input_norm);
-        for (Projection* p : {&b->q, &b->k, &b->v, &b->o}) add(p->linear.weight(), p->grad);
+        for (Projection* p : {&b->q, &b->k, &b->v, &b->o}) add_projection(p);
         add(b->post_attention_norm, b->d_post_attention_norm);
-        for (Projection* p : {&b->gate, &b->up, &b->down}) add(p->linear.weight(), p->grad);
+        for (Projection* p : {&b->gate, &b->up, &b->down}) add_projection(p);
       }
       add(final_norm_, d_final_norm_);
       if (!config_.tie_word_embeddings) add(lm_head_, d_lm_head_);
@@ -388,6 +407,10 @@ class Llama {
     if (seq > config_.max_position_embeddings)
       throw milora::value_error(concat("Llama: sequence length ", seq, " exceeds max_position_embeddings ",
                                        config_.max_position_embeddings));
+    if (config_.sliding_window && seq > *config_.sliding_window)
+      throw milora::value_error(concat("Llama: sequence length ", seq, " exceeds the sliding window of ", *config_.sliding_window,
+                                       " tokens (config.json's sliding_window); the reference model computes full causal "
+                                       "attention, which is the windowed one only up to the window: use a shorter --seq"));
     if (act_.sized_for(batch, seq)) return;
     const Index n = batch * seq, c = config_.hidden_size, hd = config_.head_dim;
     const Index cq = config_.num_attention_heads * hd, ckv = config_.num_key_value_heads * hd;
@@ -399,6 +422,11 @@ class Llama {
       grads_ = {z(n, vocab), z(n, c), z(n, c), z(n, c), z(n, cq), z(n, cq), z(n, ckv), z(n, ckv), z(n, inter), z(n, inter),
                 z(n, inter)};
     for (Projection* p : adapted()) p->h = z(n, p->adapter->rank());
+    if (full_ && config_.has_bias()) {  // the bias gradients' column sums
+      ones_ = BE::from_host(n, 1, std::vector<scalar>(std::size_t(n), scalar(1)));
+      for (auto& b : blocks_)
+        for (Projection* p : b->projections()) p->ones = &ones_;
+    }
     build_rope_tables(seq);
   }
 
@@ -433,15 +461,16 @@ class Llama {
     K::rope(x, rope_cos_, rope_sin_, seq, config_.head_dim, sign);
   }
 
-  // cos / sin of t * theta^(-2i/d), t < seq, i < d/2: transformers' LlamaRotaryEmbedding (computed
-  // in double here and rounded once; transformers computes the angle in float32).
+  // cos / sin of t * theta^(-2i/d) (with rope_scaling: LlamaConfig::rope_inv_freq), t < seq,
+  // i < d/2: transformers' LlamaRotaryEmbedding (computed in double here and rounded once;
+  // transformers computes the angle in float32).
   void build_rope_tables(Index seq) {
     if (BE::rows(rope_cos_) >= seq) return;
     const Index half = config_.head_dim / 2;
     std::vector<scalar> c(std::size_t(seq * half)), s(c.size());
     for (Index t = 0; t < seq; ++t)
       for (Index i = 0; i < half; ++i) {
-        const double inv_freq = 1.0 / std::pow(config_.rope_theta, double(2 * i) / double(config_.head_dim));
+        const double inv_freq = config_.rope_inv_freq(i);
         c[std::size_t(t * half + i)] = scalar(std::cos(double(t) * inv_freq));
         s[std::size_t(t * half + i)] = scalar(std::sin(double(t) * inv_freq));
       }
@@ -457,6 +486,7 @@ class Llama {
   std::vector<std::string> weight_names_;  // config.weights() order: the names parameters() uses
   ModelAdapters<BE, Weights> adapters_{blocks_};
   matrix rope_cos_ = BE::zeros(0, 0), rope_sin_ = BE::zeros(0, 0);
+  matrix ones_ = BE::zeros(0, 0);  // tokens x 1, for the bias gradients in full training
   AttentionShape attention_{};
   std::vector<std::int32_t> segment_start_;  // the forward's, kept for its backward
   ActivationStore<BE> act_;

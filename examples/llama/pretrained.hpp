@@ -54,17 +54,17 @@ void save_pretrained(Model& model, const std::filesystem::path& dir) {
   milora::io::write_json_file(dir / "config.json", config_json(model.config()));
 }
 
-/// A model with transformers' initialisation (normal(0, initializer_range) weights, unit norms),
-/// each weight drawn from its own stream of `seed`: for tests, benchmarks and pre-training.
+/// A model with transformers' initialisation (normal(0, initializer_range) weights, unit norms, zero
+/// biases), each weight drawn from its own stream of `seed`: for tests, benchmarks and pre-training.
 template <class Model>
 std::unique_ptr<Model> random_model(const LlamaConfig& config, std::uint64_t seed, double initializer_range = 0.02) {
   using BE = typename Model::backend;
   using T = typename Model::scalar;
   std::uint64_t stream = seed;
   return std::make_unique<Model>(config, [&](const std::string& name, Index rows, Index cols) {
-    auto m = BE::zeros(rows, cols);
+    auto m = BE::zeros(rows, cols);  // a bias stays zero
     if (name.find("norm") != std::string::npos) BE::add_row_broadcast(m, BE::from_host(1, cols, std::vector<T>(std::size_t(cols), T(1))));
-    else BE::fill_normal(m, 0.0, initializer_range, stream);
+    else if (!name.ends_with(".bias")) BE::fill_normal(m, 0.0, initializer_range, stream);
     ++stream;
     return m;
   });

@@ -1,9 +1,13 @@
 // The weights of one LLaMA block: its seven linear layers (Projection: the frozen weight, and the
 // adapter when the layer is a target) and its two RMSNorm weights (Block).
 //
-//   Projection::forward   y = x W'^T (+ the adapter's s (x A^T) B^T)
+//   Projection::forward   y = x W'^T (+ b) (+ the adapter's s (x A^T) B^T)
 //   Projection::backward  dx = dy W' (+ the adapter's path); the adapter's dA, dB accumulate, or in
-//                         full training dW += dy^T x
+//                         full training dW += dy^T x (and db += the column sums of dy)
+//
+// A bias (Qwen2's q, k, v; LLaMA's attention_bias / mlp_bias) is frozen like the weight and stays
+// outside the adapter, as PEFT's lora.Linear leaves the base layer's bias: merging an adapter
+// changes W only.
 #pragma once
 
 #include <array>
@@ -33,8 +37,11 @@ struct Projection {
   std::string module;  // "model.layers.0.self_attn.q_proj": the module path PEFT's keys use
   Layer linear = milora::owning_linear_from<Weights, BE>(BE::zeros(0, 0));
   std::optional<AdapterT> adapter;
+  matrix bias = BE::zeros(0, 0);  // 1 x out, or empty when the layer has none
   matrix h;     // x A^T of the last forward (tokens x rank), which the adapter's backward needs
   matrix grad;  // dL/dW in full training or while collecting weight gradients, else empty
+  matrix bias_grad;                   // dL/db in full training (with a bias), else empty
+  const matrix* ones = nullptr;       // tokens x 1 ones (the model's), for bias_grad's column sums
   // Set only while the model collects input statistics: every input this layer sees is added to it.
   std::shared_ptr<milora::InputStatistics<BE>> observer;
 
@@ -45,7 +52,9 @@ struct Projection {
     if (observer) observer->observe(x);
     if (adapter) adapter->forward(x, y, h);
     else linear.forward(x, y);
+    if (has_bias()) BE::add_row_broadcast(y, bias);
   }
+  bool has_bias() const { return BE::cols(bias) != 0; }
   /// dx = dy W' (+ the adapter's path); adapter gradients (or, with a weight gradient, dW += dy^T x)
   /// accumulate.
   void backward(milora::const_view_t<BE> x, milora::const_view_t<BE> dy, milora::view_t<BE> dx) {
@@ -55,6 +64,7 @@ struct Projection {
     }
     linear.backward_input(dy, dx);
     if (BE::rows(grad) != 0) BE::gemm(1, dy, milora::Trans::yes, x, milora::Trans::no, 1, grad);
+    if (BE::rows(bias_grad) != 0) BE::gemm(1, *ones, milora::Trans::yes, dy, milora::Trans::no, 1, bias_grad);
   }
 };
 

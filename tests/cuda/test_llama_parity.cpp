@@ -37,12 +37,12 @@ double rel(const HostM<T>& got, const HostM<T>& want) {
 }
 
 template <class T, class Weights = milora::NativeWeights>
-void check_parity(double tol, double grad_tol) {
+void check_parity(double tol, double grad_tol, const std::string& folder = "llama_tiny") {
   using CB = milora::EigenBackend<T>;
   using GB = milora::CudaBackend<T>;
   // MILORA_TEST_DATA in the environment wins: scripts/gpu.sh runs this build from another checkout
   const char* data = std::getenv("MILORA_TEST_DATA");
-  const milora::io::HFModel hf(std::string(data != nullptr ? data : MILORA_TEST_DATA) + "/llama_tiny/model");
+  const milora::io::HFModel hf(std::string(data != nullptr ? data : MILORA_TEST_DATA) + "/" + folder + "/model");
   auto cpu = llama::from_pretrained<llama::Llama<CB, Weights>>(hf);
   auto gpu = llama::from_pretrained<llama::Llama<GB, Weights>>(hf);
   const std::vector<std::string> targets = {"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"};
@@ -79,6 +79,17 @@ void check_parity(double tol, double grad_tol) {
 TEST_CASE("CUDA LLaMA parity: logits, loss and adapter gradients of the tiny golden model match the CPU (float 1e-4, double 1e-10)") {
   check_parity<float>(1e-4, 1e-3);
   check_parity<double>(1e-10, 1e-9);
+}
+
+// The configs of current checkpoints (tests/data; their CPU goldens are in test_pytorch_golden.cpp):
+// rope_scaling "llama3" and tied embeddings, q/k/v biases (the bias broadcast on the device), a
+// sliding window, every projection biased.
+TEST_CASE("CUDA LLaMA parity on LLaMA-3.2, Qwen2, Mistral and biased-LLaMA configs (float 1e-4, double 1e-10)") {
+  for (const std::string folder : {"llama32_tiny", "qwen2_tiny", "mistral_tiny", "llama_bias_tiny"}) {
+    CAPTURE(folder);
+    check_parity<float>(1e-4, 1e-3, folder);
+    check_parity<double>(1e-10, 1e-9, folder);
+  }
 }
 
 // bf16 projections on both sides (cuBLAS bf16 tensor-core products vs the CPU's widened panels):

@@ -34,4 +34,27 @@ inline llama::LlamaConfig tiny_config() {
   return c;
 }
 
+/// tiny_config (0), tied (1), or tied with every projection biased and LLaMA-3.1's rope_scaling (2),
+/// its bands placed so that head_dim 4's two frequencies are one kept (wavelength 6.3 < 1000 / 4),
+/// one interpolated (628, between 1000 / 4 and 1000 / 1).
+inline llama::LlamaConfig tiny_config_variant(int variant) {
+  auto c = tiny_config();
+  c.tie_word_embeddings = variant >= 1;
+  if (variant == 2) {
+    c.bias.fill(true);
+    c.rope_scaling = llama::LlamaConfig::Llama3RopeScaling{.factor = 4, .low_freq_factor = 1, .high_freq_factor = 4,
+                                                            .original_max_position_embeddings = 1000};
+  }
+  return c;
+}
+
+/// Random biases (random_model leaves them zero, as transformers initialises them).
+template <class Model>
+void randomise_biases(Model& m, unsigned seed) {
+  using BE = typename Model::backend;
+  for (milora::Index l = 0; l < m.num_layers(); ++l)
+    for (auto* p : m.block(l).projections())
+      if (p->has_bias()) p->bias = randn<BE>(1, BE::cols(p->bias), seed++, 0.5);
+}
+
 }  // namespace llama_test

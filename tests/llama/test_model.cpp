@@ -59,14 +59,15 @@ std::pair<double, double> check_entries(Model& model, View value, const View& gr
 
 }  // namespace
 
-TEST_CASE("Llama<double>: every adapter gradient (all 7 targets, GQA, tied and untied head) matches finite differences") {
+TEST_CASE("Llama<double>: every adapter gradient (all 7 targets, GQA, tied and untied head, biased projections, llama3 "
+          "rope_scaling) matches finite differences") {
   using BE = milora::EigenBackend<double>;
   using Model = llama::Llama<BE>;
-  for (bool tied : {false, true}) {
-    CAPTURE(tied);
-    auto cfg = llama_test::tiny_config();
-    cfg.tie_word_embeddings = tied;
+  for (int variant : {0, 1, 2}) {  // untied; tied; tied with every projection biased and rope_scaling
+    CAPTURE(variant);
+    const auto cfg = llama_test::tiny_config_variant(variant);
     auto model = llama::random_model<Model>(cfg, 42, 0.3);
+    if (variant == 2) llama_test::randomise_biases(*model, 300);
     model->add_adapters({"q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"},
                         {.rank = 2, .alpha = 4, .seed = 7});
     REQUIRE(model->num_adapters() == 14);
@@ -330,13 +331,13 @@ TEST_CASE("Llama: bad input is refused with its value, before any work") {
                        milora::value_error);
 }
 
-TEST_CASE("Llama<double> full training: the gradient of every weight (embedding, norms, projections, head) matches finite differences") {
+TEST_CASE("Llama<double> full training: the gradient of every weight (embedding, norms, projections, biases, head) matches "
+          "finite differences") {
   using BE = milora::EigenBackend<double>;
   using Model = llama::Llama<BE>;
-  for (bool tied : {false, true}) {
-    CAPTURE(tied);
-    auto cfg = llama_test::tiny_config();
-    cfg.tie_word_embeddings = tied;
+  for (int variant : {0, 1, 2}) {
+    CAPTURE(variant);
+    const auto cfg = llama_test::tiny_config_variant(variant);
     auto model = Model(cfg, [&](const std::string& name, Index r, Index c) {  // norms away from 1 too
       return llama_test::randn<BE>(r, c, unsigned(std::hash<std::string>{}(name) % 1000), name.find("norm") != std::string::npos ? 1.0 : 0.3);
     });

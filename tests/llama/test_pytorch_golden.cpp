@@ -59,12 +59,12 @@ GoldenBatch golden_batch(const milora::io::SafetensorsFile& golden) {
 // checked to `grad_tol` relative to its largest entry; returns the logits' error (relative to the
 // largest logit) and the loss's relative error.
 template <class M>
-std::pair<double, double> run_golden(M& model, double grad_tol) {
-  const auto adapter = milora::io::load_peft_adapter<float>(kDir / "adapter");
+std::pair<double, double> run_golden(M& model, double grad_tol, const std::filesystem::path& dir = kDir) {
+  const auto adapter = milora::io::load_peft_adapter<float>(dir / "adapter");
   model.add_adapters(adapter.config.target_modules, adapter.config.adapter_config());
-  llama::import_adapters(model, adapter, "tests/data/llama_tiny/adapter");
+  llama::import_adapters(model, adapter, (dir / "adapter").string());
   REQUIRE(model.num_adapters() == 14);
-  const milora::io::SafetensorsFile golden(kDir / "golden.safetensors");
+  const milora::io::SafetensorsFile golden(dir / "golden.safetensors");
   const GoldenBatch g = golden_batch(golden);
   model.zero_grad();
   const double loss = model.forward_backward(g.tokens, g.targets, g.batch, g.seq);
@@ -97,6 +97,65 @@ TEST_CASE("Llama<float> with a PEFT adapter reproduces PyTorch's logits, loss an
   CAPTURE(logit_err);
   CHECK(logit_err < 1e-5);
   CHECK(loss_err < 1e-5);
+}
+
+// The configs of current checkpoints (tests/reference/llama_reference.py's CONFIGS, scaled down):
+// each model's logits, loss and adapter gradients against PyTorch's, to the same tolerances, and
+// the same adapter merged into the weights (biases untouched, as PEFT merges) gives its logits.
+TEST_CASE("LLaMA-3.2 (rope_scaling llama3, tied, explicit head_dim), Qwen2 (q/k/v biases), Mistral (sliding window) and a "
+          "LLaMA with every bias reproduce PyTorch's logits, loss and adapter gradients") {
+  for (const std::string name : {"llama32_tiny", "qwen2_tiny", "mistral_tiny", "llama_bias_tiny"}) {
+    CAPTURE(name);
+    const auto dir = std::filesystem::path(MILORA_TEST_DATA) / name;
+    const milora::io::HFModel hf(dir / "model");
+    auto model = llama::from_pretrained<Model>(hf);
+    const auto& c = model->config();
+    if (name == "llama32_tiny") {
+      REQUIRE(c.rope_scaling.has_value());
+      CHECK(c.tie_word_embeddings);
+      CHECK(c.head_dim * c.num_attention_heads != c.hidden_size);
+    }
+    if (name == "qwen2_tiny") CHECK((c.bias == std::array<bool, 7>{true, true, true, false, false, false, false}));
+    if (name == "mistral_tiny") CHECK(c.sliding_window == 32);
+    if (name == "llama_bias_tiny") CHECK((c.bias == std::array<bool, 7>{true, true, true, true, true, true, true}));
+    const auto [logit_err, loss_err] = run_golden(*model, 1e-4, dir);
+    CAPTURE(logit_err);
+    CHECK(logit_err < 1e-5);
+    CHECK(loss_err < 1e-5);
+
+    auto merged = llama::from_pretrained<Model>(hf);
+    llama::merge_peft_adapter(*merged, milora::io::load_peft_adapter<float>(dir / "adapter"), "adapter");
+    const milora::io::SafetensorsFile golden(dir / "golden.safetensors");
+    const GoldenBatch g = golden_batch(golden);
+    merged->forward(g.tokens, g.batch, g.seq);
+    const auto want = golden.load<float>("logits").data;
+    CHECK(max_abs_diff(BE::to_host(merged->logits()), want) / max_abs(want) < 1e-5);
+  }
+}
+
+// What each config adds is load-bearing: the same weights with the feature switched off (rope_scaling
+// dropped, the biases zeroed) give logits far from the model's own, so a kernel ignoring it would
+// fail the goldens above.
+TEST_CASE("rope_scaling and the biases change the logits (the goldens would catch them ignored)") {
+  for (const std::string name : {"llama32_tiny", "qwen2_tiny", "llama_bias_tiny"}) {
+    CAPTURE(name);
+    const auto dir = std::filesystem::path(MILORA_TEST_DATA) / name;
+    const milora::io::HFModel hf(dir / "model");
+    const milora::io::SafetensorsFile golden(dir / "golden.safetensors");
+    const GoldenBatch g = golden_batch(golden);
+    auto intact = llama::from_pretrained<Model>(hf);
+    intact->forward(g.tokens, g.batch, g.seq);
+    const auto want = BE::to_host(intact->logits());
+    llama::LlamaConfig c = llama::LlamaConfig::from_model(hf);
+    c.rope_scaling.reset();
+    Model off(c, [&](const std::string& n, Index, Index) {
+      auto m = milora::io::to_backend<BE>(hf.load<float>(n));
+      if (n.ends_with(".bias")) BE::scale(m, 0.0f);
+      return m;
+    });
+    off.forward(g.tokens, g.batch, g.seq);
+    CHECK(max_abs_diff(BE::to_host(off.logits()), want) / max_abs(want) > 1e-3);
+  }
 }
 
 TEST_CASE("merge_peft_adapter: the base model with the adapter merged computes the adapted model's logits") {
