@@ -12,8 +12,12 @@
 //      trainable parameters, wall time, and the paper's
 //      subspace analysis (where each update's energy lies in W's spectrum; how far W's top singular
 //      values and vectors moved);
-//   4. write OUT/summary.md (mean ± std), OUT/results.csv, OUT/curves.csv and, with gnuplot,
-//      OUT/loss_curves.png, OUT/learning_vs_forgetting.png, OUT/subspace_energy.png.
+//   4. write OUT/summary.md (mean ± std, and each method's per-seed paired difference against LoRA
+//      with a 95% interval, saying whether it is resolved), OUT/results.csv, OUT/curves.csv and,
+//      with gnuplot, OUT/loss_curves.png, OUT/learning_vs_forgetting.png, OUT/subspace_energy.png.
+//
+// --eval-task FILE.jsonl also scores every run on a task's accuracy (multiple choice by
+// log-likelihood, or exact match: llama/tasks.hpp), the way the MiLoRA paper compares methods.
 //
 // --model DIR and --task FILE run the same comparison on your own Hugging Face LLaMA and data.
 #include <chrono>
@@ -28,10 +32,13 @@
 #include <tuple>
 
 #include "llama/calibration.hpp"
-#include "llama/kernels_cpu.hpp"
+#include "llama/generation.hpp"
 #include "llama/instruction_data.hpp"
+#include "llama/kernels_cpu.hpp"
+#include "llama/tasks.hpp"
 #include "llama/trainer.hpp"
 #include "milora/init/registry.hpp"
+#include "paired.hpp"
 #include "subspace.hpp"
 #include "task.hpp"
 #include "tools/common/cli.hpp"
@@ -62,12 +69,15 @@ struct Options {
                                       {"corda-kpm", 1e-2}, {"corda-ipm", 3e-3}, {"eva", 1e-2}, {"lora-ga", 1e-2}};
   static constexpr double untuned_lr = 1e-2;
   Index eval_batches = 24;  // corpus held-out batches of 8 x 128 for perplexity
+  std::string eval_task;    // a task file (llama/tasks.hpp) scored after fine-tuning
+  Index eval_limit = 0;     // its first N examples (0: all)
 };
 
 struct Row {
   std::string method;
   unsigned seed = 0;
   double lr = 0, task_loss_before = 0, task_loss = 0, task_accuracy = -1, ppl_before = 0, ppl_after = 0, seconds = 0;
+  double eval_task_accuracy = -1;  // --eval-task: acc (multiple choice) or exact match (generation); -1: none
   Index trainable = 0;
   compare::SubspaceStats sub;
 };
@@ -138,7 +148,22 @@ struct Data {
   std::vector<Token> task_train, task_test_tokens, corpus_heldout;
   std::vector<std::pair<int, int>> task_test;  // the reversal task's problems (empty for a text task)
   llama::ExampleSet examples_train, examples_test;  // a JSON-lines task: answers learned and scored
+  llama::TaskSet eval_task;                          // --eval-task, scored after fine-tuning
+  std::shared_ptr<const llama::Tokenizer> tokenizer;
 };
+
+/// --eval-task's accuracy: acc of a multiple-choice task, exact match of a generation task (greedy,
+/// 64 new tokens, a blank line stops).
+template <class Model>
+double eval_task_accuracy(Model& model, const Data& d) {
+  if (d.eval_task.multiple_choice())
+    return llama::score_choices(d.eval_task.choice, [&](const std::string& c, const std::string& x) {
+             return llama::continuation_loglik(model, *d.tokenizer, c, x);
+           }).acc.value;
+  return llama::score_generation(d.eval_task.generation, [&](const std::string& prompt) {
+           return llama::generate(model, *d.tokenizer, d.tokenizer->encode(prompt), {.max_new_tokens = 64, .stop = {"\n\n"}}).text;
+         }).value;
+}
 
 /// The task's held-out metrics: loss (answer tokens only for the reversal task) and accuracy (-1: none).
 template <class Model>
@@ -194,6 +219,7 @@ Row run_method(const Options& o, const std::string& method, unsigned seed, const
   row.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   std::tie(row.task_loss, row.task_accuracy) = task_metrics(o, *model, d);
   row.ppl_after = std::exp(llama::evaluate(*model, d.corpus_heldout, 8, 128, o.eval_batches).first);
+  if (d.eval_task.size() > 0) row.eval_task_accuracy = eval_task_accuracy(*model, d);
   // subspace analysis: every adapted (or, for full fine-tuning, every targeted) weight
   if (method != "full") model->merge_adapters();
   Index counted = 0;
@@ -230,24 +256,65 @@ std::string pm(const std::vector<double>& v, int digits) {
   return os.str();
 }
 
+// Each method against LoRA seed by seed (the same seed: the same data order and adapter seed), so
+// that the table says whether a difference is larger than what the seed does to both.
+void write_paired_differences(std::ostream& md, const std::vector<Row>& rows, const std::vector<std::string>& order, bool has_eval) {
+  if (std::find(order.begin(), order.end(), "lora") == order.end() || order.size() < 2) return;
+  const auto metric = [&](const std::string& m, auto get) {
+    std::vector<double> v;
+    for (const auto& r : rows)
+      if (r.method == m) v.push_back(get(r));
+    return v;
+  };
+  struct Column {
+    std::string name;
+    double (*get)(const Row&);
+    int digits;
+  };
+  std::vector<Column> columns = {{"task loss", [](const Row& r) { return r.task_loss; }, 4},
+                                 {"corpus ppl after", [](const Row& r) { return r.ppl_after; }, 3}};
+  if (rows.front().task_accuracy >= 0) columns.push_back({"task accuracy [pp]", [](const Row& r) { return r.task_accuracy * 100; }, 1});
+  if (has_eval) columns.push_back({"eval-task accuracy [pp]", [](const Row& r) { return r.eval_task_accuracy * 100; }, 1});
+  md << "\nPaired differences against LoRA (method − LoRA on the same seed: mean [95% t-interval]; **resolved** when "
+        "the interval excludes 0):\n\n| method |";
+  for (const auto& c : columns) md << " " << c.name << " |";
+  md << "\n|---|";
+  for (std::size_t i = 0; i < columns.size(); ++i) md << "---|";
+  md << "\n";
+  for (const auto& m : order) {
+    if (m == "lora") continue;
+    md << "| " << m << " |";
+    for (const auto& c : columns) {
+      const auto d = compare::paired_difference(metric(m, c.get), metric("lora", c.get));
+      md << std::fixed << std::setprecision(c.digits) << " " << std::showpos << d.mean << std::noshowpos;
+      if (d.n >= 2) md << " [" << d.low << ", " << d.high << "]" << (d.resolved() ? " **resolved**" : " not resolved");
+      md << " |";
+    }
+    md << "\n";
+  }
+}
+
 void write_reports(const Options& o, const std::vector<Row>& rows, const fs::path& out) {
   std::ostringstream csv;
   csv << "method,seed,lr,trainable,seconds,task_loss_before,task_loss,task_accuracy,ppl_before,ppl_after,forgetting,top_energy,bottom_energy,"
-         "sigma_shift,vector_shift\n";
+         "sigma_shift,vector_shift,eval_task_accuracy\n";
   for (const auto& r : rows)
     csv << r.method << ',' << r.seed << ',' << r.lr << ',' << r.trainable << ',' << r.seconds << ',' << r.task_loss_before << ',' << r.task_loss << ','
         << r.task_accuracy << ',' << r.ppl_before << ',' << r.ppl_after << ',' << r.ppl_after - r.ppl_before << ','
-        << r.sub.top_energy << ',' << r.sub.bottom_energy << ',' << r.sub.sigma_shift << ',' << r.sub.vector_shift << '\n';
+        << r.sub.top_energy << ',' << r.sub.bottom_energy << ',' << r.sub.sigma_shift << ',' << r.sub.vector_shift << ','
+        << r.eval_task_accuracy << '\n';
   milora::io::write_file_atomically(out / "results.csv", csv.str());
+  const bool has_eval = rows.front().eval_task_accuracy >= 0;
   std::ostringstream md;
   md << "| method | lr | trainable | task loss (before " << std::fixed << std::setprecision(4) << rows.front().task_loss_before
      << ") | task accuracy | corpus ppl after (before " << std::setprecision(3) << rows.front().ppl_before << ") | ΔW energy in top-" << o.rank << " | in bottom-" << o.rank
-     << " | top-σ shift | top-u shift | time [s] |\n|---|---|---|---|---|---|---|---|---|---|---|\n";
+     << " | top-σ shift | top-u shift | time [s] |" << (has_eval ? " eval-task accuracy |" : "") << "\n|---|---|---|---|---|---|---|---|---|---|---|"
+     << (has_eval ? "---|" : "") << "\n";
   std::vector<std::string> order;
   for (const auto& r : rows)
     if (std::find(order.begin(), order.end(), r.method) == order.end()) order.push_back(r.method);
   for (const auto& m : order) {
-    std::vector<double> loss, acc, ppl, top, bottom, sig, vec, secs;
+    std::vector<double> loss, acc, ppl, top, bottom, sig, vec, secs, eval;
     Row first;
     for (const auto& r : rows)
       if (r.method == m) {
@@ -260,13 +327,16 @@ void write_reports(const Options& o, const std::vector<Row>& rows, const fs::pat
         sig.push_back(r.sub.sigma_shift);
         vec.push_back(r.sub.vector_shift);
         secs.push_back(r.seconds);
+        eval.push_back(r.eval_task_accuracy * 100);
       }
     md << "| " << m << " | " << first.lr << " | " << first.trainable << " | " << pm(loss, 4) << " | "
        << (first.task_accuracy < 0 ? "–" : pm(acc, 1) + " %") << " | " << pm(ppl, 3) << " | " << pm(top, 4) << " | "
-       << pm(bottom, 4) << " | " << pm(sig, 5) << " | " << pm(vec, 5) << " | " << pm(secs, 1) << " |\n";
+       << pm(bottom, 4) << " | " << pm(sig, 5) << " | " << pm(vec, 5) << " | " << pm(secs, 1) << " |"
+       << (has_eval ? " " + pm(eval, 1) + " % |" : "") << "\n";
   }
   md << "\n" << rows.size() / order.size() << " seeds per method (mean ± sample std); rank " << o.rank << ", alpha = rank, "
      << o.steps << " steps of " << o.batch << " x " << o.seq << " tokens; targets " << o.targets << ".\n";
+  write_paired_differences(md, rows, order, has_eval);
   milora::io::write_file_atomically(out / "summary.md", md.str());
 }
 
@@ -368,6 +438,16 @@ void run(const Options& o) {
   }
   const double task_before = task_metrics(o, *base, d).first;
   std::cerr << "compare_inits: task held-out loss of the pre-trained model " << task_before << "\n";
+  if (!o.eval_task.empty()) {
+    d.eval_task = llama::read_task(o.eval_task);
+    if (o.eval_limit > 0) {
+      if (d.eval_task.choice.size() > std::size_t(o.eval_limit)) d.eval_task.choice.resize(std::size_t(o.eval_limit));
+      if (d.eval_task.generation.size() > std::size_t(o.eval_limit)) d.eval_task.generation.resize(std::size_t(o.eval_limit));
+    }
+    d.tokenizer = std::make_shared<const llama::Tokenizer>(tokenizer);
+    std::cerr << "compare_inits: eval-task accuracy of the pre-trained model " << 100 * eval_task_accuracy(*base, d) << " % ("
+              << d.eval_task.size() << " examples)\n";
+  }
   base.reset();
 
   std::vector<Row> rows;
@@ -418,6 +498,9 @@ int main(int argc, char** argv) {
   app.add_option("--pretrain-steps", o.pretrain_steps, "pre-training steps")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--pretrain-hidden", o.pretrain_hidden, "pre-trained model width")->capture_default_str()->check(CLI::PositiveNumber);
   app.add_option("--pretrain-layers", o.pretrain_layers, "pre-trained model depth")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--eval-task", o.eval_task, "a task (.jsonl: multiple choice or question/answer, docs/llama.md) whose accuracy "
+                                             "each run is scored on after fine-tuning")->check(CLI::ExistingFile);
+  app.add_option("--eval-limit", o.eval_limit, "--eval-task: its first N examples (0: all)")->capture_default_str()->check(milora::tools::whole_number);
   app.add_option("--eval-batches", o.eval_batches, "corpus held-out batches (8 x 128) for perplexity")->capture_default_str()->check(milora::tools::whole_number);
   for (const auto& m : milora::tools::split_list(kMethods)) {
     o.lr.try_emplace(m, Options::untuned_lr);  // a registered method nobody tuned yet

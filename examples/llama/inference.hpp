@@ -1,8 +1,7 @@
 // What milora-eval and milora-generate share: a pretrained model with an optional PEFT adapter
-// merged in, and sampling.
+// merged in, on the device and in the storage named at run time.
 #pragma once
 
-#include <cmath>
 #include <filesystem>
 #include <iostream>
 #include <memory>
@@ -10,7 +9,6 @@
 #include <vector>
 
 #include "device.hpp"
-#include "milora/core/random.hpp"
 #include "peft_bridge.hpp"
 #include "pretrained.hpp"
 
@@ -47,27 +45,6 @@ void with_inference_model(const std::string& model_dir, const std::string& adapt
       run.template operator()<BE>(*model);
     });
   });
-}
-
-/// The next token from a row of logits: the largest (temperature 0), or a draw from
-/// softmax(logits / temperature) restricted to the top_k largest (top_k 0: all), using draw
-/// `counter` of milora's counter-based generator with `seed` (reproducible).
-inline Token sample(std::span<const float> logits, double temperature, Index top_k, std::uint64_t seed, std::uint64_t counter) {
-  const Index v = Index(logits.size());
-  std::vector<Index> order(std::size_t(v), 0);
-  for (Index i = 0; i < v; ++i) order[std::size_t(i)] = i;
-  if (temperature <= 0) return Token(*std::max_element(order.begin(), order.end(), [&](Index a, Index b) { return logits[std::size_t(a)] < logits[std::size_t(b)]; }));
-  const Index k = top_k > 0 ? std::min(top_k, v) : v;
-  std::partial_sort(order.begin(), order.begin() + k, order.end(),
-                    [&](Index a, Index b) { return logits[std::size_t(a)] > logits[std::size_t(b)]; });
-  std::vector<double> p(static_cast<std::size_t>(k));
-  const double mx = logits[std::size_t(order[0])];
-  double sum = 0;
-  for (Index i = 0; i < k; ++i) sum += p[std::size_t(i)] = std::exp((logits[std::size_t(order[std::size_t(i)])] - mx) / temperature);
-  double u = milora::random::uniform01(seed, counter) * sum;
-  for (Index i = 0; i < k; ++i)
-    if ((u -= p[std::size_t(i)]) <= 0) return Token(order[std::size_t(i)]);
-  return Token(order[std::size_t(k - 1)]);
 }
 
 }  // namespace llama

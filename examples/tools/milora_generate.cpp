@@ -1,57 +1,64 @@
 // milora-generate: continue a prompt with a LLaMA folder (and an optional PEFT adapter).
 //
 //   milora-generate --model DIR [--adapter DIR] --prompt "Once upon a time" [--max-new-tokens 64]
-//                   [--temperature 0.8 --top-k 40 --seed 1] [--device cpu|cuda] [--dtype float32|bf16]
+//                   [--temperature 0.8 --top-k 40 --top-p 0.95 --repetition-penalty 1.1 --seed 1]
+//                   [--stop "\n\n"] [--chat] [--device cpu|cuda] [--dtype float32|bf16]
 //
-// Temperature 0 is greedy decoding. Each new token re-runs the model on the whole context (no KV
-// cache: this is the reference, written to be read); the context keeps the last
-// max_position_embeddings tokens.
-#include <algorithm>
-#include <cmath>
+// Temperature 0 is greedy decoding; the processors and their order are transformers'
+// (llama/generation.hpp). Generation ends at the tokenizer's EOS, a --stop string (cut from the
+// text) or --max-new-tokens. --chat renders the prompt as a user message through the model's chat
+// template (tokenizer_config.json) with the generation prompt, as apply_chat_template does, and
+// prints the answer only. Output: the prompt and its continuation (with --chat, the answer), then a
+// JSON line {"text", "new_tokens", "stopped_by"} (bytes that are not UTF-8 shown as U+FFFD there).
 #include <iostream>
 
 #include "common/cli.hpp"
 #include "common/options.hpp"
 #include "llama/data.hpp"
+#include "llama/generation.hpp"
 #include "llama/inference.hpp"
-#include "llama/non_finite.hpp"
+#include "llama/instruction_data.hpp"
 
 int main(int argc, char** argv) {
   milora::tools::InferenceOptions m;
   std::string prompt;
-  milora::Index max_new = 64, top_k = 0;
-  double temperature = 0;
-  std::uint64_t seed = 0;
+  bool chat = false;
+  llama::GenerationOptions g;
   CLI::App app{"milora-generate: continue a prompt with a LLaMA (optionally with a LoRA adapter)."};
   milora::tools::add_inference_options(app, m);
   app.add_option("--prompt", prompt, "text to continue")->required();
-  app.add_option("--max-new-tokens", max_new, "tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
-  app.add_option("--temperature", temperature, "0: greedy; otherwise sample softmax(logits / T)")->capture_default_str()->check(milora::tools::finite_non_negative);
-  app.add_option("--top-k", top_k, "sample among the k most likely tokens (0: all)")->capture_default_str()->check(milora::tools::whole_number);
-  app.add_option("--seed", seed, "sampling seed")->capture_default_str()->check(milora::tools::whole_number);
+  app.add_option("--max-new-tokens", g.max_new_tokens, "tokens to generate")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--temperature", g.temperature, "0: greedy; otherwise sample softmax(logits / T)")->capture_default_str()->check(milora::tools::finite_non_negative);
+  app.add_option("--top-k", g.top_k, "sample among the k most likely tokens (0: all)")->capture_default_str()->check(milora::tools::whole_number);
+  app.add_option("--top-p", g.top_p, "sample among the most likely tokens whose probability reaches p (1: all)")
+      ->capture_default_str()
+      ->check(CLI::Range(0.0, 1.0));
+  app.add_option("--repetition-penalty", g.repetition_penalty, "divide (multiply, if negative) the logits of tokens already seen (1: none)")
+      ->capture_default_str()
+      ->check(milora::tools::finite_positive);
+  app.add_option("--stop", g.stop, "end the text before this string (repeatable)");
+  app.add_flag("--chat", chat, "apply the model's chat template to the prompt (a user message) and print the answer");
+  app.add_option("--seed", g.seed, "sampling seed")->capture_default_str()->check(milora::tools::whole_number);
   return milora::tools::run_tool("milora-generate", app, argc, argv, [&] {
     llama::with_inference_model(m.model, m.adapter, m.device, m.dtype, "milora-generate", [&]<class BE>(auto& model) {
-      const auto& cfg = model.config();
-      const auto tokenizer = llama::Tokenizer::for_model(m.model, cfg.vocab_size);
-      std::vector<llama::Token> context = tokenizer.encode(prompt);
-      if (context.empty()) throw milora::value_error("the prompt encodes to no tokens");
-      std::vector<llama::Token> generated;
-      for (milora::Index i = 0; i < max_new; ++i) {
-        const milora::Index n = std::min<milora::Index>(milora::Index(context.size()), cfg.max_position_embeddings);
-        const std::span<const llama::Token> window(context.data() + context.size() - std::size_t(n), std::size_t(n));
-        model.forward(window, 1, n);
-        // Only the last position's logits come to the host (on a GPU the rest stay there).
-        const std::vector<float> last = BE::to_host(BE::cblock(model.logits(), n - 1, 0, 1, cfg.vocab_size));
-        if (!std::all_of(last.begin(), last.end(), [](float x) { return std::isfinite(x); })) {
-          const auto where = llama::find_non_finite(model);
-          throw milora::numerical_error(milora::detail::concat("the logits of new token ", i, " are not finite",
-                                                               where.empty() ? "" : "; first: " + where));
-        }
-        const llama::Token next = llama::sample(last, temperature, top_k, seed, std::uint64_t(i));
-        context.push_back(next);
-        generated.push_back(next);
+      const auto tokenizer = llama::Tokenizer::for_model(m.model, model.config().vocab_size);
+      std::vector<llama::Token> context;
+      if (chat) {
+        const auto chat_template = llama::model_chat_template(m.model);
+        if (!chat_template) throw milora::value_error("--chat: '" + m.model + "' has no chat template (tokenizer_config.json's chat_template)");
+#if defined(MILORA_HAS_TOKENIZER_JSON)
+        const nlohmann::json messages = nlohmann::json::array({{{"role", "user"}, {"content", prompt}}});
+        context = tokenizer.encode(chat_template->render(messages, true), false);  // the template writes the special tokens
+#endif
+      } else {
+        context = tokenizer.encode(prompt);
       }
-      std::cout << prompt << tokenizer.decode(generated) << std::endl;
+      const auto out = llama::generate(model, tokenizer, std::move(context), g);
+      std::cout << (chat ? out.text : prompt + out.text) << std::endl;
+      // a byte-level model may end inside a UTF-8 sequence: the JSON line shows such bytes as U+FFFD
+      std::cout << nlohmann::json{{"text", out.text}, {"new_tokens", out.tokens.size()}, {"stopped_by", out.stopped_by}}.dump(
+                       -1, ' ', false, nlohmann::json::error_handler_t::replace)
+                << std::endl;
     });
   });
 }

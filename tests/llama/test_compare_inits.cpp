@@ -5,6 +5,7 @@
 
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdlib>
 #include <sstream>
@@ -12,6 +13,7 @@
 #include <vector>
 
 #include "../io/io_test_util.hpp"
+#include "compare_inits/paired.hpp"
 #include "compare_inits/subspace.hpp"
 #include "compare_inits/task.hpp"
 #include "llama/kernels_cpu.hpp"
@@ -86,6 +88,25 @@ int run(const std::string& cmd) {
 
 }  // namespace
 
+TEST_CASE("paired_difference: the per-seed difference against the baseline with a Student-t 95% interval, by hand") {
+  // differences 1, 2, 3: mean 2, sample std 1, t(2) = 4.303: half-width 4.303 / sqrt(3) = 2.4843
+  auto d = compare::paired_difference({11, 12, 13}, {10, 10, 10});
+  CHECK(d.mean == doctest::Approx(2));
+  CHECK(d.low == doctest::Approx(2 - 2.48434).epsilon(1e-5));
+  CHECK(d.high == doctest::Approx(2 + 2.48434).epsilon(1e-5));
+  CHECK_FALSE(d.resolved());
+  // differences 1.0, 1.1, 0.9 with baselines far apart: the seeds' spread cancels, [0.7516, 1.2484]
+  d = compare::paired_difference({3.0, 21.1, 7.9}, {2.0, 20.0, 7.0});
+  CHECK(d.low == doctest::Approx(1 - 0.248434).epsilon(1e-5));
+  CHECK(d.resolved());
+  d = compare::paired_difference({1.0}, {2.0});  // one seed: a difference, no interval
+  CHECK(d.mean == -1);
+  CHECK_FALSE(d.resolved());
+  CHECK(compare::t_quantile_975(1) == 12.706);
+  CHECK(compare::t_quantile_975(100) == 1.96);
+  CHECK_THROWS_AS(compare::paired_difference({1.0}, {1.0, 2.0}), milora::value_error);
+}
+
 TEST_CASE("compare_inits in miniature: every output, well-formed, the cached model is reused, perplexity agrees with milora-eval") {
   milora_test::ScratchDir dir;
   std::string corpus;
@@ -101,13 +122,13 @@ TEST_CASE("compare_inits in miniature: every output, well-formed, the cached mod
     CHECK_MESSAGE(std::filesystem::exists(out / f), f);
   const auto results = read_csv(out / "results.csv");
   REQUIRE(results.size() == 5);  // header + full, lora, pissa, milora
-  REQUIRE(results[0].size() == 15);
+  REQUIRE(results[0].size() == 16);
   CHECK(results[0][5] == "task_loss_before");
   std::vector<std::string> methods;
   for (std::size_t i = 1; i < results.size(); ++i) {
-    REQUIRE(results[i].size() == 15);
+    REQUIRE(results[i].size() == 16);
     methods.push_back(results[i][0]);
-    for (std::size_t c = 2; c < 15; ++c) CHECK(std::isfinite(std::stod(results[i][c])));
+    for (std::size_t c = 2; c < 16; ++c) CHECK(std::isfinite(std::stod(results[i][c])));
     CHECK(results[i][5] == results[1][5]);  // the pre-trained model's task loss: one value
     const double top = std::stod(results[i][11]), bottom = std::stod(results[i][12]);
     CHECK(top >= 0);
@@ -177,6 +198,32 @@ TEST_CASE("compare_inits in miniature: every output, well-formed, the cached mod
               (dir / "heldout.jsonl").string() + " --seq 24 --batch 8 > " + (dir / "eval3.txt").string() + " 2>/dev/null") == 0);
   const auto eval3 = nlohmann::json::parse(milora_test::read_file(dir / "eval3.txt"));
   CHECK(std::stod(examples[1][5]) == doctest::Approx(eval3["loss"].get<double>()).epsilon(1e-5));
+  // --eval-task: every run scored on a multiple-choice task's accuracy, and each method against LoRA
+  // seed by seed in the summary
+  std::string mc;
+  for (int i = 0; i < 6; ++i)
+    mc += "{\"question\": \"Nummer " + std::to_string(i) + "\", \"choices\": [\"eins\", \"zwei\", \"drei\"], \"answer\": " +
+          std::to_string(i % 3) + "}\n";
+  milora_test::write_file(dir / "mc.jsonl", mc);
+  REQUIRE(run(common + " --model " + (out / "pretrained").string() + " --task " + (dir / "task.txt").string() +
+              " --methods lora,milora --seeds 2 --eval-task " + (dir / "mc.jsonl").string() + " --out " + (dir / "eval").string() +
+              " > /dev/null 2> " + (dir / "stderr7.txt").string()) == 0);
+  const auto scored = read_csv(dir / "eval" / "results.csv");
+  REQUIRE(scored.size() == 5);
+  for (std::size_t i = 1; i < 5; ++i) {
+    const double acc = std::stod(scored[i][15]);
+    CHECK(acc >= 0);
+    CHECK(acc <= 1);
+    CHECK(std::abs(acc * 6 - std::round(acc * 6)) < 1e-4);  // hits of 6 (the CSV has 6 digits)
+  }
+  const std::string eval_summary = milora_test::read_file(dir / "eval" / "summary.md");
+  CHECK(eval_summary.find("eval-task accuracy") != std::string::npos);
+  CHECK(eval_summary.find("Paired differences against LoRA") != std::string::npos);
+  const auto milora_row = eval_summary.find("\n| milora | ", eval_summary.find("Paired differences"));
+  REQUIRE(milora_row != std::string::npos);
+  const std::string row = eval_summary.substr(milora_row, eval_summary.find('\n', milora_row + 1) - milora_row);
+  CHECK((row.find("resolved") != std::string::npos));  // "resolved" or "not resolved", per column
+  CHECK(std::count(row.begin(), row.end(), '|') == 5);  // method + task loss, ppl, eval-task accuracy
   // the opt-in policies run through the same pipeline; an unknown method is refused before pre-training
   REQUIRE(run(common + " --model " + (out / "pretrained").string() + " --task " + (dir / "task.txt").string() +
               " --methods olora,orthogonal,corda-kpm,eva,lora-ga --seeds 1 --out " + (dir / "more").string() + " > /dev/null 2> " +

@@ -16,6 +16,8 @@
 #include "../io/io_test_util.hpp"
 #include "llama/calibration.hpp"
 #include "llama/data.hpp"
+#include "llama/generation.hpp"
+#include "llama/tasks.hpp"
 #include "llama/kernels_cpu.hpp"
 #include "llama/model.hpp"
 #include "llama/pretrained.hpp"
@@ -97,6 +99,142 @@ TEST_CASE("milora-finetune / -eval / -generate: train, checkpoint, resume bit fo
   CHECK(r.out.rfind("low rank", 0) == 0);
   CHECK(r.out.size() >= 8 + 12);
   CHECK(run("milora-generate", gen, dir).out == r.out);
+}
+
+// milora-eval --task on hand-built multiple-choice sets whose right answers are known: each choice's
+// log-likelihood computed here through the model's own forward and cross-entropy (not the tool's
+// code), the gold set to the most likely choice (acc must be 1) or to the least likely (acc 0); and a
+// generation set scored by exact match.
+TEST_CASE("milora-eval --task: accuracy with a 95% interval on known answers, multiple choice and generation") {
+  milora_test::ScratchDir dir;
+  using BE = milora::EigenBackend<float>;
+  auto model = llama::from_pretrained<llama::Llama<BE>>(milora::io::HFModel(kModel));
+  const auto loglik = [&](const std::string& context, const std::string& choice) {  // bytes: one token each
+    const std::string whole = context + choice;
+    std::vector<llama::Token> in, targets;
+    for (std::size_t i = 0; i + 1 < whole.size(); ++i) {
+      in.push_back(static_cast<unsigned char>(whole[i]));
+      targets.push_back(i + 1 >= context.size() ? llama::Token(static_cast<unsigned char>(whole[i + 1])) : llama::kIgnoreIndex);
+    }
+    model->forward(in, 1, llama::Index(in.size()));
+    return -model->loss(targets) * double(choice.size());
+  };
+  const std::vector<std::string> questions = {"low rank", "the minor", "singular values of", "adapters train"};
+  const std::vector<std::string> choices = {"ab", "rank", "zq"};
+  std::string best, worst;
+  for (const auto& q : questions) {
+    std::vector<double> ll;
+    for (const auto& c : choices) ll.push_back(loglik(q, " " + c));
+    const auto hi = std::max_element(ll.begin(), ll.end()) - ll.begin(), lo = std::min_element(ll.begin(), ll.end()) - ll.begin();
+    best += nlohmann::json{{"question", q}, {"choices", choices}, {"answer", hi}}.dump() + "\n";
+    worst += nlohmann::json{{"question", q}, {"choices", choices}, {"answer", lo}}.dump() + "\n";
+  }
+  milora_test::write_file(dir / "best.jsonl", best);
+  milora_test::write_file(dir / "worst.jsonl", worst);
+  auto r = run("milora-eval", "--model " + kModel.string() + " --task " + (dir / "best.jsonl").string(), dir);
+  REQUIRE_MESSAGE(r.status == 0, r.err);
+  auto j = r.last_json();
+  CHECK(j["examples"] == 4);
+  CHECK(j["acc"]["value"] == 1.0);
+  CHECK(j["acc"]["hits"] == 4);
+  CHECK(j["acc"]["ci95"][0].get<double>() == doctest::Approx(0.5101).epsilon(1e-3));  // Wilson, 4 of 4
+  CHECK(j["acc"]["ci95"][1] == 1.0);
+  CHECK(j.contains("acc_norm"));
+  r = run("milora-eval", "--model " + kModel.string() + " --task " + (dir / "worst.jsonl").string() + " --limit 3", dir);
+  REQUIRE_MESSAGE(r.status == 0, r.err);
+  j = r.last_json();
+  CHECK(j["examples"] == 3);
+  CHECK(j["acc"]["value"] == 0.0);
+
+  // generation: the tool's exact-match count is the one of the model's greedy answers computed here
+  milora_test::write_file(dir / "gen.jsonl", R"({"question": "low rank", "answer": "#### 1"}
+{"question": "the minor", "answer": "#### 2"}
+)");
+  r = run("milora-eval", "--model " + kModel.string() + " --task " + (dir / "gen.jsonl").string() + " --max-new-tokens 4", dir);
+  REQUIRE_MESSAGE(r.status == 0, r.err);
+  j = r.last_json();
+  CHECK(j["examples"] == 2);
+  CHECK(j["exact_match"]["n"] == 2);
+  const auto tokenizer = llama::Tokenizer::for_model(kModel, 256);
+  std::size_t hits = 0;
+  for (const auto& [q, ref] : std::vector<std::pair<std::string, std::string>>{{"low rank", "1"}, {"the minor", "2"}}) {
+    const auto text = llama::generate(*model, tokenizer, tokenizer.encode(q), {.max_new_tokens = 4, .stop = {"\n\n"}}).text;
+    hits += llama::answers_match(llama::extract_answer(text), ref);
+  }
+  CHECK(j["exact_match"]["hits"] == hits);
+  r = run("milora-eval", "--model " + kModel.string() + " --task " + (dir / "gen.jsonl").string() + " --data " + (dir / "gen.jsonl").string(), dir);
+  CHECK(r.status != 0);
+}
+
+// Every tool on every config family (tests/data: LLaMA-3.2 with rope_scaling and tied embeddings,
+// Qwen2 with q/k/v biases, Mistral with a sliding window, LLaMA with every bias): fine-tune MiLoRA
+// a few steps, evaluate the checkpoint (its held-out loss), generate, merge the plain-LoRA form
+// into the original model (the merged folder evaluates to the same loss, its biases and config kept),
+// and milora-init + milora-convert give the same plain LoRA form the trainer wrote.
+TEST_CASE("every tool works on every config family: finetune, eval, generate, init, convert, merge") {
+  const std::string targets = "q_proj,k_proj,v_proj,o_proj,up_proj,down_proj";
+  for (const std::string name : {"llama32_tiny", "qwen2_tiny", "mistral_tiny", "llama_bias_tiny"}) {
+    CAPTURE(name);
+    milora_test::ScratchDir dir;
+    const auto model = std::filesystem::path(MILORA_TEST_DATA) / name / "model";
+    milora_test::write_file(dir / "train.txt", text(400));
+    const std::string train = milora_test::read_file(dir / "train.txt");
+    milora_test::write_file(dir / "val.txt", train.substr(train.size() - std::size_t(double(train.size()) * 0.1)));
+    auto r = run("milora-finetune", "--model " + model.string() + " --data " + (dir / "train.txt").string() +
+                                        " --method milora --rank 2 --alpha 4 --targets " + targets + " --steps 4 --lr 5e-3 --batch 2 --seq 16 --quiet --out " +
+                                        (dir / "run").string(),
+                 dir);
+    REQUIRE_MESSAGE(r.status == 0, r.err);
+    const auto result = r.last_json();
+    const auto ckpt = dir / "run" / "checkpoint-4";
+    r = run("milora-eval", "--model " + model.string() + " --adapter " + ckpt.string() + " --data " + (dir / "val.txt").string() +
+                               " --seq 16 --batch 2",
+            dir);
+    REQUIRE_MESSAGE(r.status == 0, r.err);
+    const double adapted = r.last_json()["loss"];
+    CHECK(adapted == doctest::Approx(result["val_loss"].get<double>()).epsilon(1e-5));
+
+    r = run("milora-generate", "--model " + model.string() + " --adapter " + ckpt.string() + " --prompt 'low rank' --max-new-tokens 6", dir);
+    REQUIRE_MESSAGE(r.status == 0, r.err);
+    CHECK(r.out.rfind("low rank", 0) == 0);
+
+    r = run("milora-merge", "--model " + model.string() + " --adapter " + (ckpt / "plain_lora").string() + " --out " + (dir / "merged").string(), dir);
+    REQUIRE_MESSAGE(r.status == 0, r.err);
+    r = run("milora-eval", "--model " + (dir / "merged").string() + " --data " + (dir / "val.txt").string() + " --seq 16 --batch 2", dir);
+    REQUIRE_MESSAGE(r.status == 0, r.err);
+    CHECK(r.last_json()["loss"].get<double>() == doctest::Approx(adapted).epsilon(1e-5));
+    const milora::io::HFModel original(model), merged(dir / "merged");
+    CHECK(merged.config() == original.config());
+    for (const auto& t : original.tensor_names())
+      if (t.ends_with(".bias")) CHECK(merged.load<float>(t).data == original.load<float>(t).data);
+
+    // milora-init writes the start the trainer used (same seed): converting the trained adapter
+    // against it gives the trainer's own plain-LoRA export
+    r = run("milora-init", "--model " + model.string() + " --method milora --rank 2 --alpha 4 --targets " + targets + " --out " +
+                               (dir / "init").string(),
+            dir);
+    REQUIRE_MESSAGE(r.status == 0, r.err);
+    r = run("milora-convert", "--initial " + (dir / "init").string() + " --trained " + ckpt.string() + " --out " + (dir / "plain").string(), dir);
+    REQUIRE_MESSAGE(r.status == 0, r.err);
+    const auto mine = milora::io::load_peft_adapter<float>(dir / "plain"), trainers = milora::io::load_peft_adapter<float>(ckpt / "plain_lora");
+    REQUIRE(mine.modules.size() == trainers.modules.size());
+    double worst = 0;
+    for (const auto& [module, f] : trainers.modules) {
+      const auto& g = mine.modules.at(module);
+      for (std::size_t i = 0; i < f.A.data.size(); ++i) worst = std::max(worst, double(std::abs(f.A.data[i] - g.A.data[i])));
+      for (std::size_t i = 0; i < f.B.data.size(); ++i) worst = std::max(worst, double(std::abs(f.B.data[i] - g.B.data[i])));
+    }
+    CHECK(worst < 1e-5);
+  }
+  // Mistral's window: a sequence longer than it is refused, naming it
+  milora_test::ScratchDir dir;
+  milora_test::write_file(dir / "train.txt", text(400));
+  const auto r = run("milora-finetune", "--model " + (std::filesystem::path(MILORA_TEST_DATA) / "mistral_tiny" / "model").string() +
+                                            " --data " + (dir / "train.txt").string() + " --rank 2 --steps 1 --batch 1 --seq 64 --quiet --out " +
+                                            (dir / "run").string(),
+                     dir);
+  CHECK(r.status != 0);
+  CHECK(r.err.find("exceeds the sliding window of 32 tokens") != std::string::npos);
 }
 
 // --dtype bf16: the frozen projections in bf16, everything the run saves in float32 as before. The
