@@ -89,6 +89,19 @@ std::pair<double, double> run_golden(M& model, double grad_tol, const std::files
   return {logit_err, std::abs(loss - want_loss) / want_loss};
 }
 
+// The golden folder's model with its adapter merged into the weights (merge_peft_adapter): the
+// largest logit error against PyTorch's adapted logits, relative to the largest logit.
+template <class M>
+double merged_logit_error(const std::filesystem::path& dir) {
+  auto merged = llama::from_pretrained<M>(milora::io::HFModel(dir / "model"));
+  llama::merge_peft_adapter(*merged, milora::io::load_peft_adapter<float>(dir / "adapter"), "adapter");
+  const milora::io::SafetensorsFile golden(dir / "golden.safetensors");
+  const GoldenBatch g = golden_batch(golden);
+  merged->forward(g.tokens, g.batch, g.seq);
+  const auto want = golden.load<float>("logits").data;
+  return max_abs_diff(BE::to_host(merged->logits()), want) / max_abs(want);
+}
+
 }  // namespace
 
 TEST_CASE("Llama<float> with a PEFT adapter reproduces PyTorch's logits, loss and adapter gradients") {
@@ -123,13 +136,7 @@ TEST_CASE("LLaMA-3.2 (rope_scaling llama3, tied, explicit head_dim), Qwen2 (q/k/
     CHECK(logit_err < 1e-5);
     CHECK(loss_err < 1e-5);
 
-    auto merged = llama::from_pretrained<Model>(hf);
-    llama::merge_peft_adapter(*merged, milora::io::load_peft_adapter<float>(dir / "adapter"), "adapter");
-    const milora::io::SafetensorsFile golden(dir / "golden.safetensors");
-    const GoldenBatch g = golden_batch(golden);
-    merged->forward(g.tokens, g.batch, g.seq);
-    const auto want = golden.load<float>("logits").data;
-    CHECK(max_abs_diff(BE::to_host(merged->logits()), want) / max_abs(want) < 1e-5);
+    CHECK(merged_logit_error<Model>(dir) < 1e-5);
   }
 }
 
@@ -211,11 +218,5 @@ TEST_CASE("Llama<float, Bf16Weights>: bf16 projections with a PEFT adapter are P
   CHECK(loss_err < 3e-2);
 
   // merge_peft_adapter into bf16 weights (one rounding per entry): the adapted logits again
-  auto merged = llama::from_pretrained<Bf16Model>(hf);
-  llama::merge_peft_adapter(*merged, milora::io::load_peft_adapter<float>(kDir / "adapter"), "adapter");
-  const milora::io::SafetensorsFile golden(kDir / "golden.safetensors");
-  const GoldenBatch g = golden_batch(golden);
-  merged->forward(g.tokens, g.batch, g.seq);
-  const auto want_logits = golden.load<float>("logits").data;
-  CHECK(max_abs_diff(BE::to_host(merged->logits()), want_logits) / max_abs(want_logits) < 3e-2);
+  CHECK(merged_logit_error<Bf16Model>(kDir) < 3e-2);
 }
