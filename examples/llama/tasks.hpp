@@ -54,14 +54,16 @@ struct TaskSet {
   std::size_t size() const { return choice.size() + generation.size(); }
 };
 
+/// `s` without leading and trailing white space.
+inline std::string trimmed(const std::string& s, const char* space = " \t\r\n") {
+  const auto a = s.find_first_not_of(space);
+  return a == std::string::npos ? std::string() : s.substr(a, s.find_last_not_of(space) - a + 1);
+}
+
 /// The number in `s` as a double, if `s` is one: an optional sign, digits with optional thousands
 /// commas, an optional fraction; "$" and a trailing "." are dropped (GSM8K writes "$1,234." at times).
 inline std::optional<double> parse_number(std::string s) {
-  auto trim = [](std::string& t) {
-    const auto a = t.find_first_not_of(" \t\r\n");
-    t = a == std::string::npos ? std::string() : t.substr(a, t.find_last_not_of(" \t\r\n") - a + 1);
-  };
-  trim(s);
+  s = trimmed(s);
   std::erase(s, '$');
   std::erase(s, ',');
   if (!s.empty() && s.back() == '.') s.pop_back();
@@ -80,10 +82,8 @@ inline std::optional<double> parse_number(std::string s) {
 /// its last number (digits with commas, a sign and a fraction), else the whole text trimmed.
 inline std::string extract_answer(const std::string& text) {
   if (const auto at = text.rfind("####"); at != std::string::npos) {
-    std::string rest = text.substr(at + 4);
-    rest = rest.substr(0, rest.find('\n'));
-    const auto a = rest.find_first_not_of(" \t");
-    return a == std::string::npos ? std::string() : rest.substr(a, rest.find_last_not_of(" \t\r") - a + 1);
+    const std::string rest = text.substr(at + 4);
+    return trimmed(rest.substr(0, rest.find('\n')), " \t\r");
   }
   std::string last;
   for (std::size_t i = 0; i < text.size();) {
@@ -99,9 +99,7 @@ inline std::string extract_answer(const std::string& text) {
     last = text.substr(i, j - i);
     i = j;
   }
-  if (!last.empty()) return last;
-  const auto a = text.find_first_not_of(" \t\r\n");
-  return a == std::string::npos ? std::string() : text.substr(a, text.find_last_not_of(" \t\r\n") - a + 1);
+  return last.empty() ? trimmed(text) : last;
 }
 
 /// Whether a generated answer matches the reference: as numbers when both parse (exactly: GSM8K's
@@ -109,11 +107,7 @@ inline std::string extract_answer(const std::string& text) {
 inline bool answers_match(const std::string& got, const std::string& reference) {
   const auto a = parse_number(got), b = parse_number(reference);
   if (a && b) return *a == *b;
-  auto trim = [](const std::string& t) {
-    const auto s = t.find_first_not_of(" \t\r\n");
-    return s == std::string::npos ? std::string() : t.substr(s, t.find_last_not_of(" \t\r\n") - s + 1);
-  };
-  return trim(got) == trim(reference);
+  return trimmed(got) == trimmed(reference);
 }
 
 /// Reads a task file (see the header comment); `path` and the line number name a bad record.
