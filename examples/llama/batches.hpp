@@ -3,8 +3,7 @@
 //
 // An interface rather than a template argument of the trainer, so that Trainer<Model> (its step,
 // checkpoints and resume) is compiled once per model type, not once per kind of data: one virtual
-// call per micro-batch is nothing beside a forward and backward, while every instantiation of the
-// trainer cost every tool and test that trains a minute of CI's build (docs/design.md, "Build time").
+// call per micro-batch is nothing beside a forward and backward (docs/design.md, "Build time").
 #pragma once
 
 #include <cstddef>
