@@ -25,6 +25,12 @@ nlohmann::json tiny_config_json() {
           {"rms_norm_eps", 1e-5}, {"hidden_act", "silu"}, {"rope_scaling", nullptr}};
 }
 
+// from_json refuses `bad` with a format_error whose message contains `message`.
+void config_refused(const nlohmann::json& bad, const char* message) {
+  CAPTURE(std::string(message));
+  CHECK_THROWS_WITH_AS(LlamaConfig::from_json(bad, "cfg"), doctest::Contains(message), milora::format_error);
+}
+
 }  // namespace
 
 TEST_CASE("LlamaConfig reads transformers' fields, applies its defaults, and refuses what it cannot compute") {
@@ -36,31 +42,27 @@ TEST_CASE("LlamaConfig reads transformers' fields, applies its defaults, and ref
   auto j = tiny_config_json();
   j.erase("num_key_value_heads");
   CHECK(LlamaConfig::from_json(j, "cfg").num_key_value_heads == 4);  // defaults to the head count
-  auto refused = [](nlohmann::json bad, const char* message) {
-    CAPTURE(std::string(message));
-    CHECK_THROWS_WITH_AS(LlamaConfig::from_json(bad, "cfg"), doctest::Contains(message), milora::format_error);
-  };
   j = tiny_config_json();
   j.erase("hidden_size");
-  refused(j, "\"hidden_size\" is missing");
+  config_refused(j, "\"hidden_size\" is missing");
   j = tiny_config_json();
   j["num_key_value_heads"] = 3;
-  refused(j, "num_attention_heads 4 is not a multiple of num_key_value_heads 3");
+  config_refused(j, "num_attention_heads 4 is not a multiple of num_key_value_heads 3");
   j = tiny_config_json();
   j["hidden_size"] = 10;
-  refused(j, "hidden_size 10 is not a multiple of num_attention_heads 4");
+  config_refused(j, "hidden_size 10 is not a multiple of num_attention_heads 4");
   j = tiny_config_json();
   j["hidden_act"] = "gelu";
-  refused(j, "hidden_act is \"gelu\"");
+  config_refused(j, "hidden_act is \"gelu\"");
   j = tiny_config_json();
   j["rope_scaling"] = {{"type", "linear"}, {"factor", 2.0}};
-  refused(j, "rope_scaling");
+  config_refused(j, "rope_scaling");
   j = tiny_config_json();
   j["num_hidden_layers"] = -1;
-  refused(j, "\"num_hidden_layers\" must be a positive integer, got -1");
+  config_refused(j, "\"num_hidden_layers\" must be a positive integer, got -1");
   j = tiny_config_json();
   j["model_type"] = "gpt2";
-  refused(j, "model_type is \"gpt2\"");
+  config_refused(j, "model_type is \"gpt2\"");
 }
 
 TEST_CASE("LlamaConfig::check finds a missing or misshapen weight in a model folder") {
@@ -93,10 +95,6 @@ TEST_CASE("LlamaConfig::check finds a missing or misshapen weight in a model fol
 }
 
 TEST_CASE("LlamaConfig reads the configs of current checkpoints: LLaMA-3.1 rope_scaling, Qwen2's biases, Mistral's window") {
-  auto refused = [](nlohmann::json bad, const char* message) {
-    CAPTURE(std::string(message));
-    CHECK_THROWS_WITH_AS(LlamaConfig::from_json(bad, "cfg"), doctest::Contains(message), milora::format_error);
-  };
   // LLaMA-3.1-8B's rope_scaling, as its config.json writes it
   auto j = tiny_config_json();
   j["head_dim"] = 128;
@@ -129,12 +127,12 @@ TEST_CASE("LlamaConfig reads the configs of current checkpoints: LLaMA-3.1 rope_
   j["rope_scaling"] = {{"rope_type", "default"}};
   CHECK_FALSE(LlamaConfig::from_json(j, "cfg").rope_scaling.has_value());
   j["rope_scaling"] = {{"rope_type", "yarn"}, {"factor", 4.0}};
-  refused(j, "rope_scaling has rope_type \"yarn\"; only \"llama3\" (LLaMA-3.1) and \"default\" are supported");
+  config_refused(j, "rope_scaling has rope_type \"yarn\"; only \"llama3\" (LLaMA-3.1) and \"default\" are supported");
   j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 4.0}, {"high_freq_factor", 1.0},
                        {"original_max_position_embeddings", 8192}};
-  refused(j, "high_freq_factor 1 must exceed low_freq_factor 4");
+  config_refused(j, "high_freq_factor 1 must exceed low_freq_factor 4");
   j["rope_scaling"] = {{"rope_type", "llama3"}, {"factor", 8.0}, {"low_freq_factor", 1.0}, {"high_freq_factor", 4.0}};
-  refused(j, "\"original_max_position_embeddings\" must be a positive integer");
+  config_refused(j, "\"original_max_position_embeddings\" must be a positive integer");
 
   // biases: Qwen2 (no field: q, k, v), LLaMA's attention_bias (q, k, v, o) and mlp_bias
   j = tiny_config_json();
@@ -153,7 +151,7 @@ TEST_CASE("LlamaConfig reads the configs of current checkpoints: LLaMA-3.1 rope_
   j["mlp_bias"] = true;
   CHECK((LlamaConfig::from_json(j, "cfg").bias == std::array<bool, 7>{true, true, true, true, true, true, true}));
   j["mlp_bias"] = "yes";
-  refused(j, "\"mlp_bias\" must be true or false, got \"yes\"");
+  config_refused(j, "\"mlp_bias\" must be true or false, got \"yes\"");
 
   // the window: Mistral's always, Qwen2's with use_sliding_window only
   j = tiny_config_json();
@@ -173,13 +171,13 @@ TEST_CASE("LlamaConfig reads the configs of current checkpoints: LLaMA-3.1 rope_
   // neighbours' math is refused by name
   j = tiny_config_json();
   j["partial_rotary_factor"] = 0.5;
-  refused(j, "\"partial_rotary_factor\" is 0.5");
+  config_refused(j, "\"partial_rotary_factor\" is 0.5");
   j = tiny_config_json();
   j["final_logit_softcapping"] = 30.0;
-  refused(j, "\"final_logit_softcapping\" is set");
+  config_refused(j, "\"final_logit_softcapping\" is set");
   j = tiny_config_json();
   j["model_type"] = "qwen3";
-  refused(j, "model_type is \"qwen3\"; expected \"llama\", \"mistral\" or \"qwen2\"");
+  config_refused(j, "model_type is \"qwen3\"; expected \"llama\", \"mistral\" or \"qwen2\"");
 }
 
 TEST_CASE("config_json writes back what from_json read, for every family") {
