@@ -16,7 +16,8 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 out="$root/build/gpu"
 step="${1:-all}"
 programs=("$out/tests/milora_cuda_tests" "$out/tests/milora_cuda_llama_tests" "$out/benchmarks/cuda_bench"
-          "$out/benchmarks/llama_step_bench" "$out/examples/tools/milora-finetune" "$out/examples/tools/milora-eval")
+          "$out/benchmarks/llama_step_bench" "$out/benchmarks/generate_bench" "$out/examples/tools/milora-finetune"
+          "$out/examples/tools/milora-eval")
 
 build() {
   bash "$root/scripts/deps.sh"
@@ -27,7 +28,7 @@ build() {
     -DMILORA_BUILD_TESTS=ON -DMILORA_BUILD_EXAMPLES=ON -DMILORA_BUILD_BENCHMARKS=ON \
     -DMILORA_USE_LAPACKE=OFF -DMILORA_USE_XTENSOR=OFF >/dev/null  # small enough to carry
   cmake --build "$out" -j"$(nproc)" --target milora_cuda_tests milora_cuda_llama_tests cuda_bench \
-    llama_step_bench milora-finetune milora-eval
+    llama_step_bench generate_bench milora-finetune milora-eval
   # Debian's libraries the programs need that a CUDA image may lack (not glibc, not CUDA's own).
   mkdir -p "$out/lib"
   for exe in "${programs[@]}"; do
@@ -208,6 +209,9 @@ PY
   stage peft_step_tf32 60 python3 "$root/benchmarks/peft_step.py" $shape --dtype float32 --tf32 || fails+=(peft_step_tf32)
   stage peft_step_f32 60 python3 "$root/benchmarks/peft_step.py" $shape --dtype float32 || fails+=(peft_step_f32)
   step_table > "$log/step_table.txt" 2>&1 || true
+  # decoding 256 tokens after a 32-token prompt, with the key/value cache and by recomputation
+  stage generate_cuda 90 "$out/benchmarks/generate_bench" --config "$log/llama_1b.json" --device cuda \
+    --benchmark_repetitions=2 || fails+=(generate_cuda)
   # last, the backend's benchmark and torch's SVD on the same GPU
   stage torch_svd 40 bash -c torch_svd || fails+=(torch_svd)
   stage cuda_bench 150 "$out/benchmarks/cuda_bench" --benchmark_repetitions="${MILORA_GPU_BENCH_REPS:-1}" || fails+=(cuda_bench)
@@ -220,6 +224,7 @@ PY
   for p in llama_step_profile llama_step_profile_bf16; do
     echo "$p:"; sed -n '/MILORA_CUDA_PROFILE/,/total/p' "$log/$p.log" 2>/dev/null | head -25 || true
   done
+  sed -n '/ratio: times slower/,$p' "$log/generate_cuda.log" 2>/dev/null || true
   cat "$log/torch_svd.log" 2>/dev/null || true
   sed -n '/ratio = time/,$p' "$log/cuda_bench.log" 2>/dev/null | head -60 || true
   [ ${#fails[@]} -eq 0 ]

@@ -1,15 +1,22 @@
 // Generating text with a Llama: the next-token choice (greedy, or a seeded draw after
 // transformers' logits processors) and the loop that stops on EOS, a stop string or a length.
 //
-//   choose_next(logits, context, options, counter)   one token from one row of logits
-//   generate(model, tokenizer, prompt ids, options)  the new tokens and text
+//   choose_next(logits, context, options, counter)          one token from one row of logits
+//   generate(model, tokenizer, prompt ids, options)         the new tokens and text
+//   generate_batch(model, tokenizer, prompts, options)      the same for several prompts at once
 //
 // The processors apply in transformers' order: the repetition penalty (a logit of a token already in
 // the context is divided by the penalty when positive, multiplied when negative), then temperature,
 // top-k (the k largest), top-p (the smallest set of the most likely tokens whose probability
 // reaches p). The draw is number `counter` of milora's counter-based generator for `seed`, so a
-// run is reproducible from the seed on any machine. Each step runs the model on the whole context
-// (the last max_position_embeddings tokens).
+// run is reproducible from the seed on any machine, and a prompt of a batch gets the tokens it gets
+// alone (draw number k of every sequence is the seed's k-th).
+//
+// The model reads the prompts once (prefill) into a key/value cache (kv_cache.hpp), then one token
+// per sequence per step; prompts of different lengths are left-padded, each sequence masked to its
+// own tokens. Past the model's context (Llama::context_limit) each step reads the last
+// context_limit tokens again, as a model without a cache does. kv_cache = false recomputes the
+// whole context at every step instead: the reference the cache is tested and benchmarked against.
 #pragma once
 
 #include <algorithm>
@@ -21,6 +28,7 @@
 #include <vector>
 
 #include "data.hpp"
+#include "kv_cache.hpp"
 #include "milora/core/errors.hpp"
 #include "milora/core/random.hpp"
 #include "non_finite.hpp"
@@ -36,6 +44,7 @@ struct GenerationOptions {
   std::uint64_t seed = 0;
   std::vector<std::string> stop;    // the text ends before the first of these it produces
   bool stop_at_eos = true;          // the tokenizer's EOS ends generation (and is not part of the text)
+  bool kv_cache = true;             // false: the whole context again at every step
 
   void validate() const {
     using milora::detail::concat;
@@ -96,47 +105,138 @@ struct Generated {
   std::string stopped_by;     // "eos", "stop", "length"
 };
 
-/// Continues `prompt` (token ids) with `model`; see the header comment.
+/// The logits of each sequence's next token (row b of a batch x vocab host array), by the key/value
+/// cache (prefill, then the one token each context grew by) or, with options.kv_cache false, by
+/// recomputing each context: what generate_batch draws from, and what benchmarks/generate_bench
+/// times.
 template <class Model>
-Generated generate(Model& model, const Tokenizer& tokenizer, std::vector<Token> prompt, const GenerationOptions& o) {
+class NextTokenLogits {
+ public:
   using BE = typename Model::backend;
+  NextTokenLogits(Model& model, Index batch, Index longest_prompt, const GenerationOptions& o)
+      : model_(model), use_cache_(o.kv_cache), limit_(model.context_limit()) {
+    if (use_cache_) cache_.emplace(model.make_cache(batch, std::min(limit_, longest_prompt + o.max_new_tokens)));
+  }
+
+  /// The logits after every context (without the cache, the rows of `done` sequences are left as
+  /// they were). Each context grew by one token since the last call, or this is the first call.
+  const std::vector<float>& operator()(const std::vector<std::vector<Token>>& contexts, const std::vector<bool>& done) {
+    const Index batch = Index(contexts.size()), vocab = model_.config().vocab_size;
+    logits_.resize(std::size_t(batch * vocab));
+    if (!use_cache_) {
+      for (Index b = 0; b < batch; ++b)
+        if (!done[std::size_t(b)]) {
+          const auto window = last_tokens(contexts[std::size_t(b)], limit_);
+          model_.forward(window, 1, Index(window.size()));
+          store(BE::cblock(model_.logits(), Index(window.size()) - 1, 0, 1, vocab), b);
+        }
+      return logits_;
+    }
+    auto& cache = *cache_;
+    if (cache.length() > 0 && cache.length() < cache.capacity()) {  // one new token per sequence
+      std::vector<Token> next(static_cast<std::size_t>(batch));
+      for (Index b = 0; b < batch; ++b) next[std::size_t(b)] = contexts[std::size_t(b)].back();
+      store(model_.forward_cached(next, cache), 0);
+      return logits_;
+    }
+    // prefill: every context's last tokens (at most the cache's slots), left-padded to the longest
+    Index slots = 0;
+    for (const auto& c : contexts) slots = std::max(slots, std::min(Index(c.size()), cache.capacity()));
+    std::vector<Token> tokens(std::size_t(batch * slots), 0);
+    std::vector<std::int32_t> starts(static_cast<std::size_t>(batch));
+    for (Index b = 0; b < batch; ++b) {
+      const auto window = last_tokens(contexts[std::size_t(b)], slots);
+      starts[std::size_t(b)] = std::int32_t(slots - Index(window.size()));
+      std::copy(window.begin(), window.end(), tokens.begin() + std::ptrdiff_t(b * slots + starts[std::size_t(b)]));
+    }
+    cache.reset(starts);
+    store(model_.forward_cached(tokens, cache), 0);
+    return logits_;
+  }
+
+ private:
+  static std::span<const Token> last_tokens(const std::vector<Token>& c, Index n) {
+    const std::size_t k = std::min(c.size(), std::size_t(n));
+    return {c.data() + c.size() - k, k};
+  }
+  // Rows of logits (on the device) into the host array from row `first` on.
+  void store(milora::const_view_t<BE> rows, Index first) {
+    const auto host = BE::to_host(rows);
+    std::transform(host.begin(), host.end(), logits_.begin() + std::ptrdiff_t(first * BE::cols(rows)),
+                   [](auto x) { return float(x); });
+  }
+
+  Model& model_;
+  bool use_cache_;
+  Index limit_;
+  std::optional<KvCache<BE>> cache_;
+  std::vector<float> logits_;
+};
+
+/// Continues each prompt (token ids) with `model`; see the header comment. Result b is what
+/// generate(model, tokenizer, prompts[b], options) returns.
+template <class Model>
+std::vector<Generated> generate_batch(Model& model, const Tokenizer& tokenizer, std::vector<std::vector<Token>> prompts,
+                                      const GenerationOptions& o) {
   o.validate();
-  if (prompt.empty()) throw milora::value_error("the prompt encodes to no tokens");
-  const auto& cfg = model.config();
+  if (prompts.empty()) throw milora::value_error("no prompts to continue");
+  Index longest = 0;
+  for (std::size_t b = 0; b < prompts.size(); ++b) {
+    if (prompts[b].empty()) throw milora::value_error(milora::detail::concat("prompt ", b, " encodes to no tokens"));
+    longest = std::max(longest, Index(prompts[b].size()));
+  }
+  const Index batch = Index(prompts.size()), vocab = model.config().vocab_size;
   const auto eos = tokenizer.eos_id();
-  Generated out;
-  out.stopped_by = "length";
-  std::vector<Token>& context = prompt;
-  for (Index i = 0; i < o.max_new_tokens; ++i) {
-    const Index n = std::min<Index>(Index(context.size()), cfg.max_position_embeddings);
-    const std::span<const Token> window(context.data() + context.size() - std::size_t(n), std::size_t(n));
-    model.forward(window, 1, n);
-    // Only the last position's logits come to the host (on a GPU the rest stay there).
-    const std::vector<float> last = BE::to_host(BE::cblock(model.logits(), n - 1, 0, 1, cfg.vocab_size));
-    if (!std::all_of(last.begin(), last.end(), [](float x) { return std::isfinite(x); })) {
-      const auto where = find_non_finite(model);
-      throw milora::numerical_error(milora::detail::concat("the logits of new token ", i, " are not finite", where.empty() ? "" : "; first: " + where));
-    }
-    const Token next = choose_next(last, context, o, std::uint64_t(i));
-    if (o.stop_at_eos && eos && next == *eos) {
-      out.stopped_by = "eos";
-      break;
-    }
-    context.push_back(next);
-    out.tokens.push_back(next);
-    if (!o.stop.empty()) {
-      const std::string text = tokenizer.decode(out.tokens);
-      std::size_t cut = std::string::npos;
-      for (const auto& s : o.stop) cut = std::min(cut, text.find(s));
-      if (cut != std::string::npos) {
-        out.text = text.substr(0, cut);
-        out.stopped_by = "stop";
-        return out;
+  std::vector<Generated> out(prompts.size());
+  std::vector<bool> done(prompts.size(), false);
+  for (auto& g : out) g.stopped_by = "length";
+  auto& contexts = prompts;
+  NextTokenLogits<Model> next_logits(model, batch, longest, o);
+  for (Index i = 0; i < o.max_new_tokens && std::find(done.begin(), done.end(), false) != done.end(); ++i) {
+    const auto& logits = next_logits(contexts, done);
+    for (Index b = 0; b < batch; ++b) {
+      auto& context = contexts[std::size_t(b)];
+      if (done[std::size_t(b)]) {  // keeps the batch's slots aligned; its logits are not read
+        context.push_back(context.back());
+        continue;
+      }
+      const std::span<const float> row(logits.data() + b * vocab, std::size_t(vocab));
+      if (!std::all_of(row.begin(), row.end(), [](float x) { return std::isfinite(x); })) {
+        const auto where = o.kv_cache ? std::string() : find_non_finite(model);
+        throw milora::numerical_error(milora::detail::concat("the logits of new token ", i, batch > 1 ? " of prompt " + std::to_string(b) : "",
+                                                             " are not finite", where.empty() ? "" : "; first: " + where));
+      }
+      const Token next = choose_next(row, context, o, std::uint64_t(i));
+      context.push_back(next);
+      Generated& g = out[std::size_t(b)];
+      if (o.stop_at_eos && eos && next == *eos) {
+        g.stopped_by = "eos";
+        done[std::size_t(b)] = true;
+        continue;
+      }
+      g.tokens.push_back(next);
+      if (!o.stop.empty()) {
+        const std::string text = tokenizer.decode(g.tokens);
+        std::size_t cut = std::string::npos;
+        for (const auto& s : o.stop) cut = std::min(cut, text.find(s));
+        if (cut != std::string::npos) {
+          g.text = text.substr(0, cut);
+          g.stopped_by = "stop";
+          done[std::size_t(b)] = true;
+        }
       }
     }
   }
-  out.text = tokenizer.decode(out.tokens);
+  for (std::size_t b = 0; b < out.size(); ++b)
+    if (out[b].stopped_by != "stop") out[b].text = tokenizer.decode(out[b].tokens);
   return out;
+}
+
+/// Continues `prompt` (token ids) with `model`; see the header comment.
+template <class Model>
+Generated generate(Model& model, const Tokenizer& tokenizer, std::vector<Token> prompt, const GenerationOptions& o) {
+  if (prompt.empty()) throw milora::value_error("the prompt encodes to no tokens");
+  return std::move(generate_batch(model, tokenizer, {std::move(prompt)}, o).front());
 }
 
 }  // namespace llama

@@ -9,6 +9,8 @@
 //   attention        causal grouped-query softmax(Q K^T / sqrt(d)) V         (per sequence and head)
 //                    what the forward keeps for the backward ("saved") is the backend's choice:
 //                    the probabilities on the CPU, one logsumexp per query row on CUDA (fused)
+//   attention_cached the same for new queries against a key/value cache (generation; forward only),
+//                    with rope_positions: rope at a given position per row
 //   swiglu           out = silu(gate) * up
 //   cross_entropy    mean over targets of logsumexp(logits) - logits[target], and dlogits
 //
@@ -75,6 +77,19 @@ struct AttentionShape {
   const std::int32_t* segment_start = nullptr;
 };
 
+/// The shape of one attention over a key/value cache (generation, kv_cache.hpp): `seq` new query
+/// rows per sequence, at the cache's slots past .. past + seq - 1, against every key up to them.
+/// Sequence b's slot t is row b * capacity + t of the caches (which hold rows already rotated by
+/// rope). Sequence b starts at slot start[b] (a left-padded prompt of a batch): query slot t sees
+/// the keys in slots [start[b], t], or only itself when t < start[b] (a padding slot, whose output
+/// no real token reads).
+struct CachedAttentionShape {
+  Index batch, seq, heads, kv_heads, head_dim;
+  Index capacity;  // cache rows per sequence
+  Index past;      // slots filled before these queries
+  Index group() const { return heads / kv_heads; }
+};
+
 /// A matrix's rows and columns (the attention's saved state is sized by the backend).
 struct MatrixShape {
   Index rows, cols;
@@ -84,16 +99,18 @@ struct MatrixShape {
 /// backend that forgets one kernel gets one error naming it.
 template <class K, class B>
 concept LlamaKernelSet = requires(milora::view_t<B> v, milora::const_view_t<B> c, std::span<const Token> tok,
-                                  double d, Index i, const AttentionShape& shape) {
+                                  double d, Index i, const AttentionShape& shape, const CachedAttentionShape& cached) {
   K::embed(c, tok, v);
   K::rmsnorm_forward(c, c, d, v, v);
   K::rmsnorm_backward(c, c, c, c, v);
   K::rmsnorm_backward_weight(c, c, c, v);
   K::embed_backward(c, tok, v);
   K::rope(v, c, c, i, i, d);
+  K::rope_positions(v, c, c, i, std::span<const std::int32_t>{});
   { K::attention_saved_shape(shape) } -> std::same_as<MatrixShape>;
   K::attention_forward(c, c, c, shape, v, v);
   K::attention_backward(c, c, c, c, c, c, shape, v, v, v);
+  K::attention_cached(c, c, c, cached, std::span<const std::int32_t>{}, v);
   K::swiglu_forward(c, c, v);
   K::swiglu_backward(c, c, c, v, v);
   { K::cross_entropy(c, tok, d, v) } -> std::convertible_to<double>;

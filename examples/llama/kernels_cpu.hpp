@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <span>
 #include <vector>
 
 #include "kernels.hpp"
@@ -87,6 +88,12 @@ struct LlamaKernels<milora::EigenBackend<T>> {
     rotate_heads(x, cos, sin, head_dim, sign, [seq, segment_start](Index r) { return r % seq - segment_start[r]; });
   }
 
+  /// rope at positions[r] for row r (generation: each new row's position in its sequence).
+  static void rope_positions(view x, const_view cos, const_view sin, Index head_dim, std::span<const std::int32_t> positions) {
+    require(Index(positions.size()) == x.rows(), "rope_positions: one position per row");
+    rotate_heads(x, cos, sin, head_dim, 1.0, [positions](Index r) { return Index(positions[std::size_t(r)]); });
+  }
+
   /// The CPU keeps the attention weights: (batch*heads*seq) x seq, zero above the diagonal. Plain
   /// and fast with BLAS-3 products at the sequence lengths a CPU trains on; the CUDA kernels keep
   /// one logsumexp per row instead (kernels_rows.hpp, FusedAttention).
@@ -142,6 +149,35 @@ struct LlamaKernels<milora::EigenBackend<T>> {
         BE::gemm(scale, dp, milora::Trans::yes, BE::cblock(q, r0, cq, s.seq, s.head_dim), milora::Trans::no, 1,
                  BE::block(dk, r0, ckv, s.seq, s.head_dim));
       }
+  }
+
+  /// out = softmax(Q K^T / sqrt(d) + mask) V for new query rows against the key/value caches
+  /// (CachedAttentionShape: query slot t of sequence b sees the keys in slots [start[b], t]); per
+  /// (sequence, head) two products with the cache rows from min(start, past) (a prefill's padding
+  /// rows are computed; older ones are never read) to the last new slot.
+  static void attention_cached(const_view q, const_view k_cache, const_view v_cache, const CachedAttentionShape& s,
+                               std::span<const std::int32_t> start, view out) {
+    require(Index(start.size()) == s.batch && q.rows() == s.batch * s.seq && out.rows() == q.rows() &&
+                k_cache.rows() == s.batch * s.capacity && s.past + s.seq <= s.capacity,
+            "attention_cached: shapes");
+    const T scale = T(1 / std::sqrt(double(s.head_dim)));
+    typename BE::matrix p;
+    for (Index b = 0; b < s.batch; ++b) {
+      const Index st = start[std::size_t(b)], lo = std::min(st, s.past), keys = s.past + s.seq - lo;
+      p.resize(s.seq, keys);
+      for (Index h = 0; h < s.heads; ++h) {
+        const Index g = h / s.group();
+        auto kh = BE::cblock(k_cache, b * s.capacity + lo, g * s.head_dim, keys, s.head_dim);
+        auto vh = BE::cblock(v_cache, b * s.capacity + lo, g * s.head_dim, keys, s.head_dim);
+        BE::gemm(scale, BE::cblock(q, b * s.seq, h * s.head_dim, s.seq, s.head_dim), milora::Trans::no, kh, milora::Trans::yes,
+                 0, p);
+        for (Index i = 0; i < s.seq; ++i) {
+          const Index slot = s.past + i;
+          softmax_causal_row(&p(i, 0), std::min(st, slot) - lo, slot - lo, keys);
+        }
+        BE::gemm(1, p, milora::Trans::no, vh, milora::Trans::no, 0, BE::block(out, b * s.seq, h * s.head_dim, s.seq, s.head_dim));
+      }
+    }
   }
 
   /// out = silu(gate) * up, silu(g) = g / (1 + exp(-g)).

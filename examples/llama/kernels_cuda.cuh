@@ -148,7 +148,28 @@ void rope(DeviceView<T> x, DeviceView<const T> cos, DeviceView<const T> sin, Ind
 }
 
 template <class T>
+void rope_positions(DeviceView<T> x, DeviceView<const T> cos, DeviceView<const T> sin, Index head_dim, const std::int32_t* positions,
+                    cudaStream_t s) {
+  const Index heads = x.cols() / head_dim, half = head_dim / 2;
+  device::launch(x.rows() * heads * half, [=] __device__(Index k) {
+    const Index i = k % half, r = k / (heads * half), h = (k / half) % heads, t = positions[r];
+    rows::rope_pair(device::row(x, r) + h * head_dim, device::row(cos, t)[i], device::row(sin, t)[i], i, half, 1.0);
+  }, s, "llama rope_positions");
+}
+
+template <class T>
 rows::RowPtr<T> rows_of(DeviceView<T> m) { return {m.data(), m.ld()}; }
+
+// A warp per query row: at one new token per sequence (decoding) there are only batch * heads rows,
+// so the lanes share each row's dot products rather than a thread walking a row alone.
+template <class T>
+void attention_cached(const rows::CachedAttention<T>& a, Index batch, const std::int32_t* start, DeviceView<T> out, cudaStream_t s) {
+  const rows::CachedAttention<T> f = a;  // by value into the kernel
+  const auto o = rows_of(out);
+  device::launch_rows(batch * a.heads * a.seq, [=] __device__(Index r, int lane) {
+    f.forward(r, Index(start[f.sequence_of(r)]), o, device::WarpLanes{lane});
+  }, s, "llama attention_cached");
+}
 
 // Float with head_dim 16 / 32 / 64 / 128: the tiled kernels of attention_tiled.cuh, their products on
 // CUDA cores, or on tensor cores in TF32 when the context allows TF32. Otherwise one
@@ -244,6 +265,9 @@ void cross_entropy(DeviceView<const T> logits, const Token* targets, double k, D
                                     cudaStream_t);                                                                       \
   template void rmsnorm_backward_weight<T>(DeviceView<const T>, DeviceView<const T>, const T*, T*, cudaStream_t);       \
   template void rope<T>(DeviceView<T>, DeviceView<const T>, DeviceView<const T>, Index, Index, double, cudaStream_t);    \
+  template void rope_positions<T>(DeviceView<T>, DeviceView<const T>, DeviceView<const T>, Index, const std::int32_t*,          \
+                                  cudaStream_t);                                                                        \
+  template void attention_cached<T>(const rows::CachedAttention<T>&, Index, const std::int32_t*, DeviceView<T>, cudaStream_t); \
   template void attention_forward<T>(const rows::FusedAttention<T>&, Index, DeviceView<T>, T*, cudaStream_t);            \
   template void attention_backward<T>(const rows::FusedAttention<T>&, Index, DeviceView<const T>, DeviceView<const T>,   \
                                       const T*, T*, DeviceView<T>, DeviceView<T>, DeviceView<T>, cudaStream_t);          \

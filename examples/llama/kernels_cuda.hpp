@@ -62,6 +62,13 @@ struct LlamaKernels<milora::CudaBackend<T>> {
     cuda_launch::rope<T>(x, cos, sin, seq, head_dim, sign, stream());
   }
 
+  static void rope_positions(view x, const_view cos, const_view sin, Index head_dim, std::span<const std::int32_t> positions) {
+    require(Index(positions.size()) == x.rows(), "rope_positions: one position per row");
+    const auto dev = upload(positions);
+    cuda_launch::rope_positions<T>(x, cos, sin, head_dim, dev.data(), stream());
+    synchronize_before_free("rope_positions");
+  }
+
   /// One logsumexp per query row (1 x batch*heads*seq), not the CPU's seq x seq probabilities:
   /// the attention is fused (kernels_rows.hpp, FusedAttention), so its memory grows with seq, not
   /// seq^2.
@@ -86,6 +93,24 @@ struct LlamaKernels<milora::CudaBackend<T>> {
     cuda_launch::attention_backward<T>(fused(q, k, v, s), s.batch, dout, out, lse.data(), delta.data(), dq, dk, dv,
                                        stream());
     synchronize_before_free("attention_backward");
+  }
+
+  /// New query rows against the key/value caches (rows::CachedAttention: a warp per query row, its
+  /// lanes sharing the head's dimensions).
+  static void attention_cached(const_view q, const_view k_cache, const_view v_cache, const CachedAttentionShape& s,
+                               std::span<const std::int32_t> start, view out) {
+    require(s.batch > 0 && s.seq > 0 && s.kv_heads > 0 && s.heads % s.kv_heads == 0 && s.head_dim > 0 &&
+                s.past + s.seq <= s.capacity && Index(start.size()) == s.batch,
+            "attention_cached: CachedAttentionShape");
+    require(q.rows() == s.batch * s.seq && q.cols() == s.heads * s.head_dim && out.rows() == q.rows() && out.cols() == q.cols() &&
+                k_cache.rows() == s.batch * s.capacity && k_cache.cols() == s.kv_heads * s.head_dim &&
+                v_cache.rows() == k_cache.rows() && v_cache.cols() == k_cache.cols(),
+            "attention_cached: q, caches, out shapes");
+    const auto dev = upload(start);
+    const rows::CachedAttention<T> a{s.seq,     s.heads, s.kv_heads, s.head_dim, s.capacity, s.past, 1 / std::sqrt(double(s.head_dim)),
+                                     {q.data(), q.ld()}, {k_cache.data(), k_cache.ld()}, {v_cache.data(), v_cache.ld()}};
+    cuda_launch::attention_cached<T>(a, s.batch, dev.data(), out, stream());
+    synchronize_before_free("attention_cached");
   }
 
   static void swiglu_forward(const_view gate, const_view up, view out) { cuda_launch::swiglu_forward<T>(gate, up, out, stream()); }
@@ -118,10 +143,10 @@ struct LlamaKernels<milora::CudaBackend<T>> {
  private:
   static cudaStream_t stream() { return milora::cuda::context().stream(); }
 
-  // Tokens to the device. cudaMemcpyAsync from pageable memory returns once the host data is
+  // Tokens (or positions, slots) to the device. cudaMemcpyAsync from pageable memory returns once the host data is
   // staged, so the span may go; the buffer itself is freed only after synchronize_before_free.
-  static milora::cuda::DeviceBuffer<Token> upload(std::span<const Token> tokens) {
-    milora::cuda::DeviceBuffer<Token> dev(tokens.size());
+  static milora::cuda::DeviceBuffer<std::int32_t> upload(std::span<const std::int32_t> tokens) {
+    milora::cuda::DeviceBuffer<std::int32_t> dev(tokens.size());
     if (!tokens.empty())
       milora::cuda::check(cudaMemcpyAsync(dev.data(), tokens.data(), tokens.size_bytes(), cudaMemcpyHostToDevice, stream()),
                           "cudaMemcpyAsync (tokens)");

@@ -25,6 +25,13 @@ void rmsnorm_backward_weight(DeviceView<const T> dy, DeviceView<const T> x, cons
 template <class T>
 void rope(DeviceView<T> x, DeviceView<const T> cos, DeviceView<const T> sin, Index seq, Index head_dim, double sign,
           cudaStream_t s);
+/// rope at positions[r] (device) for row r.
+template <class T>
+void rope_positions(DeviceView<T> x, DeviceView<const T> cos, DeviceView<const T> sin, Index head_dim, const std::int32_t* positions,
+                    cudaStream_t s);
+/// New query rows against a key/value cache: out's rows; start[b] (device): sequence b's first slot.
+template <class T>
+void attention_cached(const rows::CachedAttention<T>& a, Index batch, const std::int32_t* start, DeviceView<T> out, cudaStream_t s);
 /// The fused attention's forward: out, and lse[r] for every query row r < batch*heads*seq.
 template <class T>
 void attention_forward(const rows::FusedAttention<T>& a, Index batch, DeviceView<T> out, T* lse, cudaStream_t s);

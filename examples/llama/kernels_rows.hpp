@@ -11,7 +11,8 @@
 //
 // The attention (FusedAttention, at the end) is the exception to "one row of one matrix": it is a
 // fused causal attention that never forms the seq x seq probabilities (docs/llama.md, "Fused
-// attention"), one query row (or, backward, one key row) per call.
+// attention"), one query row (or, backward, one key row) per call. CachedAttention is its
+// counterpart for generation: new query rows against a key/value cache, forward only.
 #pragma once
 
 #include <cmath>
@@ -126,6 +127,28 @@ MILORA_HOST_DEVICE double dot(const T* a, const T* b, Index n) {
   return s;
 }
 
+/// The running maximum and sum of an online softmax, started with the first score (weight 1).
+/// add(s) returns the factor by which to rescale what was accumulated (exp(m_old - m_new) when s is
+/// a new maximum, else 1) and the weight of the new term against the running maximum.
+struct OnlineSoftmax {
+  double max, sum = 1;
+  struct Added {
+    double rescale, weight;
+  };
+  MILORA_HOST_DEVICE Added add(double s) {
+    if (s > max) {
+      const double c = exp(max - s);
+      sum = sum * c + 1;
+      max = s;
+      return {c, 1};
+    }
+    const double w = exp(s - max);
+    sum += w;
+    return {1, w};
+  }
+  MILORA_HOST_DEVICE double logsumexp() const { return max + log(sum); }
+};
+
 /// Causal grouped-query attention without the seq x seq matrix. q is (batch*seq) x (heads*head_dim),
 /// k and v (batch*seq) x (kv_heads*head_dim); query head h reads key/value head h / group.
 /// Per query row the forward keeps only the row's logsumexp L (online softmax: a running maximum m
@@ -158,25 +181,17 @@ struct FusedAttention {
     const Index base = p.b * seq, kc = p.h / group() * head_dim, qc = p.h * head_dim;
     const T* qi = q.row(base + p.i) + qc;
     T* o = out.row(base + p.i) + qc;
-    double m = score(qi, k.row(base) + kc), l = 1;
+    OnlineSoftmax softmax{score(qi, k.row(base) + kc)};
     for (Index d = 0; d < head_dim; ++d) o[d] = v.row(base)[kc + d];
     for (Index j = 1; j <= p.i; ++j) {
-      const double s = score(qi, k.row(base + j) + kc);
-      double w = 1;  // weight of v_j against the running maximum
-      if (s > m) {   // a new maximum: rescale what is there
-        const double c = exp(m - s);
-        for (Index d = 0; d < head_dim; ++d) o[d] = T(double(o[d]) * c);
-        l *= c;
-        m = s;
-      } else {
-        w = exp(s - m);
-      }
-      l += w;
+      const auto add = softmax.add(score(qi, k.row(base + j) + kc));
+      if (add.rescale != 1)
+        for (Index d = 0; d < head_dim; ++d) o[d] = T(double(o[d]) * add.rescale);
       const T* vj = v.row(base + j) + kc;
-      for (Index d = 0; d < head_dim; ++d) o[d] += T(w) * vj[d];
+      for (Index d = 0; d < head_dim; ++d) o[d] += T(add.weight) * vj[d];
     }
-    for (Index d = 0; d < head_dim; ++d) o[d] = T(double(o[d]) / l);
-    return T(m + log(l));
+    for (Index d = 0; d < head_dim; ++d) o[d] = T(double(o[d]) / softmax.sum);
+    return T(softmax.logsumexp());
   }
 
   /// D_r = dO_r . O_r for query row r.
@@ -225,6 +240,49 @@ struct FusedAttention {
           gk[d] += T(scale * ds) * qi[d];
         }
       }
+  }
+};
+
+/// Attention of new query rows against a key/value cache (CachedAttentionShape in kernels.hpp): q
+/// and out are (batch*seq) x (heads*head_dim); k and v the caches, (batch*capacity) x
+/// (kv_heads*head_dim). The online softmax of FusedAttention::forward over the visible keys
+/// [lo, slot] of one query row, with the head's dimensions shared between the lanes: lane d of
+/// `lanes` takes dimensions d, d + lanes, ..., the scores' dot products are combined with sum()
+/// (every lane then holds the same score, maximum and sum), and each lane rescales and writes only
+/// its own dimensions of the output. No lane reads what another writes.
+template <class T>
+struct CachedAttention {
+  Index seq, heads, kv_heads, head_dim, capacity, past;
+  double scale;  // 1 / sqrt(head_dim)
+  RowPtr<const T> q, k, v;
+
+  /// The query rows r = (b * heads + h) * seq + i, r < batch*heads*seq.
+  MILORA_HOST_DEVICE Index sequence_of(Index r) const { return r / (heads * seq); }
+
+  /// out's row for query row r; `start` is its sequence's first slot.
+  template <class Lanes = OneLane>
+  MILORA_HOST_DEVICE void forward(Index r, Index start, RowPtr<T> out, const Lanes& l = {}) const {
+    const Index b = sequence_of(r), h = (r / seq) % heads, i = r % seq;
+    const Index slot = past + i, lo = start <= slot ? start : slot;
+    const Index kc = h / (heads / kv_heads) * head_dim, base = b * capacity;
+    const T* qi = q.row(b * seq + i) + h * head_dim;
+    T* o = out.row(b * seq + i) + h * head_dim;
+    auto score = [&](Index j) {
+      const T* kj = k.row(base + j) + kc;
+      double s = 0;
+      for (Index d = l.lane; d < head_dim; d += l.lanes) s += double(qi[d]) * double(kj[d]);
+      return scale * l.sum(s);
+    };
+    OnlineSoftmax softmax{score(lo)};
+    for (Index d = l.lane; d < head_dim; d += l.lanes) o[d] = v.row(base + lo)[kc + d];
+    for (Index j = lo + 1; j <= slot; ++j) {
+      const auto add = softmax.add(score(j));
+      if (add.rescale != 1)
+        for (Index d = l.lane; d < head_dim; d += l.lanes) o[d] = T(double(o[d]) * add.rescale);
+      const T* vj = v.row(base + j) + kc;
+      for (Index d = l.lane; d < head_dim; d += l.lanes) o[d] += T(add.weight) * vj[d];
+    }
+    for (Index d = l.lane; d < head_dim; d += l.lanes) o[d] = T(double(o[d]) / softmax.sum);
   }
 };
 

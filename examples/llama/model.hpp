@@ -19,6 +19,7 @@
 //   activations.hpp      what the forward keeps for the backward, in the scalar or in bf16
 //   pretrained.hpp       from_pretrained / save_pretrained (Hugging Face folders), random_model
 //   non_finite.hpp       locating a NaN / Inf after a training step produced one
+//   kv_cache.hpp         the key/value cache that forward_cached (generation) reads and extends
 //
 // The init policy is an argument of add_adapters, not of the model: the adapters hold it as an
 // AnyInit (milora/init/any.hpp), so one Llama<Backend> (and one Trainer of it) serves every policy
@@ -45,6 +46,7 @@
 #include "activations.hpp"
 #include "config.hpp"
 #include "kernels.hpp"
+#include "kv_cache.hpp"
 #include "milora/adapters.hpp"
 #include "milora/core/checks.hpp"
 #include "model_adapters.hpp"
@@ -340,6 +342,86 @@ class Llama {
     return K::cross_entropy(act_.logits, targets, 1.0, none);
   }
 
+  // ---- generation: forward over a key/value cache (kv_cache.hpp) ------------------------------------
+  /// A cache for `batch` sequences of up to `capacity` tokens. value_error beyond
+  /// max_position_embeddings or the sliding window.
+  KvCache<BE> make_cache(Index batch, Index capacity) const {
+    using milora::detail::concat;
+    if (capacity > context_limit())
+      throw milora::value_error(concat("Llama::make_cache: ", capacity, " slots exceed the model's context of ", context_limit(),
+                                       " tokens (max_position_embeddings", config_.sliding_window ? " or sliding_window)" : ")"));
+    return KvCache<BE>(num_layers(), batch, capacity, config_.num_key_value_heads * config_.head_dim);
+  }
+  /// The longest sequence forward and forward_cached take: max_position_embeddings, or the sliding
+  /// window when shorter (full causal attention is the windowed one up to the window).
+  Index context_limit() const {
+    return config_.sliding_window ? std::min(config_.max_position_embeddings, *config_.sliding_window)
+                                  : config_.max_position_embeddings;
+  }
+
+  /// Runs the model on the next n = tokens.size() / cache.batch() tokens of every sequence of
+  /// `cache` (sequence b's are tokens[b*n, (b+1)*n)), their keys and values appended to the cache
+  /// and their queries attending to everything cached before them; returns the logits of each
+  /// sequence's last new token (batch x vocab, valid until the cache's next step). The same
+  /// numbers as forward() on the whole sequence, without its cost: prefill with the prompt, then
+  /// one token at a time. Adapters are applied merged or not; nothing the backward reads is
+  /// touched. Throws (cache unchanged) for a token outside the vocabulary, a count that is not a
+  /// multiple of the batch, or more tokens than the cache has slots left.
+  const matrix& forward_cached(std::span<const Token> tokens, KvCache<BE>& cache) {
+    using milora::detail::concat;
+    const Index batch = cache.batch(), past = cache.length();
+    const Index n = tokens.empty() ? 0 : Index(tokens.size()) / batch;
+    if (n == 0 || n * batch != Index(tokens.size()))
+      throw milora::shape_error(concat("Llama::forward_cached: ", tokens.size(), " tokens for a batch of ", batch, " sequences"));
+    if (past + n > cache.capacity())
+      throw milora::value_error(concat("Llama::forward_cached: ", past, " cached + ", n, " new tokens per sequence exceed the cache's ",
+                                       cache.capacity(), " slots"));
+    if (cache.capacity() > context_limit() || cache.layers() != num_layers() ||
+        BE::cols(cache.keys(0)) != config_.num_key_value_heads * config_.head_dim)
+      throw milora::shape_error("Llama::forward_cached: the cache was made for another model");
+    check_tokens(tokens, config_.vocab_size);
+    auto& w = cache.step();
+    prepare_step(w, batch, n);
+    const auto starts = cache.starts();
+    for (Index r = 0; r < batch * n; ++r)  // padding slots (before the start) take position 0
+      w.positions[std::size_t(r)] = std::int32_t(std::max<Index>(0, past + r % n - starts[std::size_t(r / n)]));
+    build_rope_tables(cache.capacity());
+    const auto shape = cache.attention_shape(n, config_.num_attention_heads, config_.num_key_value_heads, config_.head_dim);
+    const Index ckv = BE::cols(w.k), c = config_.hidden_size;
+    auto project = [&](Projection& p, const matrix& x, matrix& y) {
+      if (p.adapter) p.forward(x, y, BE::block(w.h, 0, 0, batch * n, p.adapter->rank()));
+      else p.forward(x, y);
+    };
+    K::embed(embed_, tokens, w.x);
+    for (Index l = 0; l < num_layers(); ++l) {
+      Block& b = *blocks_[std::size_t(l)];
+      K::rmsnorm_forward(w.x, b.input_norm, config_.rms_norm_eps, w.xn, w.rstd);
+      project(b.q, w.xn, w.q);
+      project(b.k, w.xn, w.k);
+      project(b.v, w.xn, w.v);
+      K::rope_positions(w.q, rope_cos_, rope_sin_, config_.head_dim, w.positions);
+      K::rope_positions(w.k, rope_cos_, rope_sin_, config_.head_dim, w.positions);
+      for (Index s = 0; s < batch; ++s) {  // the new rows into their slots
+        BE::copy(BE::cblock(w.k, s * n, 0, n, ckv), BE::block(cache.keys(l), s * cache.capacity() + past, 0, n, ckv));
+        BE::copy(BE::cblock(w.v, s * n, 0, n, ckv), BE::block(cache.values(l), s * cache.capacity() + past, 0, n, ckv));
+      }
+      K::attention_cached(w.q, cache.keys(l), cache.values(l), shape, starts, w.att);
+      project(b.o, w.att, w.x_mid);
+      BE::axpy(1, w.x, w.x_mid);
+      K::rmsnorm_forward(w.x_mid, b.post_attention_norm, config_.rms_norm_eps, w.xn, w.rstd);
+      project(b.gate, w.xn, w.gate);
+      project(b.up, w.xn, w.up);
+      K::swiglu_forward(w.gate, w.up, w.act);
+      project(b.down, w.act, w.x);  // x is free again: the next layer's input is x_mid + this
+      BE::axpy(1, w.x_mid, w.x);
+    }
+    for (Index s = 0; s < batch; ++s) BE::copy(BE::cblock(w.x, s * n + n - 1, 0, 1, c), BE::block(w.last, s, 0, 1, c));
+    K::rmsnorm_forward(w.last, final_norm_, config_.rms_norm_eps, w.last_normed, w.last_rstd);
+    BE::gemm(1, w.last_normed, milora::Trans::no, lm_head(), milora::Trans::yes, 0, w.logits);
+    cache.advance(n);
+    return w.logits;
+  }
+
   // ---- backward ---------------------------------------------------------------------------------
   /// forward, the loss against `targets`, and backward: adapter gradients accumulate
   /// grad_scale * d(mean loss)/d(parameter) (grad_scale = 1/accumulation steps). Returns the loss.
@@ -428,6 +510,25 @@ class Llama {
         for (Projection* p : b->projections()) p->ones = &ones_;
     }
     build_rope_tables(seq);
+  }
+
+  // (Re)allocates a cache step's buffers for batch x n new rows.
+  void prepare_step(typename KvCache<BE>::Step& w, Index batch, Index n) const {
+    const Index rows = batch * n;
+    Index rank = 0;  // adapters may have been added since the last step
+    for (const auto& b : blocks_)
+      for (const Projection* p : b->projections())
+        if (p->adapter) rank = std::max(rank, p->adapter->rank());
+    if (w.rows == rows && BE::rows(w.logits) == batch && BE::cols(w.h) >= rank) return;
+    const Index c = config_.hidden_size, hd = config_.head_dim, inter = config_.intermediate_size;
+    const Index cq = config_.num_attention_heads * hd, ckv = config_.num_key_value_heads * hd;
+    auto z = [](Index r, Index cc) { return BE::zeros(r, cc); };
+    w.x = z(rows, c), w.xn = z(rows, c), w.rstd = z(1, rows), w.q = z(rows, cq), w.k = z(rows, ckv), w.v = z(rows, ckv);
+    w.att = z(rows, cq), w.x_mid = z(rows, c), w.gate = z(rows, inter), w.up = z(rows, inter), w.act = z(rows, inter);
+    w.h = z(rows, rank), w.last = z(batch, c), w.last_normed = z(batch, c), w.last_rstd = z(1, batch);
+    w.logits = z(batch, config_.vocab_size);
+    w.positions.assign(std::size_t(rows), 0);
+    w.rows = rows;
   }
 
   // Kernel sets that can mask packed rows have rope_segmented (the CPU's); the others refuse them.

@@ -48,9 +48,12 @@ struct Projection {
   /// PEFT's name of the layer: "q_proj", ..., "down_proj".
   std::string_view name() const { return std::string_view(module).substr(module.rfind('.') + 1); }
 
-  void forward(milora::const_view_t<BE> x, milora::view_t<BE> y) {
+  void forward(milora::const_view_t<BE> x, milora::view_t<BE> y) { forward(x, y, h); }
+  /// The same with the adapter's x A^T in `adapter_h` (tokens x rank): generation's steps keep
+  /// the training forward's h for its backward.
+  void forward(milora::const_view_t<BE> x, milora::view_t<BE> y, milora::view_t<BE> adapter_h) {
     if (observer) observer->observe(x);
-    if (adapter) adapter->forward(x, y, h);
+    if (adapter) adapter->forward(x, y, adapter_h);
     else linear.forward(x, y);
     if (has_bias()) BE::add_row_broadcast(y, bias);
   }

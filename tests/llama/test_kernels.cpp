@@ -5,6 +5,7 @@
 
 #include <cmath>
 #include <functional>
+#include <limits>
 #include <vector>
 
 #include "llama/kernels_cpu.hpp"
@@ -331,4 +332,87 @@ TEST_CASE("fused attention (the CUDA kernels' math) equals the CPU attention: ou
     check_fused_attention<double>(s, 1e-13);
     check_fused_attention<float>(s, 5e-6);
   }
+}
+
+namespace {
+
+// The cached attention of two sequences, the second left-padded by `pad` slots, read as a prefill
+// of `prefill` slots and then one slot at a time, against the causal attention of each sequence
+// alone (attention_forward); the row math the CUDA kernel runs (rows::CachedAttention) against the
+// CPU kernel at every step. Cache slots the attention may not read (after the new rows, and padding
+// before an earlier call's rows) hold NaN, so reading one shows.
+template <class T>
+void check_cached_attention(Index heads, Index kv_heads, Index hd, Index len, Index pad, Index prefill, double tol) {
+  using FB = milora::EigenBackend<T>;
+  using FK = llama::LlamaKernels<FB>;
+  using FM = typename FB::matrix;
+  const Index cq = heads * hd, ckv = kv_heads * hd, capacity = len + 2;
+  const T nan = std::numeric_limits<T>::quiet_NaN();
+  // sequence 0 has len tokens from slot 0, sequence 1 has len - pad tokens from slot pad
+  const FM q = randn(2 * len, cq, 61).template cast<T>(), k = randn(2 * len, ckv, 62).template cast<T>(),
+           v = randn(2 * len, ckv, 63).template cast<T>();
+  const std::vector<std::int32_t> start = {0, std::int32_t(pad)};
+  // alone: each sequence's own causal attention
+  std::vector<FM> alone;
+  for (Index b = 0; b < 2; ++b) {
+    const Index n = len - start[std::size_t(b)], r0 = b * len + start[std::size_t(b)];
+    const llama::AttentionShape s{1, n, heads, kv_heads, hd};
+    FM out(n, cq), probs(heads * n, n);
+    FK::attention_forward(q.middleRows(r0, n), k.middleRows(r0, n), v.middleRows(r0, n), s, out, probs);
+    alone.push_back(out);
+  }
+  FM kc = FM::Constant(2 * capacity, ckv, nan), vc = FM::Constant(2 * capacity, ckv, nan);
+  for (Index past = 0; past < len;) {
+    const Index n = past == 0 ? prefill : 1;
+    FM qn(2 * n, cq);
+    for (Index b = 0; b < 2; ++b) {
+      qn.middleRows(b * n, n) = q.middleRows(b * len + past, n);
+      kc.middleRows(b * capacity + past, n) = k.middleRows(b * len + past, n);
+      vc.middleRows(b * capacity + past, n) = v.middleRows(b * len + past, n);
+      if (past > 0 && b == 1) {  // padding: never read again
+        kc.middleRows(capacity, std::min(pad, past)).setConstant(nan);
+        vc.middleRows(capacity, std::min(pad, past)).setConstant(nan);
+      }
+    }
+    const llama::CachedAttentionShape s{2, n, heads, kv_heads, hd, capacity, past};
+    FM out = FM::Constant(2 * n, cq, T(7));
+    FK::attention_cached(qn, kc, vc, s, start, out);
+    const llama::rows::CachedAttention<T> f{n, heads, kv_heads, hd, capacity, past, 1 / std::sqrt(double(hd)),
+                                            {qn.data(), qn.cols()}, {kc.data(), kc.cols()}, {vc.data(), vc.cols()}};
+    FM out2 = FM::Constant(2 * n, cq, T(7));
+    for (Index r = 0; r < 2 * heads * n; ++r) f.forward(r, start[std::size_t(f.sequence_of(r))], {out2.data(), out2.cols()});
+    for (Index b = 0; b < 2; ++b)
+      for (Index i = 0; i < n; ++i) {
+        const Index slot = past + i, st = start[std::size_t(b)];
+        if (slot < st) continue;  // a padding row: no real token reads it
+        CAPTURE(b);
+        CAPTURE(slot);
+        const auto want = alone[std::size_t(b)].row(slot - st);
+        const double scale = std::max(1.0, double(want.cwiseAbs().maxCoeff()));
+        CHECK(double((out.row(b * n + i) - want).cwiseAbs().maxCoeff()) / scale < tol);
+        CHECK(double((out2.row(b * n + i) - want).cwiseAbs().maxCoeff()) / scale < tol);
+      }
+    past += n;
+  }
+}
+
+}  // namespace
+
+TEST_CASE("cached attention (generation): a prefill, then one query at a time, equals each sequence's causal attention "
+          "alone, left-padded or not, on the CPU and in the CUDA kernels' row math") {
+  for (Index prefill : {1, 4, 9}) {  // one token, part of the sequence, all of it
+    CAPTURE(prefill);
+    check_cached_attention<double>(4, 2, 6, 9, 3, prefill, 1e-12);
+    check_cached_attention<float>(4, 2, 6, 9, 3, prefill, 2e-6);
+    check_cached_attention<double>(3, 3, 4, 9, 0, prefill, 1e-12);
+  }
+  // rope_positions at each row's own position = rope at row % seq
+  const M cosines = randn(5, 2, 64), sines = randn(5, 2, 65);
+  M x = randn(6, 8, 66), y = x;
+  K::rope(x, cosines, sines, 3, 4, 1.0);
+  const std::vector<std::int32_t> positions = {0, 1, 2, 0, 1, 2};
+  K::rope_positions(y, cosines, sines, 4, positions);
+  CHECK((x - y).cwiseAbs().maxCoeff() == 0);
+  const std::vector<std::int32_t> too_few = {0};
+  CHECK_THROWS_AS(K::rope_positions(y, cosines, sines, 4, too_few), milora::shape_error);
 }

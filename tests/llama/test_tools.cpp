@@ -99,6 +99,13 @@ TEST_CASE("milora-finetune / -eval / -generate: train, checkpoint, resume bit fo
   CHECK(r.out.rfind("low rank", 0) == 0);
   CHECK(r.out.size() >= 8 + 12);
   CHECK(run("milora-generate", gen, dir).out == r.out);
+  // recomputing the context per token gives the same text; two prompts in one batch, each as alone
+  CHECK(run("milora-generate", gen + " --no-kv-cache", dir).out == r.out);
+  const auto other = run("milora-generate", gen + " --prompt 'sub space of'", dir);  // --prompt 'low rank' first
+  REQUIRE_MESSAGE(other.status == 0, other.err);
+  const auto alone = run("milora-generate", "--model " + kModel.string() + " --adapter " + (dir / "run/checkpoint-8").string() +
+                                                " --prompt 'sub space of' --max-new-tokens 12", dir);
+  CHECK(other.out == r.out + alone.out);
 }
 
 // milora-eval --task on hand-built multiple-choice sets whose right answers are known: each choice's
