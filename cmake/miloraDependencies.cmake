@@ -101,6 +101,46 @@ if(MILORA_USE_CUDA AND NOT TARGET milora::cuda)
     message(STATUS "milora: CUDA toolkit not found: no CudaBackend")
   endif()
 endif()
+#   milora::mpi            MPI (Debian: libopenmpi-dev) found by FindMPI when MILORA_USE_MPI is
+#                          on: defines MILORA_HAS_MPI, for milora/distributed/mpi.hpp (the
+#                          communicator policy over MPI). Not created otherwise.
+#   milora::nccl           NCCL (the CUDA toolkit's libnccl and nccl.h) with milora::cuda and
+#                          milora::mpi (NCCL is bootstrapped over MPI): defines MILORA_HAS_NCCL, for
+#                          milora/distributed/nccl.hpp. Not created otherwise.
+if(NOT DEFINED MILORA_USE_MPI)
+  set(MILORA_USE_MPI ON)
+endif()
+if(MILORA_USE_MPI AND NOT TARGET milora::mpi)
+  find_package(MPI QUIET COMPONENTS CXX)
+  if(MPI_CXX_FOUND)
+    add_library(milora::mpi INTERFACE IMPORTED GLOBAL)
+    set_target_properties(milora::mpi PROPERTIES
+      INTERFACE_LINK_LIBRARIES "milora::milora;MPI::MPI_CXX"
+      INTERFACE_COMPILE_DEFINITIONS MILORA_HAS_MPI)
+    if(NOT milora_FIND_QUIETLY)
+      message(STATUS "milora: MPI ${MPI_CXX_VERSION} found: milora::mpi (data-parallel training over MPI) available")
+    endif()
+  else()
+    message(STATUS "milora: MPI not found (Debian: libopenmpi-dev): no milora::mpi")
+  endif()
+endif()
+if(TARGET milora::cuda AND TARGET milora::mpi AND NOT TARGET milora::nccl)
+  find_path(MILORA_NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+  find_library(MILORA_NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR})
+  if(MILORA_NCCL_INCLUDE_DIR AND MILORA_NCCL_LIBRARY)
+    add_library(milora::nccl INTERFACE IMPORTED GLOBAL)
+    set_target_properties(milora::nccl PROPERTIES
+      INTERFACE_INCLUDE_DIRECTORIES "${MILORA_NCCL_INCLUDE_DIR}"
+      INTERFACE_LINK_LIBRARIES "milora::cuda;milora::mpi;${MILORA_NCCL_LIBRARY}"
+      INTERFACE_COMPILE_DEFINITIONS MILORA_HAS_NCCL)
+    if(NOT milora_FIND_QUIETLY)
+      message(STATUS "milora: NCCL found (${MILORA_NCCL_LIBRARY}): milora::nccl available")
+    endif()
+  else()
+    message(STATUS "milora: NCCL not found next to the CUDA toolkit: no milora::nccl")
+  endif()
+endif()
+
 # The kernels' source: next to the headers, in the source tree and once installed.
 find_file(MILORA_CUDA_KERNELS_SOURCE milora/backend/cuda/kernels.cu
           PATHS ${CMAKE_CURRENT_LIST_DIR}/../include ${CMAKE_CURRENT_LIST_DIR}/../../../include

@@ -16,6 +16,7 @@ MILORA_DEBS=(
   gnuplot-nox                          # the main demo's plots (its miniature test checks them)
   doctest-dev                          # tests
   libbenchmark-dev                     # benchmarks (their smoke runs are tests)
+  libopenmpi-dev openmpi-bin           # data-parallel fine-tuning (milora::mpi), its tests under mpirun
 )
 
 milora_install_missing() {

@@ -1,7 +1,8 @@
 # The layout's rules, checked on the source tree (docs/design.md, "Layers" and "Components"):
 #
 #   includes  every #include "..." points one way. In include/milora: core <- backend, spectral, io,
-#             optim, calibration <- init <- the umbrella headers, and nothing outside milora/. In
+#             optim, calibration <- init <- the umbrella headers; distributed sees core and backend;
+#             nothing outside milora/. In
 #             examples: text/ includes the library and itself; llama/ adds text/; tools/ adds llama/; compare_inits/
 #             adds tools/common/; the teaching examples include the library and each other. No
 #             file reaches into another top-level folder by a relative path.
@@ -56,6 +57,8 @@ if(CHECK STREQUAL "includes")
     check_includes("milora/${layer} sees the core and itself" RECURSE GLOBS include/milora/${layer}/*
                    ALLOWED "^milora/core/" "^milora/${layer}/")
   endforeach()
+  check_includes("the communicators see the core and the CUDA backend (NCCL's stream)" RECURSE GLOBS include/milora/distributed/*
+                 ALLOWED "^milora/(core|backend|distributed)/")
   check_includes("init policies see the core, the solvers and the statistics" RECURSE GLOBS include/milora/init/*
                  ALLOWED "^milora/(core|init|spectral|calibration)/")
   check_includes("the umbrella headers see the library" GLOBS include/milora/*.hpp ALLOWED "^milora/")

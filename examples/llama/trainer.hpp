@@ -27,6 +27,7 @@
 #include <unistd.h>
 
 #include "batches.hpp"
+#include "data_parallel.hpp"
 #include "data.hpp"
 #include "milora/core/log.hpp"
 #include "milora/io/json.hpp"
@@ -169,10 +170,14 @@ class Trainer {
   template <std::derived_from<Batches> Loader, class Validation = std::vector<Token>>
   Trainer(Model& model, TrainConfig config, Loader train, Validation val, nlohmann::json run_info)
       : Trainer(model, std::move(config), std::make_unique<Loader>(std::move(train)), HeldOutLoss{}, std::move(run_info)) {
-    if (!val.empty())
-      held_out_ = [&model, val = std::move(val), b = train_->batch(), s = train_->seq()](Index batches) {
-        return evaluate(model, val, b, s, batches);
-      };
+    held_out_ = held_out_loss(model, std::move(val), train_->batch(), train_->seq());
+  }
+  /// The held-out loss of `val` (tokens or an ExampleSet, as `evaluate` takes; empty: none) in
+  /// batches of batch x seq.
+  template <class Validation>
+  static HeldOutLoss held_out_loss(Model& model, Validation val, Index batch, Index seq) {
+    if (val.empty()) return {};
+    return [&model, val = std::move(val), batch, seq](Index batches) { return evaluate(model, val, batch, seq, batches); };
   }
 
   Index step() const { return step_; }
@@ -183,17 +188,41 @@ class Trainer {
   }
   double last_loss() const { return last_loss_; }
 
+  /// Trains as one rank of a data-parallel job (data_parallel.hpp): this rank reads its share of
+  /// every global batch (micro-batch k of the global stream goes to rank k mod ranks), the
+  /// gradients are summed over the ranks before each step (each rank's scaled by 1 /
+  /// (accumulation * ranks), so the sum is the mean over the global batch), and every
+  /// `check_every` steps and after the last one the ranks' parameters are compared bit for bit
+  /// (numerical_error naming the ranks that differ). Only rank 0 shows progress, evaluates and
+  /// writes checkpoints. Call before resume() and run().
+  void distribute(std::shared_ptr<Replicas<BE>> replicas, Index check_every = 10) {
+    if (!replicas) return;
+    if (check_every < 0) throw milora::value_error(milora::detail::concat("check_every ", check_every, " must be >= 0"));
+    train_ = std::make_unique<RankBatches>(std::move(train_), replicas->rank(), replicas->size());
+    replicas_ = std::move(replicas);
+    check_every_ = check_every;
+  }
+  /// Whether this process reports and writes (rank 0, or no job).
+  bool is_root() const { return !replicas_ || replicas_->rank() == 0; }
+
   /// One optimizer step: `accumulation` micro-batches, clipping, the scheduled lr, AdamW. Returns
   /// the mean micro-batch loss.
   double train_step() {
     std::vector<Token> in, tg;
     model_.zero_grad();
     double loss = 0;
+    const Index ranks = replicas_ ? replicas_->size() : 1;
     for (Index m = 0; m < config_.accumulation; ++m) {
       train_->next(in, tg);
-      loss += model_.forward_backward(in, tg, train_->batch(), train_->seq(), 1.0 / double(config_.accumulation), segments());
+      loss += model_.forward_backward(in, tg, train_->batch(), train_->seq(), 1.0 / double(config_.accumulation * ranks), segments());
     }
     loss /= double(config_.accumulation);
+    if (replicas_) {  // the global batch's mean gradient and loss on every rank
+      replicas_->sum_gradients(model_.parameters());
+      double total[1] = {loss};
+      replicas_->sum(total);
+      loss = total[0] / double(ranks);
+    }
     // A NaN / Inf stops training before the optimizer touches anything: the parameters stay as the
     // last step left them, and no checkpoint is written from them.
     using milora::detail::concat;
@@ -214,19 +243,21 @@ class Trainer {
     opt_.step();
     ++step_;
     last_loss_ = loss;
+    if (replicas_ && ((check_every_ > 0 && step_ % check_every_ == 0) || step_ == config_.steps)) check_replicas();
     return loss;
   }
 
   /// Trains until config.steps, with evaluation, progress and checkpoints.
   void run() {
-    ProgressBar bar(config_.steps, step_, config_.progress);
+    ProgressBar bar(config_.steps, step_, config_.progress && is_root());
     Index tokens = 0;
     while (step_ < config_.steps) {
       const double loss = train_step();
-      tokens += config_.accumulation * train_->batch() * train_->seq();
+      tokens += config_.accumulation * train_->batch() * train_->seq() * (replicas_ ? replicas_->size() : 1);
       if (config_.log_every > 0 && (step_ % config_.log_every == 0 || step_ == config_.steps))
         bar.update(step_, loss, opt_.lr(), last_grad_norm_, tokens);
       const bool last = step_ == config_.steps;
+      if (!is_root()) continue;  // the other ranks go on to the next step's reduction
       if (held_out_ && ((config_.eval_every > 0 && step_ % config_.eval_every == 0) || last)) {
         const auto [vl, n] = held_out_(last ? 0 : config_.eval_batches);
         last_val_loss_ = vl;
@@ -321,6 +352,16 @@ class Trainer {
   }
 
  private:
+  // Every rank's parameters must be the bytes of rank 0's: the same gradients, clipping and AdamW
+  // on each. A difference (a rank with other data, a non-deterministic reduction) ends the job.
+  void check_replicas() {
+    const auto differing = ranks_differing<BE>(*replicas_, model_.parameters());
+    if (differing.empty()) return;
+    std::string ranks;
+    for (int r : differing) ranks += (ranks.empty() ? "" : ", ") + std::to_string(r);
+    throw milora::numerical_error(milora::detail::concat("step ", step_, ": the parameters of rank", differing.size() > 1 ? "s " : " ", ranks,
+                                                         " differ from rank 0's (the data-parallel replicas diverged)"));
+  }
   std::string info(const char* key, const std::string& fallback) const {
     return run_info_.is_object() && run_info_.contains(key) && run_info_[key].is_string() ? run_info_[key].get<std::string>()
                                                                                         : fallback;
@@ -350,6 +391,8 @@ class Trainer {
   milora::AdamW<BE> opt_;
   milora::io::PeftAdapter<T> initial_;
   Index step_ = 0;
+  std::shared_ptr<Replicas<BE>> replicas_;  // null: one process
+  Index check_every_ = 0;
   double last_loss_ = 0, last_grad_norm_ = 0;
   std::optional<double> last_val_loss_;
 };

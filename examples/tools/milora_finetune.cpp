@@ -9,20 +9,65 @@
 // hold); --resume OUT/checkpoint-<step> (or --resume latest: the newest complete one in OUT, so a
 // killed run is restarted with the same command) continues one bit for bit. The last line of
 // output is JSON.
+//
+// Under mpirun -np N (or srun) the run is data-parallel (docs/distributed.md): each rank reads its
+// share of every global batch, so N ranks with --batch b see the data one rank sees with --batch b
+// and --accum N; the adapters' gradients are summed over the ranks (--comm mpi: on the host; nccl:
+// on the GPUs, with --device cuda), the ranks' parameters are compared every --check-every steps,
+// and rank 0 logs and writes the checkpoints. A rank that fails ends the whole job, naming itself.
 #include "common/options.hpp"
 #include "finetune_run.hpp"
+
+#include <optional>
 
 namespace {
 
 using namespace llama::finetune;
 
 void run(const Options& o) {
-  if (o.resume.empty() && fs::exists(o.out) && !fs::is_empty(o.out))
+  if (o.job.rank == 0 && o.resume.empty() && fs::exists(o.out) && !fs::is_empty(o.out))
     throw milora::io_error(concat("output '", o.out, "' already exists; choose another --out or --resume a checkpoint in it"));
   llama::check_tf32_device(o.device, o.tf32);
   if (o.pack && o.device != "cpu")
     throw milora::value_error("--pack is implemented on the CPU only (the CUDA attention has no per-example mask yet); leave it out to pad");
   llama::on_device(o.device, "milora-finetune", [&]<class BE>() { run_on<BE>(o); });
+}
+
+// Joins the job when launched with several ranks, runs, and ends the whole job if this rank fails
+// (the others would wait in the next reduction forever).
+void run_as_rank(Options& o, const std::string& comm) {
+  using milora::distributed::launched_with_several_ranks;
+#if defined(MILORA_HAS_MPI)
+  std::optional<milora::distributed::MpiCommunicator> mpi;
+#if defined(MILORA_FINETUNE_NCCL)
+  std::optional<milora::distributed::NcclCommunicator> nccl;
+#endif
+  if (launched_with_several_ranks()) {
+    mpi.emplace();
+    o.mpi = &*mpi;
+    o.job = {mpi->rank(), mpi->size()};
+  }
+  try {
+    if (comm == "nccl") {
+      if (o.device != "cuda") throw milora::value_error("--comm nccl reduces on the GPUs: it needs --device cuda");
+#if defined(MILORA_FINETUNE_NCCL)
+      if (mpi) o.nccl = &nccl.emplace(*mpi);
+#else
+      throw milora::value_error("--comm nccl: this build has no NCCL (it needs the CUDA toolkit's NCCL and MPI)");
+#endif
+    }
+    run(o);
+  } catch (const std::exception& e) {
+    if (o.job.size > 1) mpi->abort(concat("milora-finetune: rank ", o.job.rank, " of ", o.job.size, ": error: ", e.what()));
+    throw;
+  }
+#else
+  if (launched_with_several_ranks())
+    throw milora::value_error("launched with several ranks, but this build has no MPI (install libopenmpi-dev and rebuild): "
+                              "each rank would train alone");
+  if (comm == "nccl") throw milora::value_error("--comm nccl: this build has no MPI and NCCL");
+  run(o);
+#endif
 }
 
 }  // namespace
@@ -73,5 +118,14 @@ int main(int argc, char** argv) {
                                        "checkpoint in --out (none yet: start from step 0)")
       ->check(CLI::ExistingDirectory | CLI::IsMember({"latest"}));
   app.add_flag("--quiet", o.quiet, "no progress line");
-  return milora::tools::run_tool("milora-finetune", app, argc, argv, [&] { run(o); });
+  std::string comm = "mpi";
+  app.add_option("--comm", comm, "under mpirun / srun with several ranks: where the gradients are summed, mpi (on the host) or "
+                                 "nccl (on the GPUs, --device cuda)")
+      ->capture_default_str()
+      ->check(CLI::IsMember({"mpi", "nccl"}));
+  app.add_option("--check-every", o.check_every, "with several ranks: steps between bit-for-bit comparisons of their parameters (0: "
+                                                 "after the last step only)")
+      ->capture_default_str()
+      ->check(milora::tools::whole_number);
+  return milora::tools::run_tool("milora-finetune", app, argc, argv, [&] { run_as_rank(o, comm); });
 }
