@@ -18,9 +18,7 @@
 #include "llama/device.hpp"
 #include "llama/instruction_data.hpp"
 #include "llama/trainer.hpp"
-#if defined(MILORA_HAS_MPI)
-#include "milora/distributed/mpi.hpp"
-#endif
+#include "common/job.hpp"
 #if defined(MILORA_HAS_NCCL) && defined(MILORA_LLAMA_CUDA)
 #include "llama/data_parallel_nccl.hpp"
 #define MILORA_FINETUNE_NCCL 1
@@ -46,14 +44,8 @@ struct Options {
   bool quiet = false;
   bool tf32 = false;
   llama::TrainConfig train;
-  // The job this process is one rank of (mpirun / srun with several ranks; main() joins it).
-  struct Job {
-    int rank = 0, size = 1;
-  } job;
+  milora::tools::Job job;   // the job this process is one rank of (mpirun / srun; main() joins it)
   Index check_every = 10;  // steps between comparisons of the ranks' parameters
-#if defined(MILORA_HAS_MPI)
-  milora::distributed::MpiCommunicator* mpi = nullptr;
-#endif
 #if defined(MILORA_FINETUNE_NCCL)
   milora::distributed::NcclCommunicator* nccl = nullptr;  // --comm nccl
 #endif
@@ -74,8 +66,8 @@ std::shared_ptr<llama::Replicas<BE>> replicas_for([[maybe_unused]] const Options
     if (o.nccl != nullptr) return std::make_shared<llama::NcclReplicas<float>>(*o.nccl);
 #endif
 #if defined(MILORA_HAS_MPI)
-  if (o.mpi != nullptr && o.job.size > 1)
-    return std::make_shared<llama::CommunicatorReplicas<BE, milora::distributed::MpiCommunicator>>(*o.mpi);
+  if (o.job.mpi != nullptr)
+    return std::make_shared<llama::CommunicatorReplicas<BE, milora::distributed::MpiCommunicator>>(*o.job.mpi);
 #endif
   return nullptr;
 }

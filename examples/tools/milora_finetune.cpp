@@ -16,6 +16,7 @@
 // on the GPUs, with --device cuda), the ranks' parameters are compared every --check-every steps,
 // and rank 0 logs and writes the checkpoints. A rank that fails ends the whole job, naming itself.
 #include "common/options.hpp"
+#include "common/job.hpp"
 #include "finetune_run.hpp"
 
 #include <optional>
@@ -33,41 +34,23 @@ void run(const Options& o) {
   llama::on_device(o.device, "milora-finetune", [&]<class BE>() { run_on<BE>(o); });
 }
 
-// Joins the job when launched with several ranks, runs, and ends the whole job if this rank fails
-// (the others would wait in the next reduction forever).
-void run_as_rank(Options& o, const std::string& comm) {
-  using milora::distributed::launched_with_several_ranks;
-#if defined(MILORA_HAS_MPI)
-  std::optional<milora::distributed::MpiCommunicator> mpi;
+// One rank of the job (common/job.hpp): --comm nccl joins the GPUs over NCCL as well.
+void run_in_job(Options& o, const std::string& comm) {
+  milora::tools::run_as_rank("milora-finetune", [&](milora::tools::Job job) {
+    o.job = job;
 #if defined(MILORA_FINETUNE_NCCL)
-  std::optional<milora::distributed::NcclCommunicator> nccl;
+    std::optional<milora::distributed::NcclCommunicator> nccl;
 #endif
-  if (launched_with_several_ranks()) {
-    mpi.emplace();
-    o.mpi = &*mpi;
-    o.job = {mpi->rank(), mpi->size()};
-  }
-  try {
     if (comm == "nccl") {
       if (o.device != "cuda") throw milora::value_error("--comm nccl reduces on the GPUs: it needs --device cuda");
 #if defined(MILORA_FINETUNE_NCCL)
-      if (mpi) o.nccl = &nccl.emplace(*mpi);
+      if (job.mpi != nullptr) o.nccl = &nccl.emplace(*job.mpi);
 #else
       throw milora::value_error("--comm nccl: this build has no NCCL (it needs the CUDA toolkit's NCCL and MPI)");
 #endif
     }
     run(o);
-  } catch (const std::exception& e) {
-    if (o.job.size > 1) mpi->abort(concat("milora-finetune: rank ", o.job.rank, " of ", o.job.size, ": error: ", e.what()));
-    throw;
-  }
-#else
-  if (launched_with_several_ranks())
-    throw milora::value_error("launched with several ranks, but this build has no MPI (install libopenmpi-dev and rebuild): "
-                              "each rank would train alone");
-  if (comm == "nccl") throw milora::value_error("--comm nccl: this build has no MPI and NCCL");
-  run(o);
-#endif
+  });
 }
 
 }  // namespace
@@ -127,5 +110,5 @@ int main(int argc, char** argv) {
                                                  "after the last step only)")
       ->capture_default_str()
       ->check(milora::tools::whole_number);
-  return milora::tools::run_tool("milora-finetune", app, argc, argv, [&] { run_as_rank(o, comm); });
+  return milora::tools::run_tool("milora-finetune", app, argc, argv, [&] { run_in_job(o, comm); });
 }

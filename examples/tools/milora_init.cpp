@@ -9,7 +9,15 @@
 // (same shards, dtypes and other files), which is the base model the adapter belongs to. Train
 // with PEFT or milora on OUT/residual; milora-convert turns the result into a plain LoRA for the
 // original model.
+//
+// Under mpirun / srun with several ranks (methods without calibration data), the weights are shared
+// out by cost, largest first, each to the rank with the least work so far; every rank solves its
+// share (with its own BLAS threads and --jobs), the results go to rank 0, which writes the output
+// in file order exactly as one process writes it: the same bytes, given the same BLAS threads per
+// matrix (docs/distributed.md).
+#include <algorithm>
 #include <cctype>
+#include <optional>
 #include <cstdint>
 #include <iostream>
 #include <map>
@@ -21,6 +29,7 @@
 
 #include "common/cli.hpp"
 #include "common/concurrent_jobs.hpp"
+#include "common/job.hpp"
 #include "common/options.hpp"
 #include "common/progress.hpp"
 #include "common/staged_output.hpp"
@@ -51,7 +60,11 @@ struct Options {
   // the data-driven methods: batches of --calibration-data through the model
   std::string calibration_data;
   Index calibration_batches = 8, batch = 4, seq = 128;
+  milora::tools::Job job;  // this process in its job (mpirun / srun)
 };
+
+// Module path -> its factors and, where the base changes, its W' (computed before the write).
+using Precomputed = std::map<std::string, std::pair<io::LoraFactors<float>, io::HostMatrix<float>>>;
 
 // The method's entry in milora's registry: whether it changes the base (a residual model is
 // written), needs calibration data (CorDA, EVA, LoRA-GA read what it does to the model: inputs,
@@ -88,14 +101,14 @@ io::LoraFactors<float> init_module(const Options& o, io::HostMatrix<float>& w, c
 // The data-driven methods: the folder as the reference LLaMA, calibrated on the first
 // --calibration-batches batches of --calibration-data (as milora-finetune does), then every
 // adapter's factors and, where the base changes, its W' (module path -> host matrix).
-std::map<std::string, std::pair<io::LoraFactors<float>, io::HostMatrix<float>>> calibrated(
+Precomputed calibrated(
     const Options& o, const io::HFModel& hf, const std::vector<std::string>& targets, const milora::AdapterConfig& cfg) {
   auto model = llama::from_pretrained<llama::Llama<Backend>>(hf);
   const auto tokenizer = llama::Tokenizer::for_model(o.model, model->config().vocab_size);
   const auto tokens = llama::load_tokens(o.calibration_data, tokenizer, model->config().vocab_size);
   llama::add_adapters_for_method(*model, o.method, o.solver == "fast", targets, cfg, tokens, o.batch, o.seq,
                                  o.calibration_batches);
-  std::map<std::string, std::pair<io::LoraFactors<float>, io::HostMatrix<float>>> out;
+  Precomputed out;
   for (auto* p : model->adapted())
     out.emplace(p->module, std::pair{io::factors_of(*p->adapter), io::to_host_matrix<Backend>(p->linear.weight())});
   return out;
@@ -129,11 +142,86 @@ std::vector<std::pair<std::string, std::string>> layers_missing_targets(const st
   return out;
 }
 
+/// Which rank solves each weight (in `names`' order): largest first, by the cost of its solve
+/// (out x in x min(out, in), an SVD's), each to the rank with the least cost so far; ties to the
+/// lower rank. The same on every rank.
+std::vector<int> owners_by_cost(const io::HFModel& model, const std::vector<std::string>& names, int ranks) {
+  std::vector<std::size_t> order(names.size());
+  std::vector<double> cost(names.size());
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    const auto& shape = model.info(names[i]).shape;
+    cost[i] = double(shape[0]) * double(shape[1]) * double(std::min(shape[0], shape[1]));
+    order[i] = i;
+  }
+  std::stable_sort(order.begin(), order.end(), [&](std::size_t a, std::size_t b) { return cost[a] > cost[b]; });
+  std::vector<double> load(std::size_t(ranks), 0.0);
+  std::vector<int> owner(names.size(), 0);
+  for (std::size_t i : order) {
+    const auto least = std::size_t(std::min_element(load.begin(), load.end()) - load.begin());
+    owner[i] = int(least);
+    load[least] += cost[i];
+  }
+  return owner;
+}
+
+#if defined(MILORA_HAS_MPI)
+// This rank's share of the weights solved, then every result broadcast by its owner (every rank
+// takes part; rank 0 keeps them all for the write). Shapes first, as doubles, then the numbers.
+Precomputed solve_shared(const Options& o, const io::HFModel& model, const std::vector<std::string>& names,
+                         const milora::AdapterConfig& base_cfg, bool changes_base) {
+  auto& comm = *o.job.mpi;
+  const auto owner = owners_by_cost(model, names, comm.size());
+  std::vector<std::size_t> mine;
+  for (std::size_t i = 0; i < names.size(); ++i)
+    if (owner[i] == comm.rank()) mine.push_back(i);
+  Precomputed solved;
+  std::mutex solved_mutex;
+  {
+    milora::tools::BlasThreadsPerJob blas(o.jobs);
+    milora::tools::for_each_concurrently(mine.size(), o.jobs, [&](std::size_t k) {
+      const std::string& name = names[mine[k]];
+      const std::string module = io::module_of_weight(name);
+      auto w = model.load<float>(name);
+      io::require_finite(w, concat("'", name, "'"));
+      milora::AdapterConfig cfg = base_cfg;
+      cfg.seed = module_seed(o.seed, module);
+      auto factors = init_module(o, w, cfg);
+      std::lock_guard lock(solved_mutex);
+      solved.emplace(module, std::pair{std::move(factors), changes_base ? std::move(w) : io::HostMatrix<float>{}});
+    });
+  }
+  Precomputed all;
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    const std::string module = io::module_of_weight(names[i]);
+    const int root = owner[i];
+    std::pair<io::LoraFactors<float>, io::HostMatrix<float>> entry;
+    if (root == comm.rank()) entry = std::move(solved.at(module));
+    auto& [f, residual] = entry;
+    std::vector<double> shapes = {double(f.A.rows), double(f.A.cols), double(f.B.rows), double(f.B.cols), double(residual.rows),
+                                  double(residual.cols)};
+    comm.broadcast(shapes.data(), shapes.size(), root);
+    auto share = [&](io::HostMatrix<float>& m, double rows, double cols) {
+      m.rows = Index(rows);
+      m.cols = Index(cols);
+      m.data.resize(std::size_t(m.rows * m.cols));
+      comm.broadcast(m.data.data(), m.data.size(), root);
+    };
+    share(f.A, shapes[0], shapes[1]);
+    share(f.B, shapes[2], shapes[3]);
+    share(residual, shapes[4], shapes[5]);
+    if (comm.rank() == 0) all.emplace(module, std::move(entry));
+  }
+  return all;
+}
+#endif
+
 void run(const Options& o) {
   if (data_driven(o) != !o.calibration_data.empty())
     throw milora::value_error(data_driven(o) ? concat("--method ", o.method, " needs --calibration-data (text or .u32 tokens)")
                                              : concat("--calibration-data is for ", milora::tools::calibrated_method_names<Backend>(),
                                                       ", not ", o.method));
+  if (data_driven(o) && o.job.size > 1)
+    throw milora::value_error(concat("--method ", o.method, " calibrates one model: run it as one process, not under mpirun"));
   const io::HFModel model(o.model);
   const auto targets = milora::tools::parse_targets(o.targets);
   // Which weights to adapt; every check happens before anything is written.
@@ -175,14 +263,24 @@ void run(const Options& o) {
                       {"milora.seed", std::to_string(o.seed)}};
   milora::AdapterConfig base_cfg = adapter.config.adapter_config();
 
-  milora::tools::StagedOutput staged(o.out);  // --out checked (and its stale leftovers cleared) before the work
-  // Data-driven: every adapter at once, from the model's forward (and backward) passes first.
-  std::map<std::string, std::pair<io::LoraFactors<float>, io::HostMatrix<float>>> precomputed;
+  // --out checked (and its stale leftovers cleared) before the work; rank 0 writes it
+  std::optional<milora::tools::StagedOutput> staged;
+  if (o.job.rank == 0) staged.emplace(o.out);
+  // Data-driven: every adapter at once, from the model's forward (and backward) passes first;
+  // several ranks: every adapter solved by its rank first.
+  Precomputed precomputed;
+  const bool solved_first = data_driven(o) || o.job.size > 1;
   if (data_driven(o)) {
     precomputed = calibrated(o, model, targets, base_cfg);
     adapter.metadata["milora.calibration"] =
         concat(o.calibration_batches, " batches of ", o.batch, " x ", o.seq, " tokens of ", o.calibration_data);
   }
+#if defined(MILORA_HAS_MPI)
+  if (o.job.size > 1) {
+    precomputed = solve_shared(o, model, std::vector<std::string>(selected.begin(), selected.end()), base_cfg, method_of(o).changes_base);
+    if (o.job.rank != 0) return;  // rank 0 writes
+  }
+#endif
 
   milora::tools::Progress progress(selected.size());
   std::mutex modules_mutex;  // adapt() runs on up to --jobs threads at once
@@ -191,14 +289,16 @@ void run(const Options& o) {
     const std::string module = io::module_of_weight(name);
     io::require_finite(w, concat("'", name, "'"));
     io::LoraFactors<float> factors;
-    if (data_driven(o)) {
+    if (solved_first) {
       const auto it = precomputed.find(module);  // each module's entry is taken by one call
       if (it == precomputed.end())
         throw milora::state_error(concat("'", name, "' was not adapted by the calibrated model (", o.model, "/config.json)"));
       auto& [computed, residual] = it->second;
-      if (residual.rows != w.rows || residual.cols != w.cols)
-        throw milora::shape_error(concat("'", name, "' is ", w.rows, "x", w.cols, ", the model's ", residual.rows, "x", residual.cols));
-      w = std::move(residual);
+      if (method_of(o).changes_base) {
+        if (residual.rows != w.rows || residual.cols != w.cols)
+          throw milora::shape_error(concat("'", name, "' is ", w.rows, "x", w.cols, ", the model's ", residual.rows, "x", residual.cols));
+        w = std::move(residual);
+      }
       factors = std::move(computed);
     } else {
       milora::AdapterConfig cfg = base_cfg;
@@ -219,13 +319,14 @@ void run(const Options& o) {
     });
   } else {
     milora::tools::BlasThreadsPerJob blas(o.jobs);
-    io::write_hf_model<float>(model, staged.dir() / "residual", [&](const std::string& n) { return selected.count(n) > 0; },
+    io::write_hf_model<float>(model, staged->dir() / "residual", [&](const std::string& n) { return selected.count(n) > 0; },
                               adapt, o.jobs);
   }
-  io::save_peft_adapter(adapter, staged.dir());
-  staged.commit();
+  io::save_peft_adapter(adapter, staged->dir());
+  staged->commit();
   std::cerr << "milora-init: " << o.method << " adapter (r = " << o.rank << ") for " << selected.size() << " weights in "
-            << o.out << (method_of(o).changes_base ? " (+ residual/)" : "") << "\n";
+            << o.out << (method_of(o).changes_base ? " (+ residual/)" : "") << (o.job.size > 1 ? concat(", solved by ", o.job.size, " ranks") : "")
+            << "\n";
 }
 
 }  // namespace
@@ -257,5 +358,10 @@ int main(int argc, char** argv) {
       ->check(CLI::PositiveNumber)->capture_default_str();
   app.add_option("--seed", o.seed, "seed of LoRA's random A (one stream per module, derived from its name)")->capture_default_str()->check(milora::tools::whole_number);
   app.add_option("--out", o.out, "output folder (must not exist)")->required();
-  return milora::tools::run_tool("milora-init", app, argc, argv, [&] { run(o); });
+  return milora::tools::run_tool("milora-init", app, argc, argv, [&] {
+    milora::tools::run_as_rank("milora-init", [&](milora::tools::Job job) {
+      o.job = job;
+      run(o);
+    });
+  });
 }

@@ -112,7 +112,7 @@ pid_t a_child_of(pid_t parent) {
 
 }  // namespace
 
-TEST_CASE("milora-finetune under mpirun -np 2 equals one rank with --accum 2 (losses 1e-5, adapters 1e-4); a 2-rank "
+TEST_CASE("milora-finetune under mpirun -np 2 equals one rank with --accum 2 (losses 1e-5, adapters 1e-4), and a 2-rank "
           "checkpoint resumes on 1 rank") {
   milora_test::ScratchDir dir;
   milora_test::write_file(dir / "train.txt", corpus(900));
@@ -137,8 +137,8 @@ TEST_CASE("milora-finetune under mpirun -np 2 equals one rank with --accum 2 (lo
   CHECK(other.err.find("is from another run") != std::string::npos);
 }
 
-TEST_CASE("milora-finetune under mpirun: a rank that raises ends the whole job, naming itself; a killed rank ends it too; "
-          "the newest checkpoint stays complete") {
+TEST_CASE("milora-finetune under mpirun: a rank that raises ends the whole job, naming itself, a killed rank ends it too, "
+          "and the newest checkpoint stays complete") {
   milora_test::ScratchDir dir;
   milora_test::write_file(dir / "train.txt", corpus(900));
   // rank 1 fails reading its 4th micro-batch (step 4) while rank 0 waits in the step's reduction
@@ -181,4 +181,35 @@ TEST_CASE("milora-finetune under mpirun: a rank that raises ends the whole job, 
   const auto last = llama::latest_checkpoint(dir / "killed");
   REQUIRE(!last.empty());
   CHECK_NOTHROW(milora::io::load_peft_adapter<float>(last));
+}
+
+TEST_CASE("milora-init under mpirun -np 2 writes the bytes one process writes (MiLoRA with its residual model, LoRA), "
+          "a calibrated method is refused by name") {
+  milora_test::ScratchDir dir;
+  const std::string init = std::string(MILORA_TOOL_DIR) + "/milora-init --model " + kTinyModel.string() + " --rank 4";
+  for (const char* method : {"milora", "lora"}) {
+    CAPTURE(std::string(method));
+    const std::string m = std::string(" --method ") + method;
+    // one BLAS thread per matrix on both sides: the same roundings
+    const Run two = shell("OPENBLAS_NUM_THREADS=1 " + kMpirun + "2 " + init + m + " --out " + (dir / (std::string("two-") + method)).string(), dir);
+    REQUIRE_MESSAGE(two.status == 0, two.err);
+    CHECK(two.err.find("solved by 2 ranks") != std::string::npos);
+    const Run one = shell("OPENBLAS_NUM_THREADS=1 " + init + m + " --out " + (dir / (std::string("one-") + method)).string(), dir);
+    REQUIRE_MESSAGE(one.status == 0, one.err);
+    std::size_t files = 0;
+    for (const auto& e : fs::recursive_directory_iterator(dir / (std::string("one-") + method))) {
+      if (!e.is_regular_file()) continue;
+      const auto rel = fs::relative(e.path(), dir / (std::string("one-") + method));
+      CAPTURE(rel.string());
+      CHECK(milora_test::read_file(e.path()) == milora_test::read_file(dir / (std::string("two-") + method) / rel));
+      ++files;
+    }
+    CHECK(files >= (std::string(method) == "milora" ? 4u : 2u));  // adapter config + weights (+ residual config + weights)
+  }
+  milora_test::write_file(dir / "calib.txt", corpus(400));
+  const Run calibrated = shell(kMpirun + "2 " + init + " --method eva --calibration-data " + (dir / "calib.txt").string() + " --out " +
+                                   (dir / "eva").string(), dir);
+  CHECK(calibrated.status != 0);
+  CHECK(calibrated.err.find(" of 2: error: --method eva calibrates one model: run it as one process") != std::string::npos);
+  CHECK(!fs::exists(dir / "eva"));
 }
