@@ -24,8 +24,8 @@ class NcclReplicas final : public Replicas<milora::CudaBackend<T>> {
   int rank() const override { return comm_.rank(); }
   int size() const override { return comm_.size(); }
 
+  // With one rank too: the copies and the collective run, which is how one GPU tests them.
   void sum_gradients(const std::vector<milora::Parameter<BE>>& params) override {
-    if (comm_.size() == 1) return;
     std::size_t n = 0;
     for (const auto& p : params) n += std::size_t(p.grad.rows() * p.grad.cols());
     if (bucket_.size() != n) bucket_ = milora::cuda::DeviceBuffer<T>(n);
