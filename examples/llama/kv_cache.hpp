@@ -81,11 +81,6 @@ class KvCache {
   matrix& values(Index layer) { return values_.at(std::size_t(layer)); }
   const matrix& keys(Index layer) const { return keys_.at(std::size_t(layer)); }
   const matrix& values(Index layer) const { return values_.at(std::size_t(layer)); }
-  /// Bytes of the keys and values (every layer, every slot).
-  double bytes() const {
-    return 2.0 * double(keys_.size()) * double(BE::rows(keys_[0])) * double(BE::cols(keys_[0])) * sizeof(milora::scalar_t<BE>);
-  }
-
   /// The attention shape of `seq` new rows per sequence after the filled slots.
   CachedAttentionShape attention_shape(Index seq, Index heads, Index kv_heads, Index head_dim) const {
     return {batch_, seq, heads, kv_heads, head_dim, capacity_, length_};
