@@ -22,7 +22,9 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <numeric>
 #include <optional>
+#include <utility>
 #include <span>
 #include <string>
 #include <vector>
@@ -45,12 +47,14 @@ struct GenerationOptions {
   std::vector<std::string> stop;    // the text ends before the first of these it produces
   bool stop_at_eos = true;          // the tokenizer's EOS ends generation (and is not part of the text)
   bool kv_cache = true;             // false: the whole context again at every step
+  Index top_probs = 0;              // > 0: record each step's most likely tokens, softmax(logits) (before any processor)
 
   void validate() const {
     using milora::detail::concat;
     if (max_new_tokens < 0) throw milora::value_error(concat("max_new_tokens ", max_new_tokens, " must be >= 0"));
     if (!(temperature >= 0) || !std::isfinite(temperature)) throw milora::value_error(concat("temperature ", temperature, " must be >= 0"));
     if (top_k < 0) throw milora::value_error(concat("top_k ", top_k, " must be >= 0"));
+    if (top_probs < 0) throw milora::value_error(concat("top_probs ", top_probs, " must be >= 0"));
     if (!(top_p > 0 && top_p <= 1)) throw milora::value_error(concat("top_p ", top_p, " must be in (0, 1]"));
     if (!(repetition_penalty > 0) || !std::isfinite(repetition_penalty))
       throw milora::value_error(concat("repetition_penalty ", repetition_penalty, " must be > 0"));
@@ -103,7 +107,27 @@ struct Generated {
   std::vector<Token> tokens;  // the new tokens (without a final EOS)
   std::string text;           // their text, cut before a stop string
   std::string stopped_by;     // "eos", "stop", "length"
+  /// With GenerationOptions::top_probs = k: per step (a final EOS included), the k most likely
+  /// tokens and their probabilities under softmax(logits), most likely first (what llama.cpp's
+  /// n_probs reports at temperature 1 with every filter off).
+  std::vector<std::vector<std::pair<Token, double>>> top_probs;
 };
+
+/// The k most likely tokens of one row of logits with their softmax probabilities (in double).
+inline std::vector<std::pair<Token, double>> most_likely(std::span<const float> logits, Index k) {
+  const double top = *std::max_element(logits.begin(), logits.end());
+  double sum = 0;
+  for (float x : logits) sum += std::exp(double(x) - top);
+  std::vector<Index> order(logits.size());
+  std::iota(order.begin(), order.end(), Index(0));
+  k = std::min<Index>(k, Index(logits.size()));
+  std::partial_sort(order.begin(), order.begin() + k, order.end(), [&](Index a, Index b) {
+    return logits[std::size_t(a)] > logits[std::size_t(b)] || (logits[std::size_t(a)] == logits[std::size_t(b)] && a < b);
+  });
+  std::vector<std::pair<Token, double>> out;
+  for (Index i = 0; i < k; ++i) out.emplace_back(Token(order[std::size_t(i)]), std::exp(double(logits[std::size_t(order[std::size_t(i)])]) - top) / sum);
+  return out;
+}
 
 /// The logits of each sequence's next token (row b of a batch x vocab host array), by the key/value
 /// cache (prefill, then the one token each context grew by) or, with options.kv_cache false, by
@@ -209,6 +233,7 @@ std::vector<Generated> generate_batch(Model& model, const Tokenizer& tokenizer, 
       const Token next = choose_next(row, context, o, std::uint64_t(i));
       context.push_back(next);
       Generated& g = out[std::size_t(b)];
+      if (o.top_probs > 0) g.top_probs.push_back(most_likely(row, o.top_probs));
       if (o.stop_at_eos && eos && next == *eos) {
         g.stopped_by = "eos";
         done[std::size_t(b)] = true;

@@ -12,7 +12,9 @@
 // gets alone). The model reads the prompt once into a key/value cache, then a token at a time;
 // --no-kv-cache recomputes the whole context per token (the reference, slower). Output per prompt:
 // the prompt and its continuation (with --chat, the answer), then a JSON line {"text",
-// "new_tokens", "stopped_by"} (bytes that are not UTF-8 shown as U+FFFD there).
+// "new_tokens", "stopped_by"} (bytes that are not UTF-8 shown as U+FFFD there); --top-probs K adds
+// "tokens" (the new ids) and "top_probs": per step the K most likely [id, probability] under
+// softmax(logits), before any processor (what llama.cpp's n_probs reports at temperature 1).
 #include <iostream>
 
 #include "common/cli.hpp"
@@ -43,6 +45,8 @@ int main(int argc, char** argv) {
   app.add_option("--stop", g.stop, "end the text before this string (repeatable)");
   app.add_flag("--chat", chat, "apply the model's chat template to the prompt (a user message) and print the answer");
   app.add_flag("--no-kv-cache", no_kv_cache, "recompute the whole context for every new token (the reference)");
+  app.add_option("--top-probs", g.top_probs, "report each step's K most likely tokens and probabilities in the JSON line")
+      ->check(milora::tools::whole_number);
   app.add_option("--seed", g.seed, "sampling seed")->capture_default_str()->check(milora::tools::whole_number);
   return milora::tools::run_tool("milora-generate", app, argc, argv, [&] {
     g.kv_cache = !no_kv_cache;
@@ -68,7 +72,12 @@ int main(int argc, char** argv) {
         const auto& out = outs[i];
         std::cout << (chat ? out.text : prompts[i] + out.text) << std::endl;
         // a byte-level model may end inside a UTF-8 sequence: the JSON line shows such bytes as U+FFFD
-        std::cout << nlohmann::json{{"text", out.text}, {"new_tokens", out.tokens.size()}, {"stopped_by", out.stopped_by}}.dump(
+        nlohmann::json line{{"text", out.text}, {"new_tokens", out.tokens.size()}, {"stopped_by", out.stopped_by}};
+        if (g.top_probs > 0) {
+          line["tokens"] = out.tokens;
+          line["top_probs"] = out.top_probs;  // [[[id, p], ...] per step]
+        }
+        std::cout << line.dump(
                          -1, ' ', false, nlohmann::json::error_handler_t::replace)
                   << std::endl;
       }

@@ -1,0 +1,239 @@
+// milora's GGUF files checked by llama.cpp itself (@fugood/llama.node, its prebuilt CPU build) and
+// by an independent GGUF reader (@huggingface/gguf), both fetched from npm at build time
+// (tests/gguf/prepare_llama_cpp.sh): a random LLaMA with LLaMA-3.1's real tokenizer and rope
+// scaling, grouped-query attention and a tied head, a MiLoRA adapter "trained" from milora-init's
+// start, and:
+//   * base.gguf (milora-merge --format gguf, no adapter), adapter.gguf (milora-convert --format gguf:
+//     the rank-2r plain LoRA on the ORIGINAL weights) and merged.gguf (the residual with the trained
+//     adapter merged in);
+//   * llama.cpp tokenizes the prompts as milora does; its greedy continuation (48 tokens) of base,
+//     base + adapter and merged equals milora-generate's text on the original model and on the
+//     residual + adapter; its first-token probabilities (temperature 1, every filter off, float32
+//     key/value cache) equal milora's softmax within 1e-5 (float32 both, summed in different
+//     orders: the largest difference seen is 3.3e-7);
+//   * @huggingface/gguf reads every key (type and value) and tensor header (name, shape, type,
+//     offset) as milora's own reader does, for F32, F16 and Q8_0 files.
+#include <doctest/doctest.h>
+
+#include <sys/wait.h>
+
+#include <cstdlib>
+#include <filesystem>
+#include <random>
+#include <string>
+
+#include <nlohmann/json.hpp>
+
+#include "../io/io_test_util.hpp"
+#include "llama/data.hpp"
+#include "llama/gguf_export.hpp"
+#include "llama/kernels_cpu.hpp"
+#include "llama/model.hpp"
+#include "llama/pretrained.hpp"
+#include "milora/backend/eigen.hpp"
+#include "milora/io/gguf.hpp"
+#include "milora/io/peft.hpp"
+
+namespace {
+
+namespace fs = std::filesystem;
+
+int run(const std::string& command, std::string* out = nullptr, std::string* err = nullptr) {
+  milora_test::ScratchDir logs;
+  const std::string cmd = command + " > " + (logs / "out").string() + " 2> " + (logs / "err").string();
+  const int rc = std::system(cmd.c_str());
+  if (out) *out = milora_test::read_file(logs / "out");
+  if (err) *err = milora_test::read_file(logs / "err");
+  const int status = WIFEXITED(rc) ? WEXITSTATUS(rc) : -1;
+  if (status != 0 && !err) MESSAGE(milora_test::read_file(logs / "err"));
+  return status;
+}
+
+std::string tool(const std::string& name) { return std::string(MILORA_TOOL_DIR) + "/" + name; }
+
+nlohmann::json last_json_line(const std::string& out) {
+  const auto end = out.find_last_not_of('\n');
+  const auto start = out.rfind('\n', end);
+  const auto from = start == std::string::npos ? 0 : start + 1;
+  return nlohmann::json::parse(out.substr(from, end - from + 1));
+}
+
+// The random model: LLaMA-3.1's tokenizer (128256 ids), rope scaling with all three bands in
+// head_dim 16 (wavelengths 6.3 kept, 20 and 63 interpolated, the rest divided), 4 heads over 2
+// key/value heads, a tied head. Weights of std 0.3 give peaked next-token distributions, so greedy
+// decoding is far from ties that float32 rounding could flip.
+llama::LlamaConfig test_config() {
+  llama::LlamaConfig c;
+  c.vocab_size = 128256;
+  c.hidden_size = 64;
+  c.intermediate_size = 128;
+  c.num_hidden_layers = 2;
+  c.num_attention_heads = 4;
+  c.num_key_value_heads = 2;
+  c.head_dim = 16;
+  c.max_position_embeddings = 512;
+  c.rms_norm_eps = 1e-5;
+  c.rope_theta = 10000;
+  c.tie_word_embeddings = true;
+  c.rope_scaling = llama::LlamaConfig::Llama3RopeScaling{.factor = 8, .low_freq_factor = 1, .high_freq_factor = 4,
+                                                          .original_max_position_embeddings = 64};
+  return c;
+}
+
+void compare_with_own_reader(const fs::path& path, const nlohmann::json& theirs) {
+  CAPTURE(path);
+  const milora::io::GgufFile mine(path);
+  const auto& md = theirs["metadata"];
+  // @huggingface/gguf adds the header's fields (version, tensor_count, kv_count) to the metadata
+  std::size_t keys = 0;
+  for (const auto& [key, v] : mine.header().metadata) {
+    CAPTURE(key);
+    REQUIRE(md.contains(key));
+    const auto& t = md[key];
+    CHECK(t["type"].get<int>() == (v.is_array ? 9 : int(v.type)));
+    if (v.is_array) CHECK(t["subType"].get<int>() == int(v.type));
+    const auto item = [&](const milora::io::GgufValue::Item& x) -> nlohmann::json {
+      return std::visit([](const auto& y) { return nlohmann::json(y); }, x);
+    };
+    if (v.is_array) {
+      REQUIRE(t["value"].size() == v.items.size());
+      for (std::size_t i = 0; i < v.items.size(); ++i)
+        if (v.type == milora::io::GgufType::F32)
+          CHECK(t["value"][i].get<double>() == doctest::Approx(std::get<double>(v.items[i])));
+        else
+          CHECK(t["value"][i] == item(v.items[i]));
+    } else if (v.type == milora::io::GgufType::F32) {
+      CHECK(t["value"].get<double>() == doctest::Approx(std::get<double>(v.items[0])));
+    } else {
+      CHECK(t["value"] == item(v.items[0]));
+    }
+    ++keys;
+  }
+  CHECK(md["kv_count"]["value"].get<std::size_t>() == keys);
+  REQUIRE(theirs["tensors"].size() == mine.tensors().size());
+  for (std::size_t i = 0; i < mine.tensors().size(); ++i) {
+    const auto& t = mine.tensors()[i];
+    const auto& o = theirs["tensors"][i];
+    CHECK(o["name"] == t.name);
+    CHECK(o["shape"].get<std::vector<std::uint64_t>>() == t.ne);
+    CHECK(o["dtype"].get<std::uint32_t>() == t.type);
+    CHECK(o["offset"].get<std::uint64_t>() == t.offset);
+  }
+  CHECK(theirs["tensorDataOffset"].get<std::uint64_t>() == mine.header().data_start);
+}
+
+}  // namespace
+
+TEST_CASE("llama.cpp runs milora's GGUF model, LoRA adapter and merged model as milora does") {
+  using Model = llama::Llama<milora::EigenBackend<float>>;
+  milora_test::ScratchDir dir;
+  const fs::path model = dir / "model", init = dir / "init", trained = dir / "trained";
+  const auto config = test_config();
+  {
+    auto m = llama::random_model<Model>(config, 7, 0.3);
+    llama::save_pretrained(*m, model);
+  }
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
+    fs::copy_file(fs::path(MILORA_TEXT_REFERENCES) / "models" / "llama3_1" / f, model / f);
+
+  // MiLoRA's start, then a "trained" adapter: the start moved by noise of the size training gives
+  REQUIRE(run(tool("milora-init") + " --model " + model.string() + " --method milora --rank 4 --alpha 8 --out " + init.string()) == 0);
+  {
+    auto a = milora::io::load_peft_adapter<float>(init);
+    std::mt19937 gen(3);
+    std::normal_distribution<float> noise(0.0f, 0.2f);
+    for (auto& [module, f] : a.modules) {
+      for (auto& x : f.A.data) x += noise(gen);
+      for (auto& x : f.B.data) x += noise(gen);
+    }
+    milora::io::save_peft_adapter(a, trained);
+  }
+  const fs::path base_gguf = dir / "base.gguf", adapter_gguf = dir / "adapter.gguf", merged_gguf = dir / "merged.gguf";
+  REQUIRE(run(tool("milora-merge") + " --model " + model.string() + " --format gguf --outtype f32 --out " + base_gguf.string()) == 0);
+  REQUIRE(run(tool("milora-convert") + " --initial " + init.string() + " --trained " + trained.string() + " --format gguf --base " +
+              model.string() + " --out " + adapter_gguf.string()) == 0);
+  REQUIRE(run(tool("milora-merge") + " --model " + (init / "residual").string() + " --adapter " + trained.string() +
+              " --format gguf --outtype f32 --out " + merged_gguf.string()) == 0);
+  // the other types, for the header comparison and a load in llama.cpp
+  const fs::path adapter_f16 = dir / "adapter-f16.gguf", merged_q8 = dir / "merged-q8_0.gguf";
+  REQUIRE(run(tool("milora-convert") + " --initial " + init.string() + " --trained " + trained.string() + " --format gguf --outtype f16 --base " +
+              model.string() + " --out " + adapter_f16.string()) == 0);
+  REQUIRE(run(tool("milora-merge") + " --model " + (init / "residual").string() + " --adapter " + trained.string() +
+              " --format gguf --outtype q8_0 --out " + merged_q8.string()) == 0);
+
+  const std::vector<std::string> prompts = {"The low-rank adapters of a language model", "Once upon a time, in 1987,",
+                                            "def minor_singular_subspace(W):"};
+  constexpr int kNewTokens = 48;
+  constexpr double kProbTolerance = 1e-5;
+  // milora's side: the original model, and the residual with the trained adapter (as MiLoRA trains)
+  std::vector<nlohmann::json> mine_base, mine_adapted;
+  for (const auto& p : prompts) {
+    std::string out;
+    REQUIRE(run(tool("milora-generate") + " --model " + model.string() + " --prompt '" + p + "' --max-new-tokens " + std::to_string(kNewTokens) +
+                    " --top-probs 5", &out) == 0);
+    mine_base.push_back(last_json_line(out));
+    REQUIRE(run(tool("milora-generate") + " --model " + (init / "residual").string() + " --adapter " + trained.string() + " --prompt '" + p +
+                    "' --max-new-tokens " + std::to_string(kNewTokens) + " --top-probs 5", &out) == 0);
+    mine_adapted.push_back(last_json_line(out));
+  }
+
+  nlohmann::json job;
+  const auto runs = nlohmann::json::array({
+      {{"name", "base"}, {"model", base_gguf}, {"loras", nlohmann::json::array()}},
+      {{"name", "adapter"}, {"model", base_gguf}, {"loras", {adapter_gguf}}},
+      {{"name", "adapter_f16"}, {"model", base_gguf}, {"loras", {adapter_f16}}},
+      {{"name", "merged"}, {"model", merged_gguf}, {"loras", nlohmann::json::array()}},
+      {{"name", "merged_q8_0"}, {"model", merged_q8}, {"loras", nlohmann::json::array()}},
+  });
+  for (auto r : runs) {
+    r["prompts"] = prompts;
+    r["n_predict"] = kNewTokens;
+    r["n_probs"] = 5;
+    job["runs"].push_back(r);
+  }
+  job["files"] = {base_gguf, adapter_gguf, merged_gguf, adapter_f16, merged_q8};
+  milora_test::write_file(dir / "job.json", job.dump());
+  std::string out, err;
+  const int rc = run("node " + std::string(MILORA_GGUF_SCRIPT) + " " + (fs::path(MILORA_GGUF_REFERENCES) / "node" / "node_modules").string() + " " +
+                         (dir / "job.json").string() + " " + (dir / "result.json").string(), &out, &err);
+  REQUIRE_MESSAGE(rc == 0, err);
+  const auto theirs = nlohmann::json::parse(milora_test::read_file(dir / "result.json"));
+
+  const auto tokenizer = llama::Tokenizer::for_model(model, config.vocab_size);
+  double worst = 0;
+  for (std::size_t i = 0; i < prompts.size(); ++i) {
+    CAPTURE(prompts[i]);
+    // llama.cpp's tokenizer from the GGUF's keys: the same ids (its tokenize() adds no BOS; its
+    // completions do, by tokenizer.ggml.add_bos_token, or their tokens would differ below)
+    CHECK(theirs["runs"]["base"][i]["prompt_tokens"].get<std::vector<llama::Token>>() == tokenizer.encode(prompts[i], false));
+    for (const auto& [name, mine] : {std::pair{"base", &mine_base}, {"adapter", &mine_adapted}, {"merged", &mine_adapted}}) {
+      CAPTURE(name);
+      const auto& m = (*mine)[i];
+      const auto& t = theirs["runs"][name][i];
+      REQUIRE(m["stopped_by"] == "length");
+      CHECK(m["new_tokens"].get<int>() == kNewTokens);
+      CHECK(t["greedy_steps"].size() == std::size_t(kNewTokens));
+      CHECK(t["greedy_text"].get<std::string>() == m["text"].get<std::string>());
+      // first-token probabilities: the five most likely, in order
+      const auto& probs = t["first_probs"];
+      REQUIRE(probs.size() == 5);
+      for (std::size_t k = 0; k < 5; ++k) {
+        CAPTURE(k);
+        const double p = m["top_probs"][0][k][1].get<double>();
+        worst = std::max(worst, std::abs(probs[k][1].get<double>() - p));
+        CHECK(std::abs(probs[k][1].get<double>() - p) < kProbTolerance);
+        const std::string piece = tokenizer.decode(std::vector<llama::Token>{m["top_probs"][0][k][0].get<llama::Token>()});
+        if (piece.find("\xEF\xBF\xBD") == std::string::npos)  // a piece of a UTF-8 sequence: llama.cpp shows its bytes
+          CHECK(probs[k][0].get<std::string>() == piece);
+      }
+    }
+    // the adapter changes what the model says (so the runs above compare something), and its
+    // f16 file and the q8_0 merged model load and run
+    CHECK(mine_adapted[i]["text"] != mine_base[i]["text"]);
+    CHECK(theirs["runs"]["adapter_f16"][i]["greedy_steps"].size() == std::size_t(kNewTokens));
+    CHECK(theirs["runs"]["merged_q8_0"][i]["greedy_steps"].size() == std::size_t(kNewTokens));
+  }
+  MESSAGE("largest difference of a first-token probability, llama.cpp vs milora: " << worst);
+  for (const auto& f : {base_gguf, adapter_gguf, merged_gguf, adapter_f16, merged_q8}) compare_with_own_reader(f, theirs["files"][f.string()]);
+  CHECK(milora::io::GgufFile(base_gguf).header().find("tokenizer.ggml.add_bos_token") != nullptr);
+}
