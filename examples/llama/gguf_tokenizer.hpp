@@ -170,10 +170,7 @@ inline void add_gguf_tokenizer(milora::io::GgufWriter& w, const std::filesystem:
       for (const auto& [text, id] : ids)
         if (text.size() == 6 && text.rfind("<0x", 0) == 0 && text.back() == '>') types[std::size_t(id)] = kByte;
       if (m.contains("unk_token") && m["unk_token"].is_string())
-        if (auto it = ids.find(m["unk_token"].get<std::string>()); it != ids.end()) {
-          unk = it->second;
-          types[std::size_t(*unk)] = kUnknown;
-        }
+        if (auto it = ids.find(m["unk_token"].get<std::string>()); it != ids.end()) unk = it->second;
       w.set_string("tokenizer.ggml.model", model);
       w.set_string("tokenizer.ggml.pre", "default");
     } else {
@@ -181,6 +178,7 @@ inline void add_gguf_tokenizer(milora::io::GgufWriter& w, const std::filesystem:
     }
     for (const auto& t : j.value("added_tokens", nlohmann::json::array()))
       put(t.at("content").get<std::string>(), t.at("id").get<std::int64_t>(), t.value("special", false) ? kControl : kUserDefined);
+    if (unk) types[std::size_t(*unk)] = kUnknown;  // an added token too in LLaMA-2's file, where it would be control
     if (model == "gpt2") {
       std::vector<Item> items;
       items.reserve(merges.size());
