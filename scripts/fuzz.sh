@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Fuzzes the readers of outside files with libFuzzer + AddressSanitizer + UBSan, each for a bounded
 # time:  bash scripts/fuzz.sh [seconds per target = 60] [target ...]
-# Targets (tests/fuzz/, contracts in tests/fuzz/contracts.hpp): safetensors_header, llama_config,
+# Targets (tests/fuzz/, contracts in tests/fuzz/contracts.hpp): safetensors_header, gguf_header, llama_config,
 # adapter_config, token_file. Installs clang and its fuzzer runtime if missing, builds build/fuzz
 # with clang++, starts each from a working copy of its committed seed corpus
 # (tests/fuzz/corpus/<target>/) and prints the executions it survived. A crashing input is written
@@ -13,7 +13,7 @@ root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 seconds="${1:-60}"
 shift || true
 targets=("$@")
-[ ${#targets[@]} -gt 0 ] || targets=(safetensors_header llama_config adapter_config token_file)
+[ ${#targets[@]} -gt 0 ] || targets=(safetensors_header gguf_header llama_config adapter_config token_file)
 bash "$root/scripts/deps.sh" clang libclang-rt-14-dev
 
 build="$root/build/fuzz"
@@ -73,6 +73,19 @@ cat > "$build/safetensors.dict" <<'DICT'
 "]"
 DICT
 
+cat > "$build/gguf.dict" <<'DICT'
+"GGUF"
+"\x03\x00\x00\x00"
+"\x08\x00\x00\x00"
+"\x09\x00\x00\x00"
+"\x1e\x00\x00\x00"
+"\x20\x00\x00\x00\x00\x00\x00\x00"
+"\xff\xff\xff\xff\xff\xff\xff\xff"
+"general.alignment"
+"general.architecture"
+"tokenizer.ggml.tokens"
+DICT
+
 status=0
 for t in "${targets[@]}"; do
   corpus="$build/corpus/$t"
@@ -82,6 +95,7 @@ for t in "${targets[@]}"; do
   dict=()
   case "$t" in
     safetensors_header) dict=(-dict="$build/safetensors.dict") ;;
+    gguf_header) dict=(-dict="$build/gguf.dict") ;;
     llama_config|adapter_config) dict=(-dict="$build/json.dict") ;;
   esac
   log="$build/$t.log"

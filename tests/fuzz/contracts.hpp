@@ -17,6 +17,7 @@
 
 #include "llama/config.hpp"
 #include "llama/data.hpp"  // examples/llama: the token-file reader
+#include "milora/io/gguf.hpp"
 #include "milora/io/json.hpp"
 #include "milora/io/peft.hpp"
 #include "milora/io/safetensors.hpp"
@@ -43,6 +44,32 @@ inline void safetensors_header(const std::uint8_t* data, std::size_t size) {
     }
   } catch (const milora::format_error&) {
     // refused: the expected outcome for almost every input
+  }
+}
+
+/// GGUF: the header parser accepts only tensors that follow each other inside the file, aligned,
+/// with the bytes their type and shape need; every key has a value of its declared type; decoding
+/// an accepted tensor of a type milora decodes reads nothing outside it.
+inline void gguf_header(const std::uint8_t* data, std::size_t size) {
+  const std::span<const std::byte> file(reinterpret_cast<const std::byte*>(data), size);
+  try {
+    const auto h = milora::io::parse_gguf(file, "fuzz-input");
+    require(h.data_start % h.alignment == 0 && h.data_start <= size);
+    for (const auto& [key, v] : h.metadata) require(!key.empty() && (v.is_array || v.items.size() == 1) && h.find(key) != nullptr);
+    std::uint64_t previous_end = 0;
+    for (const auto& t : h.tensors) {
+      const auto* type = milora::io::ggml_type(t.type);
+      require(type != nullptr && t.offset % h.alignment == 0 && t.offset >= previous_end);
+      require(t.nbytes == t.numel / type->block * type->block_bytes && h.data_start + t.offset + t.nbytes <= size);
+      previous_end = t.offset + t.nbytes;
+      if (t.nbytes > (1u << 20)) continue;
+      std::vector<float> out(t.numel);
+      try {
+        milora::io::decode_ggml<float>(t.type, file.subspan(h.data_start + t.offset, t.nbytes), std::span<float>(out), t.name);
+      } catch (const milora::format_error&) {  // a type milora validates but does not decode
+      }
+    }
+  } catch (const milora::format_error&) {
   }
 }
 

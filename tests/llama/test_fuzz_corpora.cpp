@@ -28,6 +28,7 @@ std::size_t replay(const char* target, void (*contract)(const std::uint8_t*, std
 
 TEST_CASE("fuzz corpora: every committed input keeps its reader's contract") {
   CHECK(replay("safetensors_header", milora_fuzz::safetensors_header) >= 5);
+  CHECK(replay("gguf_header", milora_fuzz::gguf_header) >= 6);
   CHECK(replay("llama_config", milora_fuzz::llama_config) >= 5);
   CHECK(replay("adapter_config", milora_fuzz::adapter_config) >= 5);
   CHECK(replay("token_file", milora_fuzz::token_file) >= 5);
@@ -58,4 +59,17 @@ TEST_CASE("fuzz contracts: the seeds that should be refused are, and the valid o
   CHECK_THROWS_WITH_AS(llama::parse_tokens(read("token_file/u32_out_of_vocab").substr(2), true, bytes, 10, "f"),
                        "f: token 1 is 10, not below vocab_size 10", milora::value_error);
   CHECK_THROWS_AS(llama::parse_tokens(read("token_file/u32_ragged").substr(2), true, bytes, 256, "f"), milora::format_error);
+  auto gguf = [&](const char* rel) {
+    const std::string s = read(rel);
+    return milora::io::parse_gguf(std::span(reinterpret_cast<const std::byte*>(s.data()), s.size()), rel);
+  };
+  const auto valid = gguf("gguf_header/valid");
+  CHECK(valid.tensors.size() == 3);
+  CHECK(valid.find("tokenizer.ggml.tokens")->items.size() == 3);
+  CHECK(gguf("gguf_header/bf16_aligned64").alignment == 64);
+  CHECK(gguf("gguf_header/version2").version == 2);
+  CHECK(gguf("gguf_header/q4_0").tensors[0].nbytes == 36);
+  CHECK_THROWS_WITH_AS(gguf("gguf_header/truncated"), doctest::Contains("tensor name 0 has length 26 but only 3 bytes are left"), milora::format_error);
+  CHECK_THROWS_WITH_AS(gguf("gguf_header/bad_offset"), doctest::Contains("tensor 'q8' is at offset 40 but the tensors before it end at 32"),
+                       milora::format_error);
 }

@@ -301,6 +301,31 @@ inline GgufHeader parse_gguf(std::span<const std::byte> file, const std::string&
   return h;
 }
 
+/// Decodes `out.size()` elements of ggml type `type` from `bytes` (which must hold exactly them):
+/// F32, F16, BF16, F64 and Q8_0; other types are refused naming `what`.
+template <class T>
+void decode_ggml(std::uint32_t type, std::span<const std::byte> bytes, std::span<T> out, const std::string& what) {
+  using milora::detail::concat;
+  const GgmlType* gt = ggml_type(type);
+  if (!gt || out.size() % gt->block != 0 || bytes.size() != out.size() / gt->block * gt->block_bytes)
+    throw format_error(concat(what, ": ", bytes.size(), " bytes do not hold ", out.size(), " ", ggml_type_name(type), " values"));
+  switch (type) {
+    case kGgmlF32: decode<T>(DType::F32, bytes, out); return;
+    case kGgmlF16: decode<T>(DType::F16, bytes, out); return;
+    case kGgmlBF16: decode<T>(DType::BF16, bytes, out); return;
+    case kGgmlF64: decode<T>(DType::F64, bytes, out); return;
+    case kGgmlQ8_0:
+      for (std::size_t b = 0; b < out.size() / 32; ++b) {
+        const std::byte* block = bytes.data() + 34 * b;
+        const float d = half_to_float(io::load<std::uint16_t>(block));
+        for (std::size_t j = 0; j < 32; ++j) out[32 * b + j] = T(d * float(static_cast<std::int8_t>(block[2 + j])));
+      }
+      return;
+    default:
+      throw format_error(concat(what, " is ", ggml_type_name(type), ", which milora cannot decode (F32, F16, BF16, F64, Q8_0)"));
+  }
+}
+
 /// A GGUF file opened for reading: memory-mapped, header validated once.
 class GgufFile {
  public:
@@ -346,23 +371,7 @@ class GgufFile {
       throw shape_error(concat("tensor '", name, "' in '", path().string(), "' has ", t.ne.size(), " dimensions; milora loads matrices and vectors"));
     const Index cols = Index(t.ne[0]), rows = t.ne.size() == 2 ? Index(t.ne[1]) : 1;
     HostMatrix<T> m(rows, cols);
-    const auto bytes = raw(name);
-    switch (t.type) {
-      case kGgmlF32: decode<T>(DType::F32, bytes, std::span<T>(m.data)); break;
-      case kGgmlF16: decode<T>(DType::F16, bytes, std::span<T>(m.data)); break;
-      case kGgmlBF16: decode<T>(DType::BF16, bytes, std::span<T>(m.data)); break;
-      case kGgmlF64: decode<T>(DType::F64, bytes, std::span<T>(m.data)); break;
-      case kGgmlQ8_0:
-        for (std::size_t b = 0; b < m.data.size() / 32; ++b) {
-          const std::byte* block = bytes.data() + 34 * b;
-          const float d = half_to_float(io::load<std::uint16_t>(block));
-          for (std::size_t j = 0; j < 32; ++j) m.data[32 * b + j] = T(d * float(static_cast<std::int8_t>(block[2 + j])));
-        }
-        break;
-      default:
-        throw format_error(concat("tensor '", name, "' in '", path().string(), "' is ", ggml_type_name(t.type),
-                                  ", which milora cannot decode (F32, F16, BF16, F64, Q8_0)"));
-    }
+    decode_ggml<T>(t.type, raw(name), std::span<T>(m.data), concat("tensor '", name, "' in '", path().string(), "'"));
     return m;
   }
 
