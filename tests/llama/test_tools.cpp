@@ -454,6 +454,51 @@ TEST_CASE("milora-eval / milora-generate --device cuda: on a GPU the CPU's loss 
   CHECK(gpu_gen.out == cpu_gen.out);
 }
 
+TEST_CASE("milora-convert / milora-merge --format gguf: a MiLoRA adapter to GGUF and back to PEFT unchanged; what llama.cpp could not load is refused") {
+  milora_test::ScratchDir dir;
+  const auto model = std::filesystem::path(MILORA_TEST_DATA) / "llama_bias_tiny" / "model";
+  const std::string targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
+  auto r = run("milora-init", "--model " + model.string() + " --method milora --rank 2 --alpha 4 --targets " + targets + " --out " + (dir / "init").string(), dir);
+  REQUIRE_MESSAGE(r.status == 0, r.err);
+  auto trained = milora::io::load_peft_adapter<float>(dir / "init");
+  for (auto& [module, f] : trained.modules)
+    for (std::size_t i = 0; i < f.B.data.size(); ++i) f.B.data[i] += 0.01f * float(i % 7);
+  milora::io::save_peft_adapter(trained, dir / "trained");
+  r = run("milora-convert", "--initial " + (dir / "init").string() + " --trained " + (dir / "trained").string() + " --format gguf --base " +
+                                model.string() + " --out " + (dir / "a.gguf").string(), dir);
+  REQUIRE_MESSAGE(r.status == 0, r.err);
+  r = run("milora-convert", "--trained " + (dir / "a.gguf").string() + " --base " + model.string() + " --out " + (dir / "back").string(), dir);
+  REQUIRE_MESSAGE(r.status == 0, r.err);
+  r = run("milora-convert", "--initial " + (dir / "init").string() + " --trained " + (dir / "trained").string() + " --out " + (dir / "plain").string(), dir);
+  REQUIRE_MESSAGE(r.status == 0, r.err);
+  const auto plain = milora::io::load_peft_adapter<float>(dir / "plain"), back = milora::io::load_peft_adapter<float>(dir / "back");
+  CHECK(back.config.r == plain.config.r);
+  CHECK(back.config.scale() == doctest::Approx(plain.config.scale()).epsilon(1e-6));
+  REQUIRE(back.modules.size() == plain.modules.size());
+  for (const auto& [module, f] : plain.modules) {
+    CHECK(back.modules.at(module).A.data == f.A.data);  // F32 both ways, rows of q / k permuted and back
+    CHECK(back.modules.at(module).B.data == f.B.data);
+  }
+  // refused, each with one line and no output: no --base; an output that exists; a model without a
+  // tokenizer (llama.cpp needs one in the GGUF); a GGUF adapter for another architecture
+  r = run("milora-convert", "--initial " + (dir / "init").string() + " --trained " + (dir / "trained").string() + " --format gguf --out " +
+                                (dir / "b.gguf").string(), dir);
+  CHECK(r.status != 0);
+  CHECK(r.err.find("GGUF needs --base") != std::string::npos);
+  r = run("milora-convert", "--trained " + (dir / "a.gguf").string() + " --base " + model.string() + " --out " + (dir / "back").string(), dir);
+  CHECK(r.status != 0);
+  CHECK(r.err.find("exists") != std::string::npos);
+  r = run("milora-merge", "--model " + model.string() + " --format gguf --out " + (dir / "m.gguf").string(), dir);
+  CHECK(r.status != 0);
+  CHECK(r.err.find("has no tokenizer.json or tokenizer.model, which llama.cpp needs") != std::string::npos);
+  CHECK(!std::filesystem::exists(dir / "m.gguf"));
+  r = run("milora-convert", "--trained " + (dir / "a.gguf").string() + " --base " +
+                                (std::filesystem::path(MILORA_TEST_DATA) / "qwen2_tiny" / "model").string() + " --out " + (dir / "q").string(), dir);
+  CHECK(r.status != 0);
+  CHECK(r.err.find("is for architecture 'llama', the model is 'qwen2'") != std::string::npos);
+  CHECK(!std::filesystem::exists(dir / "q"));
+}
+
 TEST_CASE("milora-finetune / -eval: bad input is one error line and a non-zero exit") {
   milora_test::ScratchDir dir;
   milora_test::write_file(dir / "short.txt", "too short");
