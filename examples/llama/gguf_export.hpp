@@ -29,8 +29,8 @@
 #include <regex>
 #include <string>
 
-#include "llama/config.hpp"
-#include "llama/gguf_tokenizer.hpp"
+#include "config.hpp"
+#include "gguf_tokenizer.hpp"
 #include "milora/backend/eigen.hpp"
 #include "milora/io/gguf.hpp"
 #include "milora/io/hf_model.hpp"

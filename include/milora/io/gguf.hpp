@@ -125,7 +125,7 @@ struct GgufHeader {
   std::unordered_map<std::string, std::size_t> keys_, names_;
 };
 
-namespace detail {
+namespace gguf_detail {
 
 [[noreturn]] inline void bad_gguf(const std::string& source, const std::string& what) {
   throw format_error(milora::detail::concat("GGUF file '", source, "': ", what));
@@ -196,14 +196,14 @@ inline GgufValue::Item gguf_read_item(GgufCursor& in, GgufType t, const std::str
   }
 }
 
-}  // namespace detail
+}  // namespace gguf_detail
 
 /// Parses and validates the header of the GGUF file held in `file` (all of its bytes); `source`
 /// names it in messages.
 inline GgufHeader parse_gguf(std::span<const std::byte> file, const std::string& source) {
   using milora::detail::concat;
-  using detail::bad_gguf;
-  detail::GgufCursor in(file, source);
+  using gguf_detail::bad_gguf;
+  gguf_detail::GgufCursor in(file, source);
   GgufHeader h;
   in.need(4, "the magic number");
   if (std::memcmp(file.data(), "GGUF", 4) != 0) bad_gguf(source, "does not start with the magic \"GGUF\"");
@@ -230,14 +230,14 @@ inline GgufHeader parse_gguf(std::span<const std::byte> file, const std::string&
         type = static_cast<GgufType>(in.read<std::uint32_t>(what + "'s element type"));
         if (type == GgufType::ARRAY) bad_gguf(source, concat(what, " is an array of arrays"));
         const auto n = in.read<std::uint64_t>(what + "'s element count");
-        const std::size_t size = detail::gguf_scalar_size(type);
+        const std::size_t size = gguf_detail::gguf_scalar_size(type);
         const std::uint64_t least = type == GgufType::STRING ? 8 : size;  // a string takes at least its length
         if (least == 0 && type != GgufType::STRING) bad_gguf(source, concat(what, " has element type ", std::uint32_t(type), ", which GGUF does not define"));
         if (n > in.left() / least) bad_gguf(source, concat(what, " has ", n, " elements, more than the ", in.left(), " bytes left can hold"));
         v.items.reserve(std::size_t(n));
-        for (std::uint64_t k = 0; k < n; ++k) v.items.push_back(detail::gguf_read_item(in, type, concat(what, "[", k, "]")));
+        for (std::uint64_t k = 0; k < n; ++k) v.items.push_back(gguf_detail::gguf_read_item(in, type, concat(what, "[", k, "]")));
       } else {
-        v.items.push_back(detail::gguf_read_item(in, type, what));
+        v.items.push_back(gguf_detail::gguf_read_item(in, type, what));
       }
       v.type = type;
       h.keys_.emplace(key, h.metadata.size());
