@@ -28,6 +28,8 @@
 #include <optional>
 #include <regex>
 #include <string>
+#include <string_view>
+#include <utility>
 
 #include "config.hpp"
 #include "gguf_tokenizer.hpp"
@@ -61,35 +63,42 @@ inline std::uint32_t ggml_type_of(GgufFileType t) {
 
 inline std::string gguf_architecture(const LlamaConfig& c) { return c.model_type == "qwen2" ? "qwen2" : "llama"; }
 
+namespace gguf_detail {
+
+// The names of the weights outside the layers, and of a layer's parts: transformers', llama.cpp's.
+inline constexpr std::pair<std::string_view, std::string_view> kModelNames[] = {
+    {"model.embed_tokens.weight", "token_embd.weight"}, {"model.norm.weight", "output_norm.weight"}, {"lm_head.weight", "output.weight"}};
+inline constexpr std::pair<std::string_view, std::string_view> kLayerParts[] = {
+    {"input_layernorm", "attn_norm"}, {"post_attention_layernorm", "ffn_norm"}, {"self_attn.q_proj", "attn_q"},
+    {"self_attn.k_proj", "attn_k"},   {"self_attn.v_proj", "attn_v"},           {"self_attn.o_proj", "attn_output"},
+    {"mlp.gate_proj", "ffn_gate"},    {"mlp.up_proj", "ffn_up"},                {"mlp.down_proj", "ffn_down"}};
+
+// One direction of the map: to_gguf, transformers' name -> llama.cpp's; else the reverse.
+inline std::optional<std::string> rename(const std::string& name, bool to_gguf) {
+  const auto from = [&](const auto& pair) { return to_gguf ? pair.first : pair.second; };
+  const auto to = [&](const auto& pair) { return std::string(to_gguf ? pair.second : pair.first); };
+  for (const auto& pair : kModelNames)
+    if (name == from(pair)) return to(pair);
+  static const std::regex hf(R"(model\.layers\.(\d+)\.(.+)\.(weight|bias))"), gguf(R"(blk\.(\d+)\.([a-z_]+)\.(weight|bias))");
+  std::smatch m;
+  if (!std::regex_match(name, m, to_gguf ? hf : gguf)) return std::nullopt;
+  for (const auto& pair : kLayerParts)
+    if (m[2].str() == from(pair))
+      return (to_gguf ? "blk." : "model.layers.") + m[1].str() + "." + to(pair) + "." + m[3].str();
+  return std::nullopt;
+}
+
+}  // namespace gguf_detail
+
 /// llama.cpp's name of a transformers weight (or bias); throws value_error for one it has none for.
 inline std::string gguf_tensor_name(const std::string& hf) {
-  if (hf == "model.embed_tokens.weight") return "token_embd.weight";
-  if (hf == "model.norm.weight") return "output_norm.weight";
-  if (hf == "lm_head.weight") return "output.weight";
-  static const std::regex layer(R"(model\.layers\.(\d+)\.(.+)\.(weight|bias))");
-  static const std::map<std::string, std::string> parts = {
-      {"input_layernorm", "attn_norm"}, {"post_attention_layernorm", "ffn_norm"}, {"self_attn.q_proj", "attn_q"},
-      {"self_attn.k_proj", "attn_k"},   {"self_attn.v_proj", "attn_v"},           {"self_attn.o_proj", "attn_output"},
-      {"mlp.gate_proj", "ffn_gate"},    {"mlp.up_proj", "ffn_up"},                {"mlp.down_proj", "ffn_down"}};
-  std::smatch m;
-  if (std::regex_match(hf, m, layer))
-    if (auto it = parts.find(m[2].str()); it != parts.end()) return "blk." + m[1].str() + "." + it->second + "." + m[3].str();
+  if (auto g = gguf_detail::rename(hf, true)) return *g;
   throw milora::value_error("'" + hf + "' has no llama.cpp name (GGUF export covers the LLaMA / Qwen2 weights and the seven projections)");
 }
 
 /// The transformers name of a llama.cpp tensor name (the inverse of gguf_tensor_name).
 inline std::string hf_tensor_name(const std::string& g) {
-  if (g == "token_embd.weight") return "model.embed_tokens.weight";
-  if (g == "output_norm.weight") return "model.norm.weight";
-  if (g == "output.weight") return "lm_head.weight";
-  static const std::regex layer(R"(blk\.(\d+)\.([a-z_]+)\.(weight|bias))");
-  static const std::map<std::string, std::string> parts = {
-      {"attn_norm", "input_layernorm"}, {"ffn_norm", "post_attention_layernorm"}, {"attn_q", "self_attn.q_proj"},
-      {"attn_k", "self_attn.k_proj"},   {"attn_v", "self_attn.v_proj"},           {"attn_output", "self_attn.o_proj"},
-      {"ffn_gate", "mlp.gate_proj"},    {"ffn_up", "mlp.up_proj"},                {"ffn_down", "mlp.down_proj"}};
-  std::smatch m;
-  if (std::regex_match(g, m, layer))
-    if (auto it = parts.find(m[2].str()); it != parts.end()) return "model.layers." + m[1].str() + "." + it->second + "." + m[3].str();
+  if (auto hf = gguf_detail::rename(g, false)) return *hf;
   throw milora::value_error("GGUF tensor '" + g + "' is not one of the LLaMA / Qwen2 weights milora reads");
 }
 

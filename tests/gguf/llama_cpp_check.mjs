@@ -28,12 +28,20 @@ const open = {
   penalty_repeat: 1, top_n_sigma: -1, mirostat: 0, seed: 1,
 }
 
+// llama.node 1.7.15 queues a completion's worker before it records it as the one in progress and
+// registers the hook that clears that record, so a worker that finishes first (a one-token
+// completion of a cached prompt, on a machine busy enough to preempt the main thread) leaves the
+// record set: the next completion is refused ("Another completion is in progress") and release()
+// touches the freed worker. One thread per context (no helper thread competing with the main one
+// for the cores) makes this rare; the test runs this script again when it happens.
+const complete = (ctx, options) => ctx.completion(options)
+
 const out = { runs: {}, files: {} }
 for (const run of job.runs) {
   const ctx = await loadModel({
     // float32 keys and values (the default cache is f16) and no flash attention: llama.cpp in float32
     // throughout, as milora computes
-    model: run.model, n_ctx: 512, n_batch: 512, n_threads: 2, n_gpu_layers: 0, use_mmap: true,
+    model: run.model, n_ctx: 512, n_batch: 512, n_threads: 1, n_gpu_layers: 0, use_mmap: true,
     cache_type_k: 'f32', cache_type_v: 'f32', flash_attn_type: 'off',
     lora_list: run.loras.map((p) => ({ path: p, scaled: 1.0 })),
   })
@@ -49,9 +57,9 @@ for (const run of job.runs) {
   }
   for (const prompt of run.prompts) {
     const tokens = await ctx.tokenize(prompt)
-    const greedy = await ctx.completion({ ...open, prompt, temperature: 0, n_predict: run.n_predict, n_probs: 1, ignore_eos: false })
+    const greedy = await complete(ctx, { ...open, prompt, temperature: 0, n_predict: run.n_predict, n_probs: 1, ignore_eos: false })
     const greedySteps = steps(greedy)
-    const first = await ctx.completion({ ...open, prompt, temperature: 1, n_predict: 1, n_probs: run.n_probs })
+    const first = await complete(ctx, { ...open, prompt, temperature: 1, n_predict: 1, n_probs: run.n_probs })
     results.push({
       prompt_tokens: Array.from(tokens.tokens),
       greedy_text: greedy.text,

@@ -27,6 +27,7 @@
 #include <nlohmann/json.hpp>
 
 #include "../io/io_test_util.hpp"
+#include "../llama/llama_test_util.hpp"
 #include "llama/data.hpp"
 #include "llama/gguf_export.hpp"
 #include "llama/kernels_cpu.hpp"
@@ -64,17 +65,12 @@ nlohmann::json last_json_line(const std::string& out) {
 // stays far from ties that float32 rounding could flip. Rope scaling with all three bands in
 // head_dim 16 (wavelengths 6.3 kept, 20 and 63 interpolated, the rest divided).
 llama::LlamaConfig small_config(llama::Index vocab) {
-  llama::LlamaConfig c;
+  auto c = llama_test::tiny_config();  // 2 layers, 4 heads over 2 key/value heads
   c.vocab_size = vocab;
   c.hidden_size = 64;
   c.intermediate_size = 128;
-  c.num_hidden_layers = 2;
-  c.num_attention_heads = 4;
-  c.num_key_value_heads = 2;
   c.head_dim = 16;
   c.max_position_embeddings = 512;
-  c.rms_norm_eps = 1e-5;
-  c.rope_theta = 10000;
   return c;
 }
 
@@ -138,15 +134,7 @@ void check_with_llama_cpp(const llama::LlamaConfig& config, const std::string& t
   const fs::path model = dir / "model", init = dir / "init", trained = dir / "trained";
   {
     auto m = llama::random_model<Model>(config, 7, 0.3);
-    std::mt19937 gen(11);  // random biases (random_model leaves them zero, which no permutation would change)
-    std::normal_distribution<float> n(0.0f, 0.3f);
-    for (milora::Index l = 0; l < m->num_layers(); ++l)
-      for (auto* p : m->block(l).projections())
-        if (p->has_bias()) {
-          std::vector<float> b(static_cast<std::size_t>(milora::EigenBackend<float>::cols(p->bias)));
-          for (auto& x : b) x = n(gen);
-          p->bias = milora::EigenBackend<float>::from_host(1, milora::Index(b.size()), b);
-        }
+    llama_test::randomise_biases(*m, 11);  // random_model leaves them zero, which no permutation would change
     llama::save_pretrained(*m, model);
   }
   for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
@@ -208,9 +196,20 @@ void check_with_llama_cpp(const llama::LlamaConfig& config, const std::string& t
   job["files"] = {base_gguf, adapter_gguf, merged_gguf, adapter_f16, merged_q8};
   milora_test::write_file(dir / "job.json", job.dump());
   std::string out, err;
-  const int rc = run("node " + std::string(MILORA_GGUF_SCRIPT) + " " + (fs::path(MILORA_GGUF_REFERENCES) / "node" / "node_modules").string() + " " +
-                         (dir / "job.json").string() + " " + (dir / "result.json").string(), &out, &err);
-  REQUIRE_MESSAGE(rc == 0, err);
+  // llama.node 1.7.15's race between a completion's worker and its bookkeeping (see the script)
+  // ends a run with "Another completion is in progress" or a crash in release(), rarely (2 runs in
+  // 24 measured with two at once on 2 cores): such a run is repeated, up to three times in all;
+  // any other failure fails the test at once
+  int rc = 0;
+  for (int attempt = 1; attempt <= 3; ++attempt) {
+    rc = run("node " + std::string(MILORA_GGUF_SCRIPT) + " " + (fs::path(MILORA_GGUF_REFERENCES) / "node" / "node_modules").string() + " " +
+                 (dir / "job.json").string() + " " + (dir / "result.json").string(),
+             &out, &err);
+    const bool race = err.find("Another completion is in progress") != std::string::npos || rc == 139 || rc == -1;
+    if (rc == 0 || !race) break;
+    MESSAGE("llama.node's completion race (attempt " << attempt << "), running the script again");
+  }
+  REQUIRE_MESSAGE(rc == 0, err.substr(err.size() > 4000 ? err.size() - 4000 : 0));
   const auto theirs = nlohmann::json::parse(milora_test::read_file(dir / "result.json"));
 
   const auto tokenizer = llama::Tokenizer::for_model(model, config.vocab_size);
@@ -273,7 +272,7 @@ TEST_CASE("llama.cpp runs milora's GGUF files as milora does: LLaMA-2's sentence
 }
 
 TEST_CASE("llama.cpp runs milora's GGUF files as milora does: Qwen2 with Qwen3's tokenizer, q / k / v biases") {
-  auto c = small_config(151936);
+  auto c = small_config(151669);  // the tokenizer's ids exactly: a random model would also emit Qwen's padding ids, which decode to nothing
   c.model_type = "qwen2";
   c.tie_word_embeddings = true;
   c.bias[0] = c.bias[1] = c.bias[2] = true;
