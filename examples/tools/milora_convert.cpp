@@ -37,6 +37,7 @@ int main(int argc, char** argv) {
       throw milora::value_error("a GGUF --trained adapter converts to --format peft, without --initial");
     if (format == "peft" && initial.empty() && !from_gguf) throw milora::value_error("--format peft needs --initial (a plain LoRA needs no conversion)");
     if ((format == "gguf" || from_gguf) && base.empty()) throw milora::value_error("GGUF needs --base, the original model's folder");
+    if (format != "gguf" && app.count("--outtype")) throw milora::value_error("--outtype applies to --format gguf (PEFT factors are F32)");
     if (std::filesystem::exists(out)) throw milora::value_error("--out '" + out + "' exists");
     const auto a = from_gguf ? llama::read_adapter_gguf(trained, llama::LlamaConfig::from_model(io::HFModel(base)))
                              : io::load_peft_adapter<float>(trained);

@@ -45,6 +45,7 @@ int main(int argc, char** argv) {
       return;
     }
     if (adapter_dir.empty()) throw milora::value_error("--adapter is required (except with --format gguf)");
+    if (app.count("--outtype")) throw milora::value_error("--outtype applies to --format gguf (a model folder keeps its dtypes)");
     const auto adapter = io::load_peft_adapter<float>(adapter_dir);
     std::set<std::string> weights;
     for (const auto& [module, f] : adapter.modules) {  // every check before anything is written

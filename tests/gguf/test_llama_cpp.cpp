@@ -1,9 +1,10 @@
 // milora's GGUF files checked by llama.cpp itself (@fugood/llama.node, its prebuilt CPU build) and
 // by an independent GGUF reader (@huggingface/gguf), both fetched from npm at build time
-// (tests/gguf/prepare_llama_cpp.sh). For three random models with real tokenizers (LLaMA-3.1's with
-// rope scaling, grouped-query attention and a tied head; LLaMA-2's sentencepiece-style one with
-// attention and MLP biases; Qwen3's on a Qwen2 with q / k / v biases) and a MiLoRA adapter
-// "trained" from milora-init's start:
+// (tests/gguf/prepare_llama_cpp.sh). For random models with real tokenizers (LLaMA-3.1's with rope
+// scaling, grouped-query attention and a tied head; LLaMA-2's sentencepiece-style tokenizer.json
+// with attention and MLP biases; Qwen3's on a Qwen2 with q / k / v biases) and one with a
+// sentencepiece tokenizer.model trained here, each with a MiLoRA adapter "trained" from
+// milora-init's start:
 //   * base.gguf (milora-merge --format gguf, no adapter), adapter.gguf (milora-convert --format gguf:
 //     the rank-2r plain LoRA on the ORIGINAL weights) and merged.gguf (the residual with the trained
 //     adapter merged in);
@@ -11,7 +12,7 @@
 //     base + adapter and merged equals milora-generate's text on the original model and on the
 //     residual + adapter; its first-token probabilities (temperature 1, every filter off, float32
 //     key/value cache) equal milora's softmax within 1e-5 (float32 both, summed in different
-//     orders: the largest difference seen is 7.2e-7);
+//     orders: the largest difference seen is 2.2e-6);
 //   * the adapter as F16 and the merged model as Q8_0 load and generate in llama.cpp, and
 //     @huggingface/gguf reads every key (type and value) and tensor header (name, shape, type,
 //     offset) of every file as milora's own reader does.
@@ -21,6 +22,7 @@
 
 #include <cstdlib>
 #include <filesystem>
+#include <numeric>
 #include <random>
 #include <string>
 
@@ -35,6 +37,7 @@
 #include "llama/pretrained.hpp"
 #include "milora/backend/eigen.hpp"
 #include "milora/io/gguf.hpp"
+#include "milora/io/hf_model.hpp"
 #include "milora/io/peft.hpp"
 
 namespace {
@@ -127,18 +130,26 @@ void compare_with_own_reader(const fs::path& path, const nlohmann::json& theirs)
 }
 
 
-// The whole check for one model: `tokenizer` names a fetched tokenizer (tests/text's cache).
-void check_with_llama_cpp(const llama::LlamaConfig& config, const std::string& tokenizer_name, const std::vector<std::string>& prompts) {
+// The whole check for one model, with the tokenizer files of `tokenizer_dir`. The head's rows of
+// `silenced` ids are zero (an untied head), so that the model, whose other logits spread around
+// zero by several units, never picks them.
+void check_with_llama_cpp(const llama::LlamaConfig& config, const fs::path& tokenizer_dir, const std::vector<std::string>& prompts,
+                          const std::vector<llama::Token>& silenced = {}) {
   using Model = llama::Llama<milora::EigenBackend<float>>;
   milora_test::ScratchDir dir;
   const fs::path model = dir / "model", init = dir / "init", trained = dir / "trained";
   {
     auto m = llama::random_model<Model>(config, 7, 0.3);
     llama_test::randomise_biases(*m, 11);  // random_model leaves them zero, which no permutation would change
-    llama::save_pretrained(*m, model);
+    llama::save_pretrained(*m, dir / "random");
   }
-  for (const char* f : {"tokenizer.json", "tokenizer_config.json"})
-    fs::copy_file(fs::path(MILORA_TEXT_REFERENCES) / "models" / tokenizer_name / f, model / f);
+  REQUIRE((silenced.empty() || !config.tie_word_embeddings));
+  milora::io::write_hf_model<float>(milora::io::HFModel(dir / "random"), model, [&](const std::string& name) { return name == "lm_head.weight"; },
+                                    [&](const std::string&, milora::io::HostMatrix<float>& head) {
+                                      for (const auto id : silenced) std::fill_n(head.data.begin() + std::ptrdiff_t(id) * head.cols, head.cols, 0.0f);
+                                    });
+  for (const char* f : {"tokenizer.json", "tokenizer_config.json", "tokenizer.model"})
+    if (fs::exists(tokenizer_dir / f)) fs::copy_file(tokenizer_dir / f, model / f);
 
   // MiLoRA's start, then a "trained" adapter: the start moved by noise of the size training gives
   REQUIRE(run(tool("milora-init") + " --model " + model.string() + " --method milora --rank 4 --alpha 8 --out " + init.string()) == 0);
@@ -251,6 +262,8 @@ void check_with_llama_cpp(const llama::LlamaConfig& config, const std::string& t
   CHECK(milora::io::GgufFile(base_gguf).header().find("tokenizer.ggml.add_bos_token") != nullptr);
 }
 
+fs::path fetched(const std::string& name) { return fs::path(MILORA_TEXT_REFERENCES) / "models" / name; }
+
 const std::vector<std::string> kPrompts = {"The low-rank adapters of a language model", "Once upon a time, in 1987,",
                                            "def minor_singular_subspace(W):"};
 
@@ -261,14 +274,14 @@ TEST_CASE("llama.cpp runs milora's GGUF files as milora does: LLaMA-3.1's tokeni
   c.tie_word_embeddings = true;
   c.rope_scaling = llama::LlamaConfig::Llama3RopeScaling{.factor = 8, .low_freq_factor = 1, .high_freq_factor = 4,
                                                           .original_max_position_embeddings = 64};
-  check_with_llama_cpp(c, "llama3_1", kPrompts);
+  check_with_llama_cpp(c, fetched("llama3_1"), kPrompts);
 }
 
 TEST_CASE("llama.cpp runs milora's GGUF files as milora does: LLaMA-2's sentencepiece-style tokenizer, attention and MLP biases") {
   auto c = small_config(32000);
   c.num_key_value_heads = 4;
   c.bias.fill(true);
-  check_with_llama_cpp(c, "llama2", kPrompts);
+  check_with_llama_cpp(c, fetched("llama2"), kPrompts);
 }
 
 TEST_CASE("llama.cpp runs milora's GGUF files as milora does: Qwen2 with Qwen3's tokenizer, q / k / v biases") {
@@ -276,5 +289,28 @@ TEST_CASE("llama.cpp runs milora's GGUF files as milora does: Qwen2 with Qwen3's
   c.model_type = "qwen2";
   c.tie_word_embeddings = true;
   c.bias[0] = c.bias[1] = c.bias[2] = true;
-  check_with_llama_cpp(c, "qwen3", kPrompts);
+  check_with_llama_cpp(c, fetched("qwen3"), kPrompts);
 }
+
+#if defined(MILORA_HAS_SENTENCEPIECE)
+#include <sentencepiece_trainer.h>
+
+TEST_CASE("llama.cpp runs milora's GGUF files as milora does: a sentencepiece tokenizer.model (BPE with byte fallback)") {
+  milora_test::ScratchDir dir;
+  std::string corpus;
+  for (int i = 0; i < 100; ++i)
+    corpus += "The minor singular components of a weight adapt while the principal ones stay frozen. Once upon a time, "
+              "low-rank adapters learned " + std::to_string(1987 + i) + " new facts (and forgot few of the old ones).\n";
+  milora_test::write_file(dir / "corpus.txt", corpus);
+  const auto status = sentencepiece::SentencePieceTrainer::Train("--input=" + (dir / "corpus.txt").string() + " --model_prefix=" +
+                                                                 (dir / "tokenizer").string() +
+                                                                 " --vocab_size=400 --model_type=bpe --byte_fallback=true --minloglevel=2");
+  REQUIRE_MESSAGE(status.ok(), status.ToString());
+  // byte pieces silenced as well as the special ones: a random model would otherwise string bytes
+  // into invalid UTF-8, whose text the two decoders spell differently
+  std::vector<llama::Token> silenced(259);
+  std::iota(silenced.begin(), silenced.end(), llama::Token(0));  // <unk>, <s>, </s>, <0x00>..<0xFF>
+  check_with_llama_cpp(small_config(400), dir.path, {"The low-rank adapters of a language model", "Once upon a time, in 1987,", "{minor}: 42%"},
+                       silenced);
+}
+#endif

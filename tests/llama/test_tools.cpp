@@ -454,6 +454,36 @@ TEST_CASE("milora-eval / milora-generate --device cuda: on a GPU the CPU's loss 
   CHECK(gpu_gen.out == cpu_gen.out);
 }
 
+TEST_CASE("milora-generate --top-probs: each step's most likely tokens, the greedy one first, probabilities of the model's softmax") {
+  milora_test::ScratchDir dir;
+  const auto r = run("milora-generate", "--model " + kModel.string() + " --prompt 'low rank' --max-new-tokens 5 --top-probs 3", dir);
+  REQUIRE_MESSAGE(r.status == 0, r.err);
+  const auto j = r.last_json();
+  REQUIRE(j["top_probs"].size() == 5);
+  // the model's own logits for the first step, softmax in double here
+  using M = llama::Llama<milora::EigenBackend<double>>;
+  auto model = llama::from_pretrained<M>(milora::io::HFModel(kModel));
+  const auto tokenizer = llama::Tokenizer::for_model(kModel, model->config().vocab_size);
+  const auto ids = tokenizer.encode("low rank");
+  model->forward(ids, 1, milora::Index(ids.size()));
+  const auto logits = milora::EigenBackend<double>::to_host(model->logits());
+  const std::size_t v = std::size_t(model->config().vocab_size), last = (ids.size() - 1) * v;
+  double top = -1e300, sum = 0;
+  for (std::size_t k = 0; k < v; ++k) top = std::max(top, logits[last + k]);
+  for (std::size_t k = 0; k < v; ++k) sum += std::exp(logits[last + k] - top);
+  for (std::size_t i = 0; i < 5; ++i) {
+    const auto& step = j["top_probs"][i];
+    REQUIRE(step.size() == 3);
+    CHECK(step[0][0] == j["tokens"][i]);  // greedy: the most likely token is the one taken
+    CHECK(step[0][1].get<double>() >= step[1][1].get<double>());
+    CHECK(step[1][1].get<double>() >= step[2][1].get<double>());
+  }
+  for (std::size_t k = 0; k < 3; ++k) {
+    const auto id = j["top_probs"][0][k][0].get<std::size_t>();
+    CHECK(j["top_probs"][0][k][1].get<double>() == doctest::Approx(std::exp(logits[last + id] - top) / sum).epsilon(1e-5));
+  }
+}
+
 TEST_CASE("milora-convert / milora-merge --format gguf: a MiLoRA adapter to GGUF and back to PEFT unchanged; what llama.cpp could not load is refused") {
   milora_test::ScratchDir dir;
   const auto model = std::filesystem::path(MILORA_TEST_DATA) / "llama_bias_tiny" / "model";

@@ -294,7 +294,7 @@ inline GgufHeader parse_gguf(std::span<const std::byte> file, const std::string&
       bad_gguf(source, concat("tensor '", t.name, "' (", t.nbytes, " bytes at offset ", t.offset, ") runs past the end of the data region (",
                               data_size, " bytes)"));
     expected = t.offset + t.nbytes;
-    if (expected % h.alignment) expected = std::min(pad(expected), data_size);
+    if (expected % h.alignment) expected = std::min(pad(expected), data_size);  // the last tensor's padding may be cut
   }
   if (data_size - expected >= h.alignment)
     bad_gguf(source, concat("the data region has ", data_size - expected, " trailing bytes that belong to no tensor"));
@@ -341,8 +341,10 @@ class GgufFile {
     throw format_error(milora::detail::concat("GGUF file '", path().string(), "' has no tensor '", name, "'"));
   }
 
-  /// The value of `key`, which must be a scalar of one of `types`; nullopt if absent.
+  /// The value of `key` (scalar or array), null if absent.
   const GgufValue* value(const std::string& key) const { return header_.find(key); }
+  /// Scalars of the types named: a string, an unsigned integer (u8 to u64), a float (f32 / f64);
+  /// nullopt if absent, format_error if the key holds another type.
   std::optional<std::string> string(const std::string& key) const {
     const GgufValue* v = scalar(key, {GgufType::STRING});
     return v ? std::optional(std::get<std::string>(v->items[0])) : std::nullopt;
