@@ -4,6 +4,8 @@
 //
 //   generate_bench [--config CONFIG.json] [--prompt 32 --new 256 --batch 1] [--device cuda] [google-benchmark flags]
 //   generate_bench --smoke      (a tiny config, a few tokens: CI checks that the program works)
+//   generate_bench [--config CONFIG.json] --save-model DIR   (writes the float model it times, and exits:
+//                                                             benchmarks/llama_cpp_decode.sh runs it in llama.cpp)
 //
 // decode/kv_cache is the baseline; decode/recompute's ratio is how many times slower generation is
 // without the cache. Both count every token a step produces (items_per_second: new tokens per
@@ -87,6 +89,11 @@ int main(int argc, char** argv) {
     if (const auto v = value("--prompt"); !v.empty()) g.prompt = std::stol(v);
     if (const auto v = value("--new"); !v.empty()) g.new_tokens = std::stol(v);
     if (const auto v = value("--batch"); !v.empty()) g.batch = std::stol(v);
+    if (const auto dir = value("--save-model"); !dir.empty()) {
+      auto model = llama::random_model<llama::Llama<milora::EigenBackend<float>>>(g.config, 1);  // decoding<BE>'s model
+      llama::save_pretrained(*model, dir);
+      return 0;
+    }
     if (smoke) {
       g.config = llama::LlamaConfig::from_json({{"vocab_size", 256}, {"hidden_size", 32}, {"intermediate_size", 64},
                                                 {"num_hidden_layers", 2}, {"num_attention_heads", 4}}, "smoke");

@@ -107,7 +107,7 @@ TEST_CASE("GGUF: a file built by hand reads as the format says") {
   CHECK_THROWS_WITH_AS(f.load<float>("nope"), doctest::Contains("has no tensor 'nope'"), milora::format_error);
 }
 
-TEST_CASE("GGUF: the writer's files read back; F16 / BF16 to their rounding, Q8_0 as ggml's block formula") {
+TEST_CASE("GGUF: the writer's files read back, and F16 / BF16 to their rounding, Q8_0 as ggml's block formula") {
   ScratchDir dir;
   GgufWriter w;
   w.set_string("general.name", "t");

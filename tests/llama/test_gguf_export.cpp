@@ -177,7 +177,7 @@ TEST_CASE("GGUF export: every config family written and read back, each type, wi
   }
 }
 
-TEST_CASE("GGUF export: LoRA adapters round trip, rsLoRA's scale kept; what llama.cpp cannot apply is refused") {
+TEST_CASE("GGUF export: LoRA adapters round trip, rsLoRA's scale kept, and what llama.cpp cannot apply is refused") {
   const milora::io::HFModel model(kGgufData / "llama_bias_tiny" / "model");
   const auto c = llama::LlamaConfig::from_model(model);
   milora_test::ScratchDir dir;
@@ -233,7 +233,7 @@ TEST_CASE("GGUF export: LoRA adapters round trip, rsLoRA's scale kept; what llam
   CHECK_THROWS_WITH_AS(llama::hf_tensor_name("blk.0.ssm_a.weight"), doctest::Contains("is not one of the LLaMA / Qwen2 weights"), milora::value_error);
 }
 
-TEST_CASE("GGUF export: tokenizer.json as llama.cpp's keys, byte-level and sentencepiece-style; unknown pre-tokenizers refused") {
+TEST_CASE("GGUF export: tokenizer.json as llama.cpp's keys, byte-level and sentencepiece-style, and unknown pre-tokenizers refused") {
   namespace io = milora::io;
   milora_test::ScratchDir dir;
   // sentencepiece-style BPE with byte fallback (LLaMA-2's kind): scores from the merge ranks

@@ -484,7 +484,7 @@ TEST_CASE("milora-generate --top-probs: each step's most likely tokens, the gree
   }
 }
 
-TEST_CASE("milora-convert / milora-merge --format gguf: a MiLoRA adapter to GGUF and back to PEFT unchanged; what llama.cpp could not load is refused") {
+TEST_CASE("milora-convert / milora-merge --format gguf: a MiLoRA adapter to GGUF and back to PEFT unchanged, and what llama.cpp could not load is refused") {
   milora_test::ScratchDir dir;
   const auto model = std::filesystem::path(MILORA_TEST_DATA) / "llama_bias_tiny" / "model";
   const std::string targets = "q_proj,k_proj,v_proj,o_proj,gate_proj,up_proj,down_proj";
