@@ -3,7 +3,8 @@
 # in one run on the same machine: generate_bench writes the random model it times (4 layers, hidden
 # 256, 32000 tokens, float32), milora-merge exports it as an F32 GGUF with LLaMA-2's tokenizer, and
 # llama.cpp (@fugood/llama.node's prebuilt CPU build, fetched from npm like the tests' copy) decodes
-# the same number of tokens after a prompt of the same length, with the same threads.
+# the same number of tokens after a prompt of the same length, with the same threads, from F32, F16
+# and Q8_0 files (milora decodes the float32 model).
 #
 #   bash benchmarks/llama_cpp_decode.sh [build folder with benchmarks and tools = build/bench] [new tokens = 256] [threads = 2]
 set -euo pipefail
@@ -20,13 +21,17 @@ bash "$root/tests/gguf/prepare_llama_cpp.sh" "$work/cache" "$work/cache/fetched.
 [ -f "$work/cache/skip_reason.txt" ] && { cat "$work/cache/skip_reason.txt" >&2; exit 77; }
 bash "$root/tests/text/fetch_references.sh" "$work/text"
 
-rm -rf "$work/model" "$work/model-f32.gguf"
+rm -rf "$work/model" "$work"/model-*.gguf
 "$build/benchmarks/generate_bench" --save-model "$work/model"
 cp "$work/text/models/llama2/tokenizer.json" "$work/text/models/llama2/tokenizer_config.json" "$work/model/"
-"$build/examples/tools/milora-merge" --model "$work/model" --format gguf --outtype f32 --out "$work/model-f32.gguf" 2>/dev/null
-# 31 words + BOS: 32 prompt tokens, as generate_bench's --prompt 32
-prompt="low rank adapters train the minor singular subspace of each weight while the principal one stays frozen so the model keeps what it knew and learns what it must from the data it sees"
-llama=$(node "$root/benchmarks/llama_cpp_decode.mjs" "$work/cache/node/node_modules" "$work/model-f32.gguf" "$prompt" "$new" "$threads" 3 2>/dev/null | tail -1)
-echo "llama.cpp: $llama"
-OPENBLAS_NUM_THREADS="$threads" "$build/benchmarks/generate_bench" --prompt 32 --new "$new" --benchmark_filter=kv_cache \
-  --benchmark_repetitions=3 --benchmark_report_aggregates_only=true 2>&1 | grep -E "decode/kv_cache|items_per_second|median" || true
+prompt="low rank adapters train the minor singular subspace of each weight while the principal one stays frozen"
+prompt_tokens=0
+for type in f32 f16 q8_0; do
+  "$build/examples/tools/milora-merge" --model "$work/model" --format gguf --outtype "$type" --out "$work/model-$type.gguf" 2>/dev/null
+  runs=$(node "$root/benchmarks/llama_cpp_decode.mjs" "$work/cache/node/node_modules" "$work/model-$type.gguf" "$prompt" "$new" "$threads" 3 2>/dev/null | tail -1)
+  echo "llama.cpp $type: $runs"
+  prompt_tokens=$(echo "$runs" | grep -oE '"prompt_tokens":[0-9]+' | head -1 | cut -d: -f2)
+done
+# milora on the float32 model, the prompt as long as llama.cpp's
+OPENBLAS_NUM_THREADS="$threads" "$build/benchmarks/generate_bench" --prompt "$prompt_tokens" --new "$new" --benchmark_filter=kv_cache \
+  --benchmark_repetitions=3 --benchmark_report_aggregates_only=true --benchmark_color=false 2>&1 | grep -E "decode/kv_cache" || true
