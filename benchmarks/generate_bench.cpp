@@ -89,16 +89,17 @@ int main(int argc, char** argv) {
     if (const auto v = value("--prompt"); !v.empty()) g.prompt = std::stol(v);
     if (const auto v = value("--new"); !v.empty()) g.new_tokens = std::stol(v);
     if (const auto v = value("--batch"); !v.empty()) g.batch = std::stol(v);
-    if (const auto dir = value("--save-model"); !dir.empty()) {
-      auto model = llama::random_model<llama::Llama<milora::EigenBackend<float>>>(g.config, 1);  // decoding<BE>'s model
-      llama::save_pretrained(*model, dir);
-      return 0;
-    }
+    const auto save_to = value("--save-model");
     if (smoke) {
       g.config = llama::LlamaConfig::from_json({{"vocab_size", 256}, {"hidden_size", 32}, {"intermediate_size", 64},
                                                 {"num_hidden_layers", 2}, {"num_attention_heads", 4}}, "smoke");
       g.prompt = 4;
       g.new_tokens = 8;
+    }
+    if (!save_to.empty()) {
+      auto model = llama::random_model<llama::Llama<milora::EigenBackend<float>>>(g.config, 1);  // decoding<BE>'s model
+      llama::save_pretrained(*model, save_to);
+      return 0;
     }
     if (g.prompt <= 0 || g.new_tokens <= 0 || g.batch <= 0 || g.prompt + g.new_tokens > g.config.max_position_embeddings) {
       std::fprintf(stderr, "generate_bench: --prompt %ld + --new %ld must be positive and fit max_position_embeddings %ld\n",

@@ -283,6 +283,7 @@ inline GgufHeader parse_gguf(std::span<const std::byte> file, const std::string&
 
   const auto pad = [&](std::uint64_t x) { return x + (h.alignment - x % h.alignment) % h.alignment; };
   h.data_start = pad(in.position());
+  if (h.tensors.empty()) h.data_start = std::min<std::uint64_t>(h.data_start, file.size());  // no data: the padding may be left out
   if (h.data_start > file.size()) bad_gguf(source, concat("the data region would start at ", h.data_start, ", past the end of the file (", file.size(), " bytes)"));
   const std::uint64_t data_size = file.size() - h.data_start;
   std::uint64_t expected = 0;
