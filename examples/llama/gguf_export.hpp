@@ -22,6 +22,7 @@
 //     2-D weights whose rows are a multiple of 32 and writes the others F16, as the converter does.
 #pragma once
 
+#include <algorithm>
 #include <cmath>
 #include <filesystem>
 #include <map>
@@ -230,13 +231,8 @@ inline void write_model_gguf(const milora::io::HFModel& model, const LlamaConfig
       auto m = model.load<float>(name);
       io::require_finite(m, concat("'", name, "' of ", model.dir().string()));
       if (adapter && name.ends_with(".weight"))
-        if (auto it = adapter->modules.find(io::module_of_weight(name)); it != adapter->modules.end()) {
-          using B = milora::EigenBackend<float>;
-          auto W = io::to_backend<B>(m);
-          B::gemm(float(s), io::to_backend<B>(it->second.B), milora::Trans::no, io::to_backend<B>(it->second.A), milora::Trans::no, 1, W);
-          m.data = B::to_host(W);
-          io::require_finite(m, concat("'", name, "' merged"));
-        }
+        if (auto it = adapter->modules.find(io::module_of_weight(name)); it != adapter->modules.end())
+          io::merge_into<milora::EigenBackend<float>>(m, it->second, s, concat("'", name, "'"));
       m = permute_rope_rows(m, gguf_permuted_heads(c, name), true);
       io::GgufWriter::encode_tensor(t, m.data, bytes, name);
     });

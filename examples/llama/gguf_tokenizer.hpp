@@ -236,7 +236,8 @@ inline void add_gguf_tokenizer(milora::io::GgufWriter& w, const std::filesystem:
   if (unk) w.set_u32("tokenizer.ggml.unknown_token_id", std::uint32_t(*unk));
   if (pad) w.set_u32("tokenizer.ggml.padding_token_id", std::uint32_t(*pad));
   w.set_bool("tokenizer.ggml.add_bos_token", add_bos);
-  w.set_bool("tokenizer.ggml.add_eos_token", config.value("add_eos_token", nlohmann::json(false)).is_boolean() && config.value("add_eos_token", false));
+  const auto add_eos = config.find("add_eos_token");
+  w.set_bool("tokenizer.ggml.add_eos_token", add_eos != config.end() && add_eos->is_boolean() && add_eos->get<bool>());
   if (config.contains("chat_template") && config["chat_template"].is_string())
     w.set_string("tokenizer.chat_template", config["chat_template"].get<std::string>());
 }

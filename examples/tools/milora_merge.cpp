@@ -68,11 +68,7 @@ int main(int argc, char** argv) {
                                 const auto started = progress.start();
                                 const auto& f = adapter.modules.at(io::module_of_weight(name));
                                 io::require_finite(w, concat("'", name, "' of ", model_dir));
-                                auto W = io::to_backend<B>(w);
-                                B::gemm(s, io::to_backend<B>(f.B), milora::Trans::no, io::to_backend<B>(f.A),
-                                        milora::Trans::no, 1, W);
-                                w.data = B::to_host(W);
-                                io::require_finite(w, concat("'", name, "' merged"));  // an overflow in its dtype's range is named too
+                                io::merge_into<B>(w, f, s, concat("'", name, "'"));  // an overflow in its dtype's range is named too
                                 progress.done(io::module_of_weight(name), w.rows, w.cols, started);
                               });
     staged.commit();

@@ -12,7 +12,7 @@
 //     base + adapter and merged equals milora-generate's text on the original model and on the
 //     residual + adapter; its first-token probabilities (temperature 1, every filter off, float32
 //     key/value cache) equal milora's softmax within 1e-5 (float32 both, summed in different
-//     orders: the largest difference seen is 2.2e-6);
+//     orders; docs/files.md has the differences measured);
 //   * the adapter as F16 and the merged model as Q8_0 load and generate in llama.cpp, and
 //     @huggingface/gguf reads every key (type and value) and tensor header (name, shape, type,
 //     offset) of every file as milora's own reader does.
@@ -208,9 +208,9 @@ void check_with_llama_cpp(const llama::LlamaConfig& config, const fs::path& toke
   milora_test::write_file(dir / "job.json", job.dump());
   std::string out, err;
   // llama.node 1.7.15's race between a completion's worker and its bookkeeping (see the script)
-  // ends a run with "Another completion is in progress" or a crash in release(), rarely (2 runs in
-  // 24 measured with two at once on 2 cores): such a run is repeated, up to three times in all;
-  // any other failure fails the test at once
+  // now and then ends a run with "Another completion is in progress" or a crash in release()
+  // (docs/files.md): such a run is repeated, up to three times in all; any other failure fails the
+  // test at once
   int rc = 0;
   for (int attempt = 1; attempt <= 3; ++attempt) {
     rc = run("node " + std::string(MILORA_GGUF_SCRIPT) + " " + (fs::path(MILORA_GGUF_REFERENCES) / "node" / "node_modules").string() + " " +

@@ -146,6 +146,7 @@ inline std::size_t gguf_scalar_size(GgufType t) {
 class GgufCursor {
  public:
   GgufCursor(std::span<const std::byte> bytes, const std::string& source) : bytes_(bytes), source_(source) {}
+  const std::string& source() const { return source_; }
   std::uint64_t position() const { return pos_; }
   std::uint64_t left() const { return bytes_.size() - pos_; }
 
@@ -188,11 +189,11 @@ inline GgufValue::Item gguf_read_item(GgufCursor& in, GgufType t, const std::str
     case GgufType::F64: return std::bit_cast<double>(in.read<std::uint64_t>(what));
     case GgufType::BOOL: {
       const auto b = in.read<std::uint8_t>(what);
-      if (b > 1) throw format_error(milora::detail::concat(what, " is a bool holding ", int(b), " (must be 0 or 1)"));
+      if (b > 1) bad_gguf(in.source(), milora::detail::concat(what, " is a bool holding ", int(b), " (must be 0 or 1)"));
       return b == 1;
     }
     case GgufType::STRING: return in.string(what);
-    default: throw format_error(milora::detail::concat(what, " has value type ", std::uint32_t(t), ", which GGUF does not define"));
+    default: bad_gguf(in.source(), milora::detail::concat(what, " has value type ", std::uint32_t(t), ", which GGUF does not define"));
   }
 }
 
@@ -217,36 +218,30 @@ inline GgufHeader parse_gguf(std::span<const std::byte> file, const std::string&
   if (n_kv > in.left() / 12) bad_gguf(source, concat("key/value count ", n_kv, " cannot fit in the ", in.left(), " bytes left"));
   if (n_tensors > in.left() / 24) bad_gguf(source, concat("tensor count ", n_tensors, " cannot fit in the ", in.left(), " bytes left"));
 
-  try {
-    for (std::uint64_t i = 0; i < n_kv; ++i) {
-      std::string key = in.string(concat("key ", i));
-      if (key.empty()) bad_gguf(source, concat("key ", i, " is empty"));
-      const std::string what = concat("key '", key, "'");
-      if (h.keys_.count(key)) bad_gguf(source, concat(what, " appears twice"));
-      GgufValue v;
-      auto type = static_cast<GgufType>(in.read<std::uint32_t>(what + "'s type"));
-      if (type == GgufType::ARRAY) {
-        v.is_array = true;
-        type = static_cast<GgufType>(in.read<std::uint32_t>(what + "'s element type"));
-        if (type == GgufType::ARRAY) bad_gguf(source, concat(what, " is an array of arrays"));
-        const auto n = in.read<std::uint64_t>(what + "'s element count");
-        const std::size_t size = gguf_detail::gguf_scalar_size(type);
-        const std::uint64_t least = type == GgufType::STRING ? 8 : size;  // a string takes at least its length
-        if (least == 0 && type != GgufType::STRING) bad_gguf(source, concat(what, " has element type ", std::uint32_t(type), ", which GGUF does not define"));
-        if (n > in.left() / least) bad_gguf(source, concat(what, " has ", n, " elements, more than the ", in.left(), " bytes left can hold"));
-        v.items.reserve(std::size_t(n));
-        for (std::uint64_t k = 0; k < n; ++k) v.items.push_back(gguf_detail::gguf_read_item(in, type, concat(what, "[", k, "]")));
-      } else {
-        v.items.push_back(gguf_detail::gguf_read_item(in, type, what));
-      }
-      v.type = type;
-      h.keys_.emplace(key, h.metadata.size());
-      h.metadata.emplace_back(std::move(key), std::move(v));
+  for (std::uint64_t i = 0; i < n_kv; ++i) {
+    std::string key = in.string(concat("key ", i));
+    if (key.empty()) bad_gguf(source, concat("key ", i, " is empty"));
+    const std::string what = concat("key '", key, "'");
+    if (h.keys_.count(key)) bad_gguf(source, concat(what, " appears twice"));
+    GgufValue v;
+    auto type = static_cast<GgufType>(in.read<std::uint32_t>(what + "'s type"));
+    if (type == GgufType::ARRAY) {
+      v.is_array = true;
+      type = static_cast<GgufType>(in.read<std::uint32_t>(what + "'s element type"));
+      if (type == GgufType::ARRAY) bad_gguf(source, concat(what, " is an array of arrays"));
+      const auto n = in.read<std::uint64_t>(what + "'s element count");
+      const std::size_t size = gguf_detail::gguf_scalar_size(type);
+      const std::uint64_t least = type == GgufType::STRING ? 8 : size;  // a string takes at least its length
+      if (least == 0) bad_gguf(source, concat(what, " has element type ", std::uint32_t(type), ", which GGUF does not define"));
+      if (n > in.left() / least) bad_gguf(source, concat(what, " has ", n, " elements, more than the ", in.left(), " bytes left can hold"));
+      v.items.reserve(std::size_t(n));
+      for (std::uint64_t k = 0; k < n; ++k) v.items.push_back(gguf_detail::gguf_read_item(in, type, concat(what, "[", k, "]")));
+    } else {
+      v.items.push_back(gguf_detail::gguf_read_item(in, type, what));
     }
-  } catch (const format_error& e) {
-    const std::string m = e.what();
-    if (m.rfind("GGUF file", 0) == 0) throw;
-    bad_gguf(source, m);
+    v.type = type;
+    h.keys_.emplace(key, h.metadata.size());
+    h.metadata.emplace_back(std::move(key), std::move(v));
   }
   if (const GgufValue* a = h.find("general.alignment")) {
     if (a->is_array || a->type != GgufType::U32) bad_gguf(source, "general.alignment is not a u32");

@@ -232,6 +232,16 @@ PeftAdapter<T> load_peft_adapter(const std::filesystem::path& dir) {
   return a;
 }
 
+/// W <- W + s*B*A in backend B's arithmetic (what merging an adapter into its weight is), for the
+/// weight `what` names: refuses a merged value that is not finite (an overflow names the weight).
+template <Backend B>
+void merge_into(HostMatrix<scalar_t<B>>& w, const LoraFactors<scalar_t<B>>& f, double s, const std::string& what) {
+  auto W = to_backend<B>(w);
+  B::gemm(scalar_t<B>(s), to_backend<B>(f.B), Trans::no, to_backend<B>(f.A), Trans::no, 1, W);
+  w.data = B::to_host(W);
+  require_finite(w, milora::detail::concat(what, " merged"));
+}
+
 /// PEFT's conversion of an adapter trained from a residual initialisation (PiSSA, MiLoRA) into a
 /// plain LoRA of rank 2r for the original weights (see the header comment). `initial` is the
 /// adapter as initialised (A0, B0), `trained` the same adapter after training.
